@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - run the real pipeline on the shared sample data with the shipped model
+#   make test   - lint + the whole test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared
+WHEELS := $(SHARED)/wheels
+LAUNCH_WHEELS := launch launch_xml launch_yaml launch_testing launch_pytest launch_ros \
+	launch_testing_ros ros2cli ros2launch ros2pkg ros2run sensor_msgs_py composition_interfaces_placeholder
+# launch_ros finds packages and executables through the ament index under the venv prefix.
+export AMENT_PREFIX_PATH := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export ROS_DOMAIN_ID ?= 42
+export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
+
+.PHONY: venv test lint demo bench clean
+
+$(VENV)/.installed: requirements-dev.txt setup.py package.xml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	if [ -d $(WHEELS) ]; then $(PY) -m pip install -q --no-index --find-links $(WHEELS) $(LAUNCH_WHEELS); \
+	else echo "note: $(WHEELS) not found; launch tests will be skipped"; fi
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+demo: venv
+	$(PY) -m mpnet_model.demo --shared $(SHARED)
+
+bench: venv
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
