@@ -34,10 +34,11 @@ setup(
     entry_points={
         'console_scripts': [
             'mpnet-train = mpnet_model.train.cli:main',
-            'mpnet-eval = mpnet_model.eval.cli:main',
+            'mpnet-eval = mpnet_model.eval.evaluate:main',
             'mpnet-export = mpnet_model.infer.export:main',
             'mpnet-bag = mpnet_ros.bag_tool:main',
             'mpnet-demo = mpnet_model.demo:main',
+            'mpnet-synth = mpnet_model.data.synthetic:main',
         ],
     },
 )
