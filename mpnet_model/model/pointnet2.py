@@ -81,7 +81,7 @@ def ball_query(radius: float, nsample: int, xyz: Tensor, new_xyz: Tensor) -> Ten
     # float32 keys are exact for indices < 2^24 and keep top-k on the fastest ONNX Runtime path.
     index_keys = torch.arange(num_points, device=xyz.device, dtype=torch.float32).expand_as(dist)
     keys = torch.where(dist < radius * radius, index_keys, torch.full_like(dist, float(num_points)))
-    k = min(nsample, num_points)
+    k = min(nsample, int(num_points))        # a Python int: a constant K for TopK in exported graphs (TensorRT)
     first_keys = torch.topk(keys, k, dim=-1, largest=False, sorted=True).values  # (B,S,k) ascending
     if k < nsample:  # fewer points than slots: the extra slots are padding anyway
         first_keys = torch.cat([first_keys, first_keys.new_full((*first_keys.shape[:2], nsample - k),

@@ -1,0 +1,146 @@
+"""Whole-room evaluation through the same `SceneSegmenter` path the robot runs (blocks → backend → mean shift →
+BlockMerging → every point), so a metric measures what ships.
+
+`mpnet-eval --checkpoint runs/x/best.pt --config config/train_s3dis.yaml --out results/x`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mpnet_model.config import ConfigError
+from mpnet_model.data.room import Room
+from mpnet_model.eval.metrics import InstanceEvaluationRecords, InstanceEvaluator, ScanNetAPEvaluator, SemanticEvaluator
+from mpnet_model.eval.report import write_report
+from mpnet_model.infer.scene import SceneResult, SceneSegmenter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    semantic: dict
+    instance: dict
+    scannet_ap: dict | None
+    records: InstanceEvaluationRecords
+    seconds_per_room: float
+    rooms: list[str] = field(default_factory=list)
+
+    def results(self) -> dict:
+        out = {'semantic': self.semantic, 'instance': self.instance}
+        if self.scannet_ap is not None:
+            out['scannet_ap'] = self.scannet_ap
+        return out
+
+    def summary(self) -> dict[str, float]:
+        keys = {'semantic': ('oAcc', 'mAcc', 'mIoU'), 'instance': ('mCov', 'mWCov', 'mPrec', 'mRec'),
+                'scannet_ap': ('mAP', 'mAP50', 'mAP25')}
+        return {name: float(part[name]) for section, names in keys.items()
+                for part in [self.results().get(section)] if part is not None for name in names}
+
+
+def evaluate_rooms(segmenter: SceneSegmenter, rooms: Iterable[Room], scannet_ap: bool = False,
+                   progress: bool = True, on_room: Callable[[Room, SceneResult], None] | None = None) -> Evaluation:
+    """Segment each room with `segmenter` and accumulate semantic, S3DIS-instance (and ScanNet AP) metrics."""
+    num_classes = len(segmenter.class_names)
+    semantic = SemanticEvaluator(num_classes)
+    instance = InstanceEvaluator(num_classes)
+    # ScanNet benchmark: wall and floor (ids 0, 1) are not instance classes.
+    ap = ScanNetAPEvaluator(num_classes, eval_classes=range(2, num_classes)) if scannet_ap else None
+    names, seconds = [], 0.0
+    for room in tqdm(rooms, desc='evaluating rooms', unit='room', disable=not progress):
+        if tuple(room.class_names) != tuple(segmenter.class_names):
+            raise ConfigError(f'room {room.name}: classes {room.class_names} differ from the model\'s '
+                              f'{segmenter.class_names}')
+        start = time.perf_counter()
+        result = segmenter.segment(room.xyz, room.rgb)
+        seconds += time.perf_counter() - start
+        # Points no block reached (label -1) count as wrong rather than being dropped.
+        labels = np.where(result.labels < 0, 0, result.labels)
+        semantic.add(labels, room.sem)
+        instance.add(labels, result.instances, room.sem, room.ins, room_id=room.name)
+        if ap is not None:
+            ap.add_from_labels(room.sem, room.ins, labels, result.instances, result.scores)
+        names.append(room.name)
+        if on_room is not None:
+            on_room(room, result)
+    if not names:
+        raise ValueError('no rooms to evaluate')
+    return Evaluation(semantic.compute(), instance.compute(), ap.compute() if ap else None,
+                      instance.instance_records(), seconds / len(names), names)
+
+
+def write_evaluation(evaluation: Evaluation, class_names, class_shares, out_dir: str | Path, title: str
+                     ) -> dict[str, Path]:
+    """Markdown/CSV report (per class and dominance tier), summary.json and the per-instance records (.npz)."""
+    out_dir = Path(out_dir)
+    paths = write_report(evaluation.results(), class_names, class_shares, out_dir, title)
+    summary = {**evaluation.summary(), 'rooms': len(evaluation.rooms), 'seconds_per_room': evaluation.seconds_per_room}
+    paths['summary'] = out_dir / 'summary.json'
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix='.tmp')
+    with os.fdopen(fd, 'w') as handle:
+        json.dump(summary, handle, indent=2)
+    os.replace(tmp, paths['summary'])
+    paths['gt_records'] = out_dir / 'gt_instances.npz'
+    evaluation.records.gt.save(str(paths['gt_records']))
+    paths['pred_records'] = out_dir / 'pred_instances.npz'
+    evaluation.records.pred.save(str(paths['pred_records']))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mpnet_model.data.splits import split_rooms
+    from mpnet_model.model.checkpoint import CheckpointError, read_checkpoint
+    from mpnet_model.train.config import load_config
+
+    parser = argparse.ArgumentParser(prog='mpnet-eval', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--checkpoint', required=True, help='checkpoint (.pt) or ONNX model (.onnx)')
+    parser.add_argument('--config', help='training YAML naming the dataset and split (its test rooms are used)')
+    parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='SECTION.KEY=VALUE')
+    parser.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime', 'tensorrt'])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--split', default='test', choices=['test', 'val', 'train'])
+    parser.add_argument('--out', required=True, help='folder for the report')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    try:
+        cfg = load_config(args.config, args.overrides)
+        d = cfg.data
+        split = split_rooms(d.dataset, d.root, d.test_area, d.fold, d.val_fraction, d.label_map, d.train_split,
+                            d.val_split, d.max_rooms)
+        room_dirs = getattr(split, args.split)
+        if not room_dirs:
+            raise FileNotFoundError(f'the {args.split} split of {d.root} holds no rooms')
+        segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device)
+        shares = None
+        if args.checkpoint.endswith('.pt'):
+            shares = read_checkpoint(args.checkpoint)['extra'].get('class_shares')
+        evaluation = evaluate_rooms(segmenter, (split.loader(r) for r in room_dirs),
+                                    scannet_ap=d.dataset == 'scannet')
+    except (ConfigError, FileNotFoundError, CheckpointError, ValueError) as error:
+        print(f'mpnet-eval: error: {error}', file=sys.stderr)
+        return 2
+    if shares is None:
+        log.warning('no training class shares in the checkpoint: dominance tiers use the evaluated rooms\' shares')
+        shares = evaluation.semantic['gt_points']
+    paths = write_evaluation(evaluation, segmenter.class_names, shares, args.out,
+                             f'{Path(args.checkpoint).stem} on {d.dataset} {args.split}')
+    print(json.dumps(evaluation.summary(), indent=2))
+    print(f'mpnet-eval: report in {paths["summary"].parent}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
