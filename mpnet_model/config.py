@@ -5,7 +5,7 @@ Ablation rows of the paper's Table 1 are presets of this config (see `ABLATIONS`
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mpnet_model.data.classes import S3DIS_CLASSES
