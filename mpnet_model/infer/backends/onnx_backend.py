@@ -1,0 +1,79 @@
+"""ONNX Runtime backend for models written by `mpnet-export` (metadata read from the file's metadata_props)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mpnet_model.infer.backends.base import (
+    INPUT_POINTS,
+    OUTPUT_NAMES,
+    Backend,
+    BackendError,
+    ModelMetadata,
+    fps_input_name,
+    nested_sample_indices,
+)
+
+
+def graph_feeds(blocks: np.ndarray, metadata: ModelMetadata) -> dict[str, np.ndarray]:
+    """Input dict of an exported graph: the blocks plus, when FPS is outside the graph, its nested indices."""
+    feeds = {INPUT_POINTS: blocks}
+    if not metadata.fps_in_graph:
+        for level, index in enumerate(nested_sample_indices(blocks[..., :3], metadata.sa_npoints)):
+            feeds[fps_input_name(level)] = index
+    return feeds
+
+
+class OnnxRuntimeBackend(Backend):
+    """onnxruntime InferenceSession with full graph optimisation.
+
+    device='cpu': CPU execution provider only. device='cuda' (or 'cuda:N'): the CUDA EP first, CPU as fallback for
+    unsupported nodes; an error when this onnxruntime build has no CUDA EP. intra_op_threads: None = all cores.
+    """
+
+    name = 'onnxruntime'
+
+    def __init__(self, model_path: str | Path, device: str = 'cpu', precision: str = 'fp32',
+                 intra_op_threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(model_path)
+        if precision != 'fp32':
+            raise BackendError(f"onnxruntime backend: precision={precision!r} unsupported (the exported graph is "
+                               "fp32); use the tensorrt backend for fp16")
+        if not path.is_file():
+            raise BackendError(f'{path}: ONNX model file not found')
+        providers = ['CPUExecutionProvider']
+        if device.startswith('cuda'):
+            if 'CUDAExecutionProvider' not in ort.get_available_providers():
+                raise BackendError(f'onnxruntime backend: device={device!r} but this onnxruntime has no '
+                                   f'CUDAExecutionProvider (available: {ort.get_available_providers()}); '
+                                   'install onnxruntime-gpu or use device=cpu')
+            device_id = int(device.split(':')[1]) if ':' in device else 0
+            providers = [('CUDAExecutionProvider', {'device_id': device_id}), 'CPUExecutionProvider']
+        elif device != 'cpu':
+            raise BackendError(f"onnxruntime backend: device={device!r}: use 'cpu' or 'cuda[:N]'")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
+        options.log_severity_level = 3   # warnings about unused initialisers etc. are noise at runtime
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+            raise BackendError(f'{path}: cannot load ONNX model (corrupt, truncated or not ONNX): {error}') from error
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        super().__init__(ModelMetadata.from_props(props, str(path)), device, str(path))
+        inputs = {item.name for item in self.session.get_inputs()}
+        outputs = [item.name for item in self.session.get_outputs()]
+        expected = {INPUT_POINTS}
+        if not self.metadata.fps_in_graph:
+            expected |= {fps_input_name(level) for level in range(len(self.metadata.sa_npoints))}
+        if inputs != expected or list(outputs[:2]) != list(OUTPUT_NAMES):
+            raise BackendError(f'{path}: graph inputs {sorted(inputs)} / outputs {outputs} do not match the '
+                               f'metadata (expected inputs {sorted(expected)}, outputs {list(OUTPUT_NAMES)})')
+
+    def _infer(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sem_logits, embeddings = self.session.run(list(OUTPUT_NAMES), graph_feeds(blocks, self.metadata))
+        return sem_logits, embeddings

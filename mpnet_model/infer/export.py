@@ -1,0 +1,192 @@
+"""`mpnet-export CHECKPOINT [-o model.onnx] [--opset 17] [--batch 2] [--build-engine]`: checkpoint -> ONNX.
+
+Graph: inputs `points` (B,P,in_channels) float32 and `fps_0..fps_{L-1}` (B,npoint_l) int64 (nested farthest point
+sample indices, see `mpnet_model.infer.backends.base.nested_sample_indices`); outputs `sem_logits` (B,P,C) and
+`ins_embed` (B,P,E). The batch axis is dynamic. metadata_props: class_names (JSON), in_channels, num_points,
+embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version.
+
+Exporter: torch 2.13 still ships the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, deprecated);
+it is used here because it handles this model's gathers / top-k with a dynamic batch axis in ~2 s and gives a
+compact graph (~1.4k nodes for the small config). The dynamo exporter is the fallback when the TorchScript one is
+unavailable (`--exporter dynamo` forces it).
+
+FPS outside the graph — chosen by measurement (benchmarks/bench_runtime.py -> benchmarks/results/runtime.md,
+small config, ORT, 2 shared CPU cores): inside, the tracer unrolls the sequential FPS loop into ~70 nodes per
+sample step (23.6k nodes vs 1.3k for the small config; ~4x more for the default 1360 steps), the export takes
+~80 s instead of ~10 s, a TensorRT build of such a graph is impractical, and ORT was slower too (179 vs 104 ms per
+block at batch 2, the latter including the numpy FPS). Outside, FPS runs in numpy (bit-identical to the torch
+op, ~4x faster than torch eager FPS) and the graph only contains Conv/Gather/TopK/MatMul-type ops that TensorRT 10
+supports (checked by tests/test_tensorrt.py against `mpnet_model.infer.trt_ops`). TopK `K` values that the tracer
+recorded as shape arithmetic are frozen to constants after export (TensorRT needs K at build time).
+`--fps-in-graph` still exports the unrolled variant for measurements.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mpnet_model import __version__
+from mpnet_model.infer.backends.base import INPUT_POINTS, OUTPUT_NAMES, ModelMetadata, fps_input_name
+from mpnet_model.infer.backends.torch_backend import metadata_from_checkpoint
+
+LOG = logging.getLogger(__name__)
+MIN_OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported; the message names the file and the problem."""
+
+
+class _InferenceGraph(nn.Module):
+    """The exported function: (points, *fps indices) -> (sem_logits, ins_embed)."""
+
+    def __init__(self, model: nn.Module, fps_in_graph: bool):
+        super().__init__()
+        self.model = model
+        self.fps_in_graph = fps_in_graph
+
+    def forward(self, points: torch.Tensor, *sample_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.predict(points, None if self.fps_in_graph else list(sample_indices))
+
+
+def export_onnx(model: nn.Module, metadata: ModelMetadata, output: str | Path, opset: int = MIN_OPSET,
+                example_batch: int = 2, exporter: str = 'torchscript') -> Path:
+    """Export `model` (an MPNet) to `output` atomically; returns the path. The model itself is not modified
+    (the export traces a deep copy in eval mode: tracing in train mode would update BN running statistics)."""
+    import onnx
+
+    output = Path(output)
+    if opset < MIN_OPSET:
+        raise ExportError(f'opset={opset}: need >= {MIN_OPSET}')
+    graph = _InferenceGraph(copy.deepcopy(model).cpu().eval(), metadata.fps_in_graph).eval()
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(example_batch, metadata.num_points, metadata.in_channels, generator=generator)
+    inputs: tuple[torch.Tensor, ...] = (points,)
+    input_names = [INPUT_POINTS]
+    if not metadata.fps_in_graph:
+        indices = graph.model.sample_indices(points[..., :3])
+        inputs += tuple(indices)
+        input_names += [fps_input_name(level) for level in range(len(indices))]
+    dynamic_axes = {name: {0: 'batch'} for name in input_names + list(OUTPUT_NAMES)}
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f'.{output.name}.', suffix='.tmp', dir=output.parent)
+    os.close(handle)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # TorchScript exporter deprecation + tracer warnings on shape math
+            if exporter == 'torchscript':
+                torch.onnx.export(graph, inputs, tmp_name, dynamo=False, opset_version=opset,
+                                  input_names=input_names, output_names=list(OUTPUT_NAMES),
+                                  dynamic_axes=dynamic_axes, do_constant_folding=True)
+            elif exporter == 'dynamo':
+                batch = torch.export.Dim('batch', min=1, max=1024)
+                shapes = tuple({0: batch} for _ in inputs)
+                program = torch.onnx.export(graph, inputs, dynamo=True, opset_version=opset,
+                                            input_names=input_names, output_names=list(OUTPUT_NAMES),
+                                            dynamic_shapes=shapes, external_data=False)
+                program.save(tmp_name, external_data=False)
+            else:
+                raise ExportError(f"exporter={exporter!r}: choose 'torchscript' or 'dynamo'")
+        proto = onnx.load(tmp_name)
+        del proto.metadata_props[:]
+        for key, value in metadata.to_props().items():
+            proto.metadata_props.add(key=key, value=value)
+        _freeze_topk_k(proto, inputs)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, tmp_name)
+        os.replace(tmp_name, output)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return output
+
+
+def _freeze_topk_k(proto, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Replace TopK `K` inputs computed from shapes by constants (TensorRT needs K as a build-time constant).
+
+    The tracer records `min(nsample, num_points)` as shape arithmetic when a level has fewer points than
+    `nsample` (small configs). K depends only on the static point counts, so it is evaluated with onnxruntime
+    for the example batch and checked to be the same for a batch of 1 before it is frozen.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    constants = {init.name for init in proto.graph.initializer}
+    constants |= {out for node in proto.graph.node if node.op_type == 'Constant' for out in node.output}
+    pending = [node for node in proto.graph.node if node.op_type == 'TopK' and node.input[1] not in constants]
+    if not pending:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    for node in pending:
+        probe.graph.output.add(name=node.input[1])
+    session = ort.InferenceSession(probe.SerializeToString(), providers=['CPUExecutionProvider'])
+    names = [item.name for item in session.get_inputs()]
+    values = []
+    for batch in (inputs[0].shape[0], 1):
+        feeds = {name: tensor[:batch].numpy() for name, tensor in zip(names, inputs)}
+        values.append(session.run([node.input[1] for node in pending], feeds))
+    for node, k_full, k_one in zip(pending, *values):
+        if not (k_full == k_one).all():
+            raise ExportError(f'TopK {node.name}: K depends on the batch size ({k_full} vs {k_one})')
+        name = f'{node.name}/frozen_k'
+        proto.graph.initializer.append(numpy_helper.from_array(k_full.astype('int64'), name))
+        node.input[1] = name
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, opset: int = MIN_OPSET,
+                      example_batch: int = 2, fps_in_graph: bool = False, block_size: float = 1.0,
+                      stride: float = 0.5, exporter: str = 'torchscript') -> Path:
+    """Load a checkpoint (mpnet_model.model.checkpoint format) and export it; default output: CHECKPOINT.onnx."""
+    from mpnet_model.model.checkpoint import load_checkpoint
+
+    model, cfg, meta = load_checkpoint(checkpoint)
+    metadata = metadata_from_checkpoint(cfg, meta, block_size, stride)
+    metadata.fps_in_graph = fps_in_graph
+    metadata.version = __version__
+    output = Path(output) if output else Path(checkpoint).with_suffix('.onnx')
+    return export_onnx(model, metadata, output, opset, example_batch, exporter)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='mpnet-export', description=__doc__.split('\n')[0])
+    parser.add_argument('checkpoint', help='checkpoint written by mpnet-train (save_checkpoint)')
+    parser.add_argument('-o', '--output', help='ONNX file to write (default: CHECKPOINT with .onnx suffix)')
+    parser.add_argument('--opset', type=int, default=MIN_OPSET, help=f'ONNX opset (>= {MIN_OPSET})')
+    parser.add_argument('--batch', type=int, default=2, help='example batch used for tracing (axis stays dynamic)')
+    parser.add_argument('--block-size', type=float, default=1.0, help='block edge (m) stored in the metadata')
+    parser.add_argument('--stride', type=float, default=0.5, help='block stride (m) stored in the metadata')
+    parser.add_argument('--fps-in-graph', action='store_true', help='trace FPS into the graph (slow, for tests)')
+    parser.add_argument('--exporter', choices=('torchscript', 'dynamo'), default='torchscript')
+    parser.add_argument('--build-engine', action='store_true',
+                        help='also build (or reuse) the TensorRT engine next to the ONNX file, then exit')
+    parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp16', help='TensorRT engine precision')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    try:
+        path = export_checkpoint(args.checkpoint, args.output, args.opset, args.batch, args.fps_in_graph,
+                                 args.block_size, args.stride, args.exporter)
+        print(f'wrote {path}')
+        if args.build_engine:
+            from mpnet_model.infer.backends.tensorrt_backend import build_engine
+            engine_path = build_engine(path, args.precision, build_only=True)
+            print(f'engine {engine_path}')
+    except Exception as error:  # CLI: one clear line instead of a traceback
+        print(f'mpnet-export: error: {error}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

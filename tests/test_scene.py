@@ -1,0 +1,98 @@
+"""SceneSegmenter on real clouds: every input point gets a label / score / instance, deterministic for a seed,
+empty and tiny clouds, lidar clouds without rgb, and the factory."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from runtime_fixtures import exported_small, needs_data, office_cloud, ouster_cloud
+
+from mpnet_model.infer.backends.base import make_backend
+from mpnet_model.infer.scene import SceneResult, SceneSegmenter, intensity_to_grey, load_segmenter
+
+pytestmark = needs_data
+
+
+@pytest.fixture(scope='module')
+def segmenter():
+    return SceneSegmenter(make_backend('onnxruntime', exported_small()[1]), min_instance_points=20)
+
+
+@pytest.fixture(scope='module')
+def office_subset():
+    """A 2 m x 1.5 m patch of the PCL office scan (z-up), ~20 blocks: real data, test-sized."""
+    xyz, rgb = office_cloud()
+    centre = np.median(xyz, axis=0)
+    keep = (np.abs(xyz[:, 0] - centre[0]) < 1.0) & (np.abs(xyz[:, 1] - centre[1]) < 0.75)
+    keep &= np.random.default_rng(0).random(len(xyz)) < 0.5
+    return xyz[keep], rgb[keep]
+
+
+def test_every_point_labelled_and_consistent(segmenter, office_subset):
+    xyz, rgb = office_subset
+    result = segmenter.segment(xyz, rgb)
+    n = len(xyz)
+    assert result.labels.shape == (n,) and result.labels.dtype == np.int32
+    assert result.scores.shape == (n,) and result.scores.dtype == np.float32
+    assert result.instances.shape == (n,) and result.instances.dtype == np.int32
+    assert result.labels.min() >= 0 and result.labels.max() < 13           # every point predicted
+    assert np.all((result.scores > 1 / 13 - 1e-6) & (result.scores <= 1))  # arg-max prob is >= 1/C
+    ids = np.unique(result.instances[result.instances >= 0])
+    np.testing.assert_array_equal(ids, np.arange(len(result.instances_info)))
+    for info in result.instances_info:
+        members = result.instances == info.id
+        assert info.num_points == members.sum() >= 20
+        assert info.class_name == segmenter.class_names[info.class_id]
+        assert info.class_id == np.bincount(result.labels[members]).argmax()
+        np.testing.assert_allclose(info.extent, xyz[members].max(0) - xyz[members].min(0), atol=1e-6)
+    sizes = [info.num_points for info in result.instances_info]
+    assert sizes == sorted(sizes, reverse=True)
+    assert {'blocks', 'inference', 'meanshift', 'merging', 'projection', 'total'} <= set(result.timings)
+
+
+def test_deterministic_for_a_seed(segmenter, office_subset):
+    xyz, rgb = office_subset
+    first, second = segmenter.segment(xyz, rgb), segmenter.segment(xyz, rgb)
+    np.testing.assert_array_equal(first.labels, second.labels)
+    np.testing.assert_array_equal(first.instances, second.instances)
+    np.testing.assert_array_equal(first.scores, second.scores)
+
+
+def test_unsampled_points_take_nearest_sampled_point(segmenter):
+    # Two dense clusters far apart; duplicate points must get exactly their twin's result.
+    rng = np.random.default_rng(0)
+    xyz = np.concatenate([rng.random((3000, 3)) * 0.9, rng.random((3000, 3)) * 0.9 + [3, 0, 0]]).astype(np.float32)
+    xyz = np.concatenate([xyz, xyz[:100]])
+    result = segmenter.segment(xyz, None, None)
+    np.testing.assert_array_equal(result.labels[-100:], result.labels[:100])
+
+
+def test_lidar_without_rgb(segmenter):
+    xyz, intensity = ouster_cloud(15.0)
+    anchor = np.median(xyz[:, :2], axis=0)      # a 2 m x 2 m patch of the street scan: a few blocks
+    patch = np.all(np.abs(xyz[:, :2] - anchor) < 1.0, axis=1)
+    xyz, intensity = xyz[patch], intensity[patch]
+    assert len(xyz) > 200
+    result = segmenter.segment(xyz, None, intensity)
+    assert result.labels.shape == (len(xyz),) and result.labels.min() >= 0
+    grey = intensity_to_grey(np.array([0, 1, 2, 3, 1000], np.float32))
+    assert grey.shape == (5, 3) and np.all(grey[:, 0] == grey[:, 2]) and grey.max() == 1.0 and grey.min() == 0.0
+
+
+def test_empty_and_tiny_clouds(segmenter):
+    empty = segmenter.segment(np.zeros((0, 3), np.float32), None, None)
+    assert isinstance(empty, SceneResult) and empty.labels.shape == (0,) and empty.instances_info == []
+    tiny = segmenter.segment(np.random.default_rng(0).random((5, 3)), None, None)
+    assert tiny.labels.tolist() == [-1] * 5 and tiny.instances.tolist() == [-1] * 5
+    with pytest.raises(ValueError, match='NaN'):
+        segmenter.segment(np.array([[0, 0, np.nan]] * 50, np.float32))
+    with pytest.raises(ValueError, match='rgb'):
+        segmenter.segment(np.zeros((50, 3), np.float32), np.full((50, 3), 255.0))
+
+
+def test_factory_uses_model_metadata():
+    checkpoint, onnx_path = exported_small()
+    segmenter = load_segmenter('onnxruntime', onnx_path, device='cpu', batch_size=4)
+    assert segmenter.num_points == 1024 and segmenter.block_size == 1.0 and segmenter.batch_size == 4
+    assert SceneSegmenter.from_config('torch', checkpoint).backend.name == 'torch'
+    with pytest.raises(ValueError, match='num_points=4096'):
+        SceneSegmenter(segmenter.backend, num_points=4096)
