@@ -14,7 +14,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export ROS_DOMAIN_ID ?= 42
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench clean ament-links
 
 $(VENV)/.installed: requirements-dev.txt setup.py package.xml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,7 +22,18 @@ $(VENV)/.installed: requirements-dev.txt setup.py package.xml
 	if [ -d $(WHEELS) ]; then $(PY) -m pip install -q --no-index --find-links $(WHEELS) $(LAUNCH_WHEELS); \
 	else echo "note: $(WHEELS) not found; launch tests will be skipped"; fi
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(MAKE) --no-print-directory ament-links
 	touch $@
+
+# setuptools' editable install skips data_files, so link the ament index marker, package.xml, launch/,
+# config/ and the node executable into the venv prefix (what `colcon build --symlink-install` does).
+ament-links:
+	mkdir -p $(VENV)/share/ament_index/resource_index/packages $(VENV)/share/mpnet_ros $(VENV)/lib/mpnet_ros
+	ln -sfn $(CURDIR)/resource/mpnet_ros $(VENV)/share/ament_index/resource_index/packages/mpnet_ros
+	ln -sfn $(CURDIR)/package.xml $(VENV)/share/mpnet_ros/package.xml
+	ln -sfn $(CURDIR)/launch $(VENV)/share/mpnet_ros/launch
+	ln -sfn $(CURDIR)/config $(VENV)/share/mpnet_ros/config
+	ln -sfn $(CURDIR)/scripts/segment $(VENV)/lib/mpnet_ros/segment
 
 venv: $(VENV)/.installed
 
