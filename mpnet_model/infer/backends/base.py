@@ -171,9 +171,16 @@ class Backend(ABC):
 def make_backend(kind: str, model_path: str | Path, device: str = 'cpu', precision: str = 'fp32',
                  **options: Any) -> Backend:
     """Create a backend by name: 'torch' (checkpoint .pt), 'onnxruntime' (.onnx) or 'tensorrt' (.onnx; the engine
-    is built / cached next to it). `options` go to the backend's constructor (e.g. intra_op_threads)."""
+    is built / cached next to it). An empty `model_path` selects the shipped default model.
+    `options` go to the backend's constructor (e.g. intra_op_threads)."""
     if precision not in ('fp32', 'fp16'):
         raise BackendError(f"precision={precision!r}: choose 'fp32' or 'fp16'")
+    if not str(model_path):
+        from mpnet_model.default_model import default_model_path
+        try:
+            model_path = default_model_path(kind)
+        except FileNotFoundError as error:
+            raise BackendError(str(error)) from error
     if kind == 'torch':
         from mpnet_model.infer.backends.torch_backend import TorchBackend
         return TorchBackend(model_path, device=device, precision=precision, **options)
