@@ -17,7 +17,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.rviz')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.rviz') + glob('config/*.xml')),
         # launch_ros starts executables from lib/<pkg>/; pip puts console scripts in bin/, so ship the
         # node's executable explicitly (colcon uses the same file).
         ('lib/' + package_name, ['scripts/segment']),

@@ -1,0 +1,62 @@
+"""Start the MPNet segment node (and optionally RViz).
+
+    ros2 launch mpnet_ros segment.launch.py input_topic:=/ouster/points model_path:=/path/model.pt rviz:=true
+
+Arguments: input_topic (remaps ~/input), params_file (default: share/mpnet_ros/config/segment.yaml),
+model_path (overrides the params file when not empty), use_sim_time, rviz (false: true starts rviz2 with
+config/mpnet.rviz and the params file's fixed_frame, when set, as its fixed frame).
+"""
+from pathlib import Path
+
+import yaml
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = 'mpnet_ros'
+
+
+def _fixed_frame(params_file: str) -> str:
+    """fixed_frame from the params file ('' when unset or unreadable: RViz then keeps its config's frame)."""
+    try:
+        data = yaml.safe_load(Path(params_file).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ''
+    for section in data.values():
+        if isinstance(section, dict) and section.get('ros__parameters', {}).get('fixed_frame'):
+            return str(section['ros__parameters']['fixed_frame'])
+    return ''
+
+
+def _nodes(context):
+    params_file = LaunchConfiguration('params_file').perform(context)
+    use_sim_time = LaunchConfiguration('use_sim_time').perform(context).lower() in ('true', '1')
+    overrides = {'use_sim_time': use_sim_time}
+    model_path = LaunchConfiguration('model_path').perform(context)
+    if model_path:
+        overrides['model_path'] = model_path
+    segment = Node(package=PACKAGE, executable='segment', name='mpnet_segment', output='screen',
+                   parameters=[params_file, overrides],
+                   remappings=[('~/input', LaunchConfiguration('input_topic'))])
+    rviz_args = ['-d', str(Path(get_package_share_directory(PACKAGE)) / 'config' / 'mpnet.rviz')]
+    frame = _fixed_frame(params_file)
+    if frame:
+        rviz_args += ['-f', frame]
+    rviz = Node(package='rviz2', executable='rviz2', name='rviz2', arguments=rviz_args,
+                parameters=[{'use_sim_time': use_sim_time}], condition=IfCondition(LaunchConfiguration('rviz')))
+    return [segment, rviz]
+
+
+def generate_launch_description():
+    default_params = str(Path(get_package_share_directory(PACKAGE)) / 'config' / 'segment.yaml')
+    return LaunchDescription([
+        DeclareLaunchArgument('input_topic', default_value='/points', description='PointCloud2 topic to segment'),
+        DeclareLaunchArgument('params_file', default_value=default_params, description='node parameters YAML'),
+        DeclareLaunchArgument('model_path', default_value='', description='model file; overrides params_file'),
+        DeclareLaunchArgument('use_sim_time', default_value='false', description='use /clock (bag playback)'),
+        DeclareLaunchArgument('rviz', default_value='false', description='also start rviz2'),
+        OpaqueFunction(function=_nodes),
+    ])

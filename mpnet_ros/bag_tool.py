@@ -1,0 +1,167 @@
+"""`mpnet-bag IN OUT`: segment every PointCloud2 of a rosbag2 offline and write a new bag.
+
+Same core path as the node (cloud_io -> ScenePipeline -> SceneSegmenter) but every frame is processed (no drops).
+Reads sqlite3 and mcap bags with `rosbags`; writes the chosen storage with
+  <node>/labeled_cloud (sensor_msgs/PointCloud2) and <node>/instances (visualization_msgs/MarkerArray)
+stamped like their input (header stamp and log time), plus a copy of the input topic unless --no-copy-input.
+The output bag is written in a temporary folder next to OUT and renamed to OUT at the end (atomic).
+
+    mpnet-bag in_bag out_bag --topic /ouster/points --model model.pt --storage mcap --max-range 8
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from mpnet_ros.cloud_io import CloudError, labeled_cloud_msg, parse_cloud
+from mpnet_ros.params import ParamError, SegmentParams, validate_params
+from mpnet_ros.pipeline import ScenePipeline, make_segmenter
+
+LOG = logging.getLogger('mpnet-bag')
+POINTCLOUD2 = 'sensor_msgs/msg/PointCloud2'
+MARKER_ARRAY = 'visualization_msgs/msg/MarkerArray'
+OUTPUT_PREFIX = '/mpnet_segment'
+
+
+@dataclass
+class BagSummary:
+    frames_in: int = 0
+    frames_out: int = 0
+    bad_frames: int = 0
+    total_ms: float = 0.0
+    output: str = ''
+
+
+def _params_from_file(path: str | None) -> dict[str, Any]:
+    """ros__parameters of a ROS 2 params YAML (the `/**` section or the only node section)."""
+    if not path:
+        return {}
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    sections = [v['ros__parameters'] for v in data.values() if isinstance(v, dict) and 'ros__parameters' in v]
+    if len(sections) != 1:
+        raise ParamError('params_file', path, f'expected one node section with ros__parameters, found {len(sections)}')
+    return dict(sections[0])
+
+
+def _pick_topic(connections: list[Any], topic: str | None) -> str:
+    clouds = sorted({c.topic for c in connections if c.msgtype == POINTCLOUD2})
+    if topic is None:
+        if len(clouds) != 1:
+            raise SystemExit(f'mpnet-bag: choose --topic, the bag has PointCloud2 topics {clouds}')
+        return clouds[0]
+    if topic not in clouds:
+        raise SystemExit(f'mpnet-bag: topic {topic!r} is not a PointCloud2 topic of the bag; found {clouds}')
+    return topic
+
+
+def segment_bag(in_path: Path, out_path: Path, params: SegmentParams, topic: str | None = None,
+                storage: str = 'mcap', copy_input: bool = True, segmenter: Any = None,
+                progress: bool = True) -> BagSummary:
+    """Segment `topic` of the bag at `in_path` into a new bag at `out_path` (must not exist)."""
+    from rclpy.serialization import serialize_message
+    from rosbags.highlevel import AnyReader
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+    from std_msgs.msg import Header
+
+    from mpnet_ros.markers import instance_markers
+
+    in_path, out_path = Path(in_path), Path(out_path)
+    if out_path.exists():
+        raise FileExistsError(f'mpnet-bag: output {out_path} already exists')
+    plugin = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}[storage]
+    pipeline = ScenePipeline(params, segmenter if segmenter is not None else make_segmenter(params))
+    num_classes = len(pipeline.class_names)
+    typestore = get_typestore(Stores.ROS2_JAZZY)
+    summary = BagSummary(output=str(out_path))
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{out_path.name}.', dir=out_path.parent))
+    try:
+        with AnyReader([in_path]) as reader, Writer(staging / out_path.name, version=9,
+                                                    storage_plugin=plugin) as writer:
+            topic = _pick_topic(reader.connections, topic)
+            inputs = [c for c in reader.connections if c.topic == topic]
+            cloud_out = writer.add_connection(f'{OUTPUT_PREFIX}/labeled_cloud', POINTCLOUD2, typestore=typestore)
+            marker_out = writer.add_connection(f'{OUTPUT_PREFIX}/instances', MARKER_ARRAY, typestore=typestore)
+            copy_out = writer.add_connection(topic, POINTCLOUD2, typestore=typestore) if copy_input else None
+            total = sum(c.msgcount for c in inputs)
+            for connection, log_time, raw in tqdm(reader.messages(connections=inputs), total=total, unit='frame',
+                                                  desc=f'mpnet-bag {topic}', disable=not progress):
+                summary.frames_in += 1
+                if copy_out is not None:
+                    writer.write(copy_out, log_time, raw)
+                try:
+                    pipeline.add(parse_cloud(reader.deserialize(raw, connection.msgtype), params.max_points,
+                                             params.drop_zero_points))
+                    result = pipeline.process(pipeline.window.snapshot())
+                except CloudError as exc:
+                    summary.bad_frames += 1
+                    LOG.warning('frame %d at %d ns skipped: %s', summary.frames_in, log_time, exc)
+                    continue
+                header = Header(frame_id=result.frame_id)
+                header.stamp.sec, header.stamp.nanosec = divmod(result.stamp_ns, 1_000_000_000)
+                cloud = labeled_cloud_msg(header, result.xyz, result.labels, result.instances, result.scores,
+                                          num_classes)
+                writer.write(cloud_out, log_time, serialize_message(cloud))
+                writer.write(marker_out, log_time, serialize_message(instance_markers(header, result.instances_info)))
+                summary.frames_out += 1
+                summary.total_ms += result.timings['total_ms']
+        os.replace(staging / out_path.name, out_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='mpnet-bag', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('input', type=Path, help='input rosbag2 folder (sqlite3 or mcap)')
+    parser.add_argument('output', type=Path, help='output rosbag2 folder (must not exist)')
+    parser.add_argument('--topic', help='PointCloud2 topic (default: the only one in the bag)')
+    parser.add_argument('--storage', choices=('sqlite3', 'mcap'), default='mcap')
+    parser.add_argument('--params-file', help='ROS 2 params YAML, e.g. config/segment.yaml')
+    parser.add_argument('--model', dest='model_path', help='model file (overrides model_path)')
+    parser.add_argument('--backend', choices=('torch', 'onnxruntime', 'tensorrt'))
+    parser.add_argument('--device')
+    parser.add_argument('--precision', choices=('fp32', 'fp16'))
+    parser.add_argument('--window-frames', type=int)
+    parser.add_argument('--voxel-size', type=float)
+    parser.add_argument('--min-range', type=float)
+    parser.add_argument('--max-range', type=float)
+    parser.add_argument('--no-copy-input', action='store_true', help='do not copy the input topic to the output')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(name)s: %(levelname)s: %(message)s')
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in ('model_path', 'backend', 'device', 'precision', 'window_frames', 'voxel_size', 'min_range',
+                          'max_range') and v is not None}
+    try:
+        params = validate_params({**_params_from_file(args.params_file), **overrides})
+        summary = segment_bag(args.input, args.output, params, topic=args.topic, storage=args.storage,
+                              copy_input=not args.no_copy_input, progress=not args.quiet)
+    except (ParamError, FileExistsError, FileNotFoundError) as exc:
+        LOG.error('%s', exc)
+        return 2
+    mean = summary.total_ms / summary.frames_out if summary.frames_out else 0.0
+    print(f'mpnet-bag: {summary.frames_out}/{summary.frames_in} frames segmented ({summary.bad_frames} skipped), '
+          f'mean {mean:.0f} ms/frame -> {summary.output}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""visualization_msgs/MarkerArray for the segmented instances (ROS message building only).
+
+The array starts with a DELETEALL marker (so boxes of instances that vanished disappear), then per instance an
+axis-aligned CUBE and a TEXT_VIEW_FACING label above it. Colours are stable per instance id; no field is ever NaN.
+"""
+from __future__ import annotations
+
+import colorsys
+import math
+from collections.abc import Iterable
+from typing import Any
+
+MIN_EXTENT = 0.02      # [m] RViz rejects zero-size cubes
+TEXT_HEIGHT = 0.25     # [m]
+BOX_ALPHA = 0.35
+
+
+def _field(info: Any, *names: str, default: Any = None) -> Any:
+    """Read the first present of `names` from a dict or an object (instances_info entries may be either)."""
+    for name in names:
+        if isinstance(info, dict) and name in info:
+            return info[name]
+        if not isinstance(info, dict) and hasattr(info, name):
+            return getattr(info, name)
+    return default
+
+
+def instance_colour(instance_id: int) -> tuple[float, float, float]:
+    """A stable, well-spread RGB in [0, 1] for an instance id (golden-ratio hue walk)."""
+    hue = (int(instance_id) * 0.618033988749895) % 1.0
+    return colorsys.hsv_to_rgb(hue, 0.8, 0.95)
+
+
+def _finite_vector(values: Any, fallback: float) -> list[float] | None:
+    try:
+        vector = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+    if len(vector) != 3:
+        return None
+    return [v if math.isfinite(v) else fallback for v in vector]
+
+
+def instance_markers(header: Any, instances_info: Iterable[Any], namespace: str = 'mpnet') -> Any:
+    """MarkerArray: DELETEALL, then a box and a text label per instance that has a finite centre."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    array = MarkerArray()
+    clear = Marker()
+    clear.header = header
+    clear.action = Marker.DELETEALL
+    array.markers.append(clear)
+    for info in instances_info:
+        instance_id = int(_field(info, 'id', 'instance_id', default=0))
+        centre = _finite_vector(_field(info, 'centre', 'center', default=()), math.nan)
+        if centre is None or not all(math.isfinite(v) for v in centre):
+            continue  # nowhere to draw it
+        extent = _finite_vector(_field(info, 'extent', 'size', default=(0, 0, 0)), MIN_EXTENT) or [MIN_EXTENT] * 3
+        extent = [max(abs(v), MIN_EXTENT) for v in extent]
+        class_name = str(_field(info, 'class_name', 'name', default='?'))
+        point_count = int(_field(info, 'point_count', 'num_points', 'count', default=0))
+        r, g, b = instance_colour(instance_id)
+
+        box = Marker()
+        box.header = header
+        box.ns, box.id = f'{namespace}/boxes', instance_id
+        box.type, box.action = Marker.CUBE, Marker.ADD
+        box.pose.position.x, box.pose.position.y, box.pose.position.z = centre
+        box.pose.orientation.w = 1.0
+        box.scale.x, box.scale.y, box.scale.z = extent
+        box.color.r, box.color.g, box.color.b, box.color.a = r, g, b, BOX_ALPHA
+        array.markers.append(box)
+
+        text = Marker()
+        text.header = header
+        text.ns, text.id = f'{namespace}/labels', instance_id
+        text.type, text.action = Marker.TEXT_VIEW_FACING, Marker.ADD
+        text.pose.position.x, text.pose.position.y = centre[0], centre[1]
+        text.pose.position.z = centre[2] + extent[2] / 2 + TEXT_HEIGHT
+        text.pose.orientation.w = 1.0
+        text.scale.z = TEXT_HEIGHT
+        text.color.r, text.color.g, text.color.b, text.color.a = r, g, b, 1.0
+        text.text = f'{class_name} #{instance_id} ({point_count} pts)'
+        array.markers.append(text)
+    return array
