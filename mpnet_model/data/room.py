@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mpnet_model.data.classes import IGNORE_LABEL
+from mpnet_model.io.atomic import atomic_write
 
 # Version of the on-disk room cache layout; bump when the stored arrays change meaning.
 ROOM_CACHE_VERSION = 1
@@ -57,7 +57,6 @@ def save_room_npz(room: Room, path: str | os.PathLike, source_key: str = '') -> 
     `source_key` identifies the source files (e.g. their sizes and mtimes) so a stale cache can be detected.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = dict(
         version=np.int64(ROOM_CACHE_VERSION),
         name=np.array(room.name),
@@ -69,14 +68,8 @@ def save_room_npz(room: Room, path: str | os.PathLike, source_key: str = '') -> 
         sem=room.sem.astype(np.int32),
         ins=room.ins.astype(np.int32),
     )
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as stream:
+        np.savez(stream, **arrays)
     return path
 
 

@@ -25,7 +25,6 @@ import argparse
 import colorsys
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mpnet_model.data.classes import S3DIS_CLASSES
+from mpnet_model.io.atomic import atomic_write, atomic_write_text
 
 CLASS_INDEX = {name: i for i, name in enumerate(S3DIS_CLASSES)}
 META_FILENAME = 'synthetic_meta.json'
@@ -927,19 +927,6 @@ def generate_room(rng: np.random.Generator, room_type: str | None = None, densit
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace, so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _format_points(xyz: np.ndarray, rgb: np.ndarray) -> str:
     """S3DIS text lines '%.3f %.3f %.3f %d %d %d' (one big %-format: ~10x faster than np.savetxt)."""
     if len(xyz) == 0:
@@ -973,14 +960,14 @@ def write_room(root: str | os.PathLike, area: int, room_name: str, xyz: np.ndarr
         if S3DIS_CLASSES[int(sem[a])] != meta['instances'][k]['class']:
             raise ValueError(f'room {room_name}: instance {k} semantic label disagrees with meta')
         text = _format_points(xyz[a:b], rgb[a:b])
-        _atomic_write_text(ann_dir / f'{names[k]}.txt', text)
+        atomic_write_text(ann_dir / f'{names[k]}.txt', text)
         chunks.append(text)
     wanted = {f'{v}.txt' for v in names.values()}
     for stale in ann_dir.glob('*.txt'):
         if stale.name not in wanted:
             stale.unlink()
-    _atomic_write_text(room_dir / f'{room_name}.txt', ''.join(chunks))
-    _atomic_write_text(room_dir / META_FILENAME, json.dumps({'area': int(area), 'room': room_name, **meta}, indent=1))
+    atomic_write_text(room_dir / f'{room_name}.txt', ''.join(chunks))
+    atomic_write_text(room_dir / META_FILENAME, json.dumps({'area': int(area), 'room': room_name, **meta}, indent=1))
     return room_dir
 
 
@@ -1027,7 +1014,7 @@ def generate_dataset(root: str | os.PathLike, areas: dict[int, int] | None = Non
     summary['seconds'] = round(elapsed, 2)
     summary['seconds_per_room'] = round(elapsed / max(len(summary['rooms']), 1), 3)
     summary['class_fraction'] = {c: round(int(n) / total, 4) for c, n in zip(S3DIS_CLASSES, class_points, strict=True)}
-    _atomic_write_text(root / 'synthetic_dataset.json', json.dumps(summary, indent=1))
+    atomic_write_text(root / 'synthetic_dataset.json', json.dumps(summary, indent=1))
     return summary
 
 
@@ -1059,10 +1046,11 @@ def render_preview(xyz: np.ndarray, sem: np.ndarray, path: str | os.PathLike, ti
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp.png')
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path, suffix='.tmp.png') as stream:
+            fig.savefig(stream, format='png')
+    finally:
+        plt.close(fig)
     return path
 
 

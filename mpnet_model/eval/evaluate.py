@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from mpnet_model.data.room import Room
 from mpnet_model.eval.metrics import InstanceEvaluationRecords, InstanceEvaluator, ScanNetAPEvaluator, SemanticEvaluator
 from mpnet_model.eval.report import write_report
 from mpnet_model.infer.scene import SceneResult, SceneSegmenter
+from mpnet_model.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +87,7 @@ def write_evaluation(evaluation: Evaluation, class_names, class_shares, out_dir:
     paths = write_report(evaluation.results(), class_names, class_shares, out_dir, title)
     summary = {**evaluation.summary(), 'rooms': len(evaluation.rooms), 'seconds_per_room': evaluation.seconds_per_room}
     paths['summary'] = out_dir / 'summary.json'
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix='.tmp')
-    with os.fdopen(fd, 'w') as handle:
-        json.dump(summary, handle, indent=2)
-    os.replace(tmp, paths['summary'])
+    atomic_write_text(paths['summary'], json.dumps(summary, indent=2))
     paths['gt_records'] = out_dir / 'gt_instances.npz'
     evaluation.records.gt.save(str(paths['gt_records']))
     paths['pred_records'] = out_dir / 'pred_instances.npz'

@@ -29,14 +29,13 @@ Choices and deviations from the reference scripts (ASIS `eval_iou_accuracy.py`, 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
 
 from mpnet_model.data.classes import IGNORE_LABEL
+from mpnet_model.io.atomic import atomic_write
 
 # IoU thresholds of the official ScanNet script: 0.50, 0.55, ..., 0.90, then 0.25.
 SCANNET_AP_THRESHOLDS = np.append(np.arange(0.5, 0.95, 0.05), 0.25)
@@ -168,12 +167,9 @@ class InstanceRecords:
 
     def save(self, path: str) -> None:
         """Write to `.npz` atomically (so a baseline's records can be reused by a later run)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, suffix='.npz', delete=False) as handle:
-            np.savez(handle, room=self.room.astype(str), instance=self.instance, sem=self.sem,
+        with atomic_write(path) as stream:
+            np.savez(stream, room=self.room.astype(str), instance=self.instance, sem=self.sem,
                      num_points=self.num_points, best_iou=self.best_iou, best_match=self.best_match)
-        os.replace(handle.name, path)
 
     @classmethod
     def load(cls, path: str) -> InstanceRecords:

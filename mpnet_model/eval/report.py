@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from mpnet_model.io.atomic import atomic_write
 
 TIERS = ('dominant', 'mid', 'non_dominant')
 
@@ -110,14 +110,6 @@ def _csv_text(header: list[str], rows: list[list]) -> str:
     return buffer.getvalue()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory + os.replace: readers never see a half-written report."""
-    with tempfile.NamedTemporaryFile('w', dir=path.parent, prefix=f'.{path.name}.', delete=False,
-                                     encoding='utf-8') as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 def _slug(title: str) -> str:
     slug = re.sub(r'[^A-Za-z0-9]+', '_', title).strip('_').lower()
     return slug or 'report'
@@ -146,6 +138,7 @@ def write_report(results: dict, class_names, class_shares, out_dir, title: str) 
     slug = _slug(title)
     paths = {'markdown': out_dir / f'{slug}.md', 'per_class_csv': out_dir / f'{slug}_per_class.csv',
              'summary_csv': out_dir / f'{slug}_summary.csv'}
+    texts: dict[Path, str] = {}     # file -> content, written once everything is formatted
 
     metric_names = list(per_class)
     is_count = {m: bool(np.issubdtype(per_class[m].dtype, np.integer)) for m in metric_names}
@@ -175,9 +168,12 @@ def write_report(results: dict, class_names, class_shares, out_dir, title: str) 
         paths['tiers_csv'] = out_dir / f'{slug}_tiers.csv'
         tiers_csv = _csv_text(['metric', *TIERS], [['share', *(shares_by_tier[t] for t in TIERS)]]
                               + [[m, *(tier_values[m][t] for t in TIERS)] for m in rate_names])
-        _atomic_write_text(paths['tiers_csv'], tiers_csv)
+        texts[paths['tiers_csv']] = tiers_csv
 
-    _atomic_write_text(paths['per_class_csv'], _csv_text(class_header, class_rows))
-    _atomic_write_text(paths['summary_csv'], _csv_text(['metric', 'value'], [[k, v] for k, v in scalars.items()]))
-    _atomic_write_text(paths['markdown'], '\n'.join(sections))
+    texts[paths['per_class_csv']] = _csv_text(class_header, class_rows)
+    texts[paths['summary_csv']] = _csv_text(['metric', 'value'], [[k, v] for k, v in scalars.items()])
+    texts[paths['markdown']] = '\n'.join(sections)
+    for path, text in texts.items():
+        with atomic_write(path) as stream:      # bytes: UTF-8 whatever the locale (the Markdown has '§')
+            stream.write(text.encode('utf-8'))
     return paths

@@ -7,8 +7,8 @@ embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version.
 
 Exporter: torch 2.13 still ships the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, deprecated);
 it is used here because it handles this model's gathers / top-k with a dynamic batch axis in ~2 s and gives a
-compact graph (~1.4k nodes for the small config). The dynamo exporter is the fallback when the TorchScript one is
-unavailable (`--exporter dynamo` forces it).
+compact graph (~1.4k nodes for the small config). The dynamo exporter is not wired in: its dynamic-shape spec for
+this forward (points + FPS index inputs) did not export here; revisit when the TorchScript exporter is removed.
 
 FPS outside the graph — chosen by measurement (benchmarks/bench_runtime.py -> benchmarks/results/runtime.md,
 small config, ORT, 2 shared CPU cores): inside, the tracer unrolls the sequential FPS loop into ~70 nodes per
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import os
 import sys
 import tempfile
 import warnings
@@ -37,6 +36,7 @@ from torch import nn
 from mpnet_model import __version__
 from mpnet_model.infer.backends.base import INPUT_POINTS, OUTPUT_NAMES, ModelMetadata, fps_input_name
 from mpnet_model.infer.backends.torch_backend import metadata_from_checkpoint
+from mpnet_model.io.atomic import atomic_write
 
 LOG = logging.getLogger(__name__)
 MIN_OPSET = 17
@@ -59,7 +59,7 @@ class _InferenceGraph(nn.Module):
 
 
 def export_onnx(model: nn.Module, metadata: ModelMetadata, output: str | Path, opset: int = MIN_OPSET,
-                example_batch: int = 2, exporter: str = 'torchscript') -> Path:
+                example_batch: int = 2) -> Path:
     """Export `model` (an MPNet) to `output` atomically; returns the path. The model itself is not modified
     (the export traces a deep copy in eval mode: tracing in train mode would update BN running statistics)."""
     import onnx
@@ -78,36 +78,23 @@ def export_onnx(model: nn.Module, metadata: ModelMetadata, output: str | Path, o
         input_names += [fps_input_name(level) for level in range(len(indices))]
     dynamic_axes = {name: {0: 'batch'} for name in input_names + list(OUTPUT_NAMES)}
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f'.{output.name}.', suffix='.tmp', dir=output.parent)
-    os.close(handle)
-    try:
+    # The exporters write to a file name, so the raw graph goes to a scratch folder; only the finished,
+    # checked model is written (atomically) to `output`.
+    with tempfile.TemporaryDirectory(prefix='mpnet-export-') as scratch:
+        raw_path = Path(scratch) / 'raw.onnx'
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')   # TorchScript exporter deprecation + tracer warnings on shape math
-            if exporter == 'torchscript':
-                torch.onnx.export(graph, inputs, tmp_name, dynamo=False, opset_version=opset,
-                                  input_names=input_names, output_names=list(OUTPUT_NAMES),
-                                  dynamic_axes=dynamic_axes, do_constant_folding=True)
-            elif exporter == 'dynamo':
-                batch = torch.export.Dim('batch', min=1, max=1024)
-                shapes = tuple({0: batch} for _ in inputs)
-                program = torch.onnx.export(graph, inputs, dynamo=True, opset_version=opset,
-                                            input_names=input_names, output_names=list(OUTPUT_NAMES),
-                                            dynamic_shapes=shapes, external_data=False)
-                program.save(tmp_name, external_data=False)
-            else:
-                raise ExportError(f"exporter={exporter!r}: choose 'torchscript' or 'dynamo'")
-        proto = onnx.load(tmp_name)
-        del proto.metadata_props[:]
-        for key, value in metadata.to_props().items():
-            proto.metadata_props.add(key=key, value=value)
-        _freeze_topk_k(proto, inputs)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, tmp_name)
-        os.replace(tmp_name, output)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+            torch.onnx.export(graph, inputs, raw_path, dynamo=False, opset_version=opset,
+                              input_names=input_names, output_names=list(OUTPUT_NAMES),
+                              dynamic_axes=dynamic_axes, do_constant_folding=True)
+        proto = onnx.load(raw_path)
+    del proto.metadata_props[:]
+    for key, value in metadata.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    _freeze_topk_k(proto, inputs)
+    onnx.checker.check_model(proto)
+    with atomic_write(output) as stream:      # (onnx.save wants a named stream; this one is an fd)
+        stream.write(proto.SerializeToString())
     return output
 
 
@@ -147,7 +134,7 @@ def _freeze_topk_k(proto, inputs: tuple[torch.Tensor, ...]) -> None:
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, opset: int = MIN_OPSET,
                       example_batch: int = 2, fps_in_graph: bool = False, block_size: float = 1.0,
-                      stride: float = 0.5, exporter: str = 'torchscript') -> Path:
+                      stride: float = 0.5) -> Path:
     """Load a checkpoint (mpnet_model.model.checkpoint format) and export it; default output: CHECKPOINT.onnx."""
     from mpnet_model.model.checkpoint import load_checkpoint
 
@@ -156,7 +143,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
     metadata.fps_in_graph = fps_in_graph
     metadata.version = __version__
     output = Path(output) if output else Path(checkpoint).with_suffix('.onnx')
-    return export_onnx(model, metadata, output, opset, example_batch, exporter)
+    return export_onnx(model, metadata, output, opset, example_batch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--block-size', type=float, default=1.0, help='block edge (m) stored in the metadata')
     parser.add_argument('--stride', type=float, default=0.5, help='block stride (m) stored in the metadata')
     parser.add_argument('--fps-in-graph', action='store_true', help='trace FPS into the graph (slow, for tests)')
-    parser.add_argument('--exporter', choices=('torchscript', 'dynamo'), default='torchscript')
     parser.add_argument('--build-engine', action='store_true',
                         help='also build (or reuse) the TensorRT engine next to the ONNX file, then exit')
     parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp16', help='TensorRT engine precision')
@@ -176,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     try:
         path = export_checkpoint(args.checkpoint, args.output, args.opset, args.batch, args.fps_in_graph,
-                                 args.block_size, args.stride, args.exporter)
+                                 args.block_size, args.stride)
         print(f'wrote {path}')
         if args.build_engine:
             from mpnet_model.infer.backends.tensorrt_backend import build_engine

@@ -9,7 +9,6 @@ bool / None / tensors only. Files are written atomically (temp file in the same 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from mpnet_model import __version__
 from mpnet_model.config import ConfigError, ModelConfig
+from mpnet_model.io.atomic import atomic_write
 from mpnet_model.model.mpnet import MPNet
 
 CHECKPOINT_FORMAT = 'mpnet_ros-checkpoint'
@@ -79,17 +79,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: ModelConfig,
         }
     except TypeError as error:
         raise CheckpointError(f'{path}: cannot save checkpoint: {error}') from error
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as stream:
+        torch.save(payload, stream)
     return path
 
 

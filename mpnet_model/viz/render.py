@@ -10,7 +10,6 @@ and it is computed once per view and re-painted for every colouring (class, inst
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from mpnet_model.data.classes import IGNORE_LABEL, palette
+from mpnet_model.io.atomic import atomic_write
 
 # Colour of points without a class / instance (label -1): mid grey, distinct from the palette's
 # board (200,200,200) and clutter (50,50,50) greys.
@@ -45,16 +45,8 @@ def new_figure(width_in: float, height_in: float, dpi: int = 120) -> Figure:
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int | None = None) -> Path:
     """Write `fig` as PNG to `path` atomically (temp file in the same folder, then os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp.png', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            fig.savefig(handle, format='png', dpi=dpi or fig.dpi, facecolor=fig.get_facecolor())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_write(path, suffix='.tmp.png') as stream:
+        fig.savefig(stream, format='png', dpi=dpi or fig.dpi, facecolor=fig.get_facecolor())
     return path
 
 

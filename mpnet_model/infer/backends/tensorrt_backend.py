@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +28,7 @@ from mpnet_model.infer.backends.base import (
     ModelMetadata,
     fps_input_name,
 )
+from mpnet_model.io.atomic import atomic_write
 
 LOG = logging.getLogger(__name__)
 PROFILE_BATCH = (1, 8, 16)          # optimisation profile over the batch axis: min, opt, max
@@ -68,19 +67,6 @@ def engine_cache_path(onnx_path: str | Path, precision: str, trt_version: str, d
     return onnx_path.with_name(f'{onnx_path.stem}.{key}.engine')
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def load_or_build_engine(onnx_path: str | Path, precision: str, builder: EngineBuilder,
                          engine_path: str | Path | None = None) -> tuple[Path, Any]:
     """Return (engine file, deserialized engine): reuse the cached engine when it loads, else build and cache it."""
@@ -99,7 +85,8 @@ def load_or_build_engine(onnx_path: str | Path, precision: str, builder: EngineB
     LOG.info('building TensorRT %s engine from %s (minutes on a Jetson; cached as %s)', precision, onnx_path, path)
     start = time.monotonic()
     engine_bytes = builder.build(onnx_path, precision)
-    _atomic_write(path, engine_bytes)
+    with atomic_write(path) as stream:
+        stream.write(engine_bytes)
     LOG.info('built TensorRT engine in %.1f s: %s', time.monotonic() - start, path)
     return path, builder.deserialize(engine_bytes)
 
