@@ -45,7 +45,7 @@ test: venv
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 demo: venv
-	$(PY) -m mpnet_model.demo --shared $(SHARED)
+	$(PY) -m mpnet_ros.demo --shared $(SHARED)
 
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

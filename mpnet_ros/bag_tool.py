@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from mpnet_ros.cloud_io import CloudError, labeled_cloud_msg, parse_cloud
 from mpnet_ros.params import ParamError, SegmentParams, validate_params
-from mpnet_ros.pipeline import ScenePipeline, make_segmenter
+from mpnet_ros.pipeline import ScenePipeline, SegmentedWindow, make_segmenter
 
 LOG = logging.getLogger('mpnet-bag')
 POINTCLOUD2 = 'sensor_msgs/msg/PointCloud2'
@@ -66,8 +67,10 @@ def _pick_topic(connections: list[Any], topic: str | None) -> str:
 
 def segment_bag(in_path: Path, out_path: Path, params: SegmentParams, topic: str | None = None,
                 storage: str = 'mcap', copy_input: bool = True, segmenter: Any = None,
-                progress: bool = True) -> BagSummary:
-    """Segment `topic` of the bag at `in_path` into a new bag at `out_path` (must not exist)."""
+                progress: bool = True, on_result: Callable[[SegmentedWindow], None] | None = None) -> BagSummary:
+    """Segment `topic` of the bag at `in_path` into a new bag at `out_path` (must not exist).
+
+    `on_result` is called with every segmented window (e.g. to render or summarise it)."""
     from rclpy.serialization import serialize_message
     from rosbags.highlevel import AnyReader
     from rosbags.rosbag2 import StoragePlugin, Writer
@@ -117,6 +120,8 @@ def segment_bag(in_path: Path, out_path: Path, params: SegmentParams, topic: str
                 writer.write(marker_out, log_time, serialize_message(instance_markers(header, result.instances_info)))
                 summary.frames_out += 1
                 summary.total_ms += result.timings['total_ms']
+                if on_result is not None:
+                    on_result(result)
         os.replace(staging / out_path.name, out_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

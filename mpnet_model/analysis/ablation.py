@@ -1,0 +1,309 @@
+"""Table 1 of the paper (§4.3): train every ablation row with the same budget and seeds, evaluate each on whole
+rooms, and tabulate mPrec / mRec, semantic mIoU, mCov / mWCov and per-tier mPrec / mRec.
+
+Also the run machinery shared by the other analyses: one folder per trained model,
+`<out>/runs/<row>-mc<Mc>-seed<s>/` (last.pt, best.pt, tb/, eval/), so the memory sweep and the ablation share the
+run whose settings coincide, and every analysis resumes: a run whose `eval/analysis_eval.json` exists is done; a
+run with a `last.pt` continues training from there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mpnet_model.analysis import AnalysisConfig
+from mpnet_model.config import ABLATIONS
+from mpnet_model.data.splits import split_rooms
+from mpnet_model.eval.metrics import InstanceEvaluationRecords, InstanceRecords
+from mpnet_model.eval.report import TIERS, assign_tiers, tier_means, tier_shares
+from mpnet_model.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+EVAL_MARKER = 'analysis_eval.json'
+PER_CLASS_KEYS = {'semantic': ('iou', 'acc'), 'instance': ('precision', 'recall', 'cov', 'wcov')}
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write via a temp file in the same folder + os.replace: a killed run never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_safe(value):
+    """NaN -> None so the files are strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _nan(value) -> float:
+    return float('nan') if value is None else float(value)
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class RunSpec:
+    row: str               # Table-1 row (ABLATIONS key)
+    mem_per_class: int     # Mc
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f'{self.row}-mc{self.mem_per_class}-seed{self.seed}'
+
+
+@dataclass
+class RunResult:
+    """The evaluation of one trained run as stored in `eval/analysis_eval.json` (+ the per-instance records)."""
+    spec: RunSpec
+    folder: Path
+    summary: dict[str, float]                  # oAcc, mAcc, mIoU, mCov, mWCov, mPrec, mRec
+    per_class: dict[str, np.ndarray]           # 'instance.precision', 'semantic.iou', ... (C,)
+    class_shares: list[float]                  # training-set point share per class (for the tiers)
+    class_names: list[str]
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / 'best.pt'
+
+    def records(self) -> InstanceEvaluationRecords:
+        return InstanceEvaluationRecords(gt=InstanceRecords.load(str(self.folder / 'eval' / 'gt_instances.npz')),
+                                         pred=InstanceRecords.load(str(self.folder / 'eval' / 'pred_instances.npz')))
+
+    def tiers(self, metric: str) -> dict[str, float]:
+        """Mean of a per-class instance metric ('precision' | 'recall') in each dominance tier."""
+        return tier_means(self.per_class[f'instance.{metric}'], self.class_shares)
+
+    @classmethod
+    def load(cls, spec: RunSpec, folder: Path) -> RunResult:
+        path = folder / 'eval' / EVAL_MARKER
+        try:
+            data = json.loads(path.read_text())
+            return cls(spec, folder, {k: _nan(v) for k, v in data['summary'].items()},
+                       {k: np.array([_nan(x) for x in v]) for k, v in data['per_class'].items()},
+                       list(data['class_shares']), list(data['class_names']))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f'cannot read the evaluation of run {spec.name} from {path}: {error}; delete the file '
+                             'to evaluate the run again') from error
+
+
+def run_config(base: TrainConfig, spec: RunSpec, out_dir: Path) -> TrainConfig:
+    """The base config with the row's switches, Mc and seed applied, training into the run's folder."""
+    model = base.model.replace(mem_per_class=spec.mem_per_class, **ABLATIONS[spec.row])
+    run = dataclasses.replace(base.run, out_dir=str(out_dir / 'runs' / spec.name), seed=spec.seed)
+    return dataclasses.replace(base, model=model, run=run, ablation=spec.row)
+
+
+def ensure_dataset(base: TrainConfig, acfg: AnalysisConfig, progress: bool = True) -> None:
+    """Generate the synthetic benchmark into data.root when asked for and not there yet."""
+    root = Path(base.data.root)
+    if base.data.dataset != 'synthetic' or any(root.glob('Area_*')):
+        return
+    if not acfg.synthetic.generate:
+        raise FileNotFoundError(f'data.root={str(root)!r} holds no Area_* folder and analysis.synthetic.generate '
+                                'is false')
+    from mpnet_model.data.synthetic import generate_dataset
+
+    log.info('generating the synthetic benchmark into %s', root)
+    generate_dataset(root, areas=acfg.synthetic.areas, seed=acfg.synthetic.seed, density=acfg.synthetic.density,
+                     rare_prob=acfg.synthetic.rare_prob, progress=progress)
+
+
+def evaluation_rooms(base: TrainConfig, acfg: AnalysisConfig, progress: bool = True) -> list[Path]:
+    """Cached (.npz) rooms of the evaluated split (`analysis.split`), in the split's order."""
+    from mpnet_model.data.dataset import build_cache
+
+    d = base.data
+    split = split_rooms(d.dataset, d.root, d.test_area, d.fold, d.val_fraction, d.label_map, d.train_split,
+                        d.val_split, d.max_rooms)
+    room_dirs = getattr(split, acfg.split)
+    if not room_dirs:
+        raise FileNotFoundError(f'the {acfg.split} split of {d.root} holds no rooms (data.test_area='
+                                f'{d.test_area}, data.fold={d.fold})')
+    return build_cache(room_dirs, d.cache_dir, split.loader, progress=progress)
+
+
+def split_room_dirs(base: TrainConfig, acfg: AnalysisConfig) -> list[Path]:
+    d = base.data
+    split = split_rooms(d.dataset, d.root, d.test_area, d.fold, d.val_fraction, d.label_map, d.train_split,
+                        d.val_split, d.max_rooms)
+    return list(getattr(split, acfg.split))
+
+
+def train_run(cfg: TrainConfig, acfg: AnalysisConfig, progress: bool = True) -> Path:
+    """Train (or resume) one run epoch by epoch, logging per-class block-level instance precision / recall
+    after every epoch (`val/ins_prec/<class>`, `val/ins_rec/<class>`) for the Fig. 5 curves."""
+    from mpnet_model.analysis.visualise import ClassInstanceCurves
+    from mpnet_model.train.cli import build_datasets, class_shares
+    from mpnet_model.train.trainer import Trainer
+
+    train_set, val_set = build_datasets(cfg, progress)
+    trainer = Trainer(cfg, train_set, val_set, class_shares(train_set))
+    try:
+        for target_epoch in range(trainer.epoch + 1, cfg.optim.epochs + 1):
+            if trainer.reached_max_steps:
+                break
+            # Trainer.fit runs the epochs up to cfg.optim.epochs: one at a time leaves room for the curve hook.
+            trainer.cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=target_epoch))
+            trainer.fit()
+            if val_set is not None and acfg.curve_val_blocks and trainer.writer is not None:
+                curves = ClassInstanceCurves(cfg.model.class_names, bandwidth=acfg.bandwidth)
+                curves.add_dataset(trainer.model, val_set, acfg.curve_val_blocks, cfg.optim.batch_size,
+                                   trainer.device)
+                curves.log(trainer.writer, trainer.epoch)
+        trainer.cfg = cfg
+        if not trainer.best_path.exists():           # resumed after the last epoch: fit() was never called
+            trainer.fit()
+    finally:
+        trainer.close()
+    return trainer.best_path
+
+
+def evaluate_run(spec: RunSpec, folder: Path, rooms: list[Path], acfg: AnalysisConfig, device: str,
+                 block_size: float = 1.0, stride: float = 0.5, progress: bool = True) -> RunResult:
+    """Whole-room evaluation of `folder/best.pt` (the path the robot runs); writes eval/ and the marker last."""
+    from mpnet_model.data.room import load_room_npz
+    from mpnet_model.eval.evaluate import evaluate_rooms, write_evaluation
+    from mpnet_model.infer.scene import SceneSegmenter
+    from mpnet_model.model.checkpoint import read_checkpoint
+
+    checkpoint = folder / 'best.pt'
+    segmenter = SceneSegmenter.from_config('torch', checkpoint, device=device, batch_size=acfg.eval_batch_size,
+                                           bandwidth=acfg.bandwidth, min_instance_points=acfg.min_instance_points,
+                                           block_size=block_size, stride=stride)   # the training geometry
+    shares = read_checkpoint(checkpoint)['extra'].get('class_shares')
+    evaluation = evaluate_rooms(segmenter, (load_room_npz(p) for p in rooms), progress=progress)
+    if shares is None:
+        shares = evaluation.semantic['gt_points'].tolist()
+    class_names = list(segmenter.class_names)
+    eval_dir = folder / 'eval'
+    write_evaluation(evaluation, class_names, shares, eval_dir, f'{spec.name} on {acfg.split}')
+    per_class = {f'{section}.{key}': np.asarray(getattr(evaluation, section)[key], dtype=np.float64)
+                 for section, keys in PER_CLASS_KEYS.items() for key in keys}
+    payload = {'run': spec.name, 'row': spec.row, 'mem_per_class': spec.mem_per_class, 'seed': spec.seed,
+               'rooms': evaluation.rooms, 'summary': evaluation.summary(), 'class_names': class_names,
+               'class_shares': [float(s) for s in shares],
+               'per_class': {k: v.tolist() for k, v in per_class.items()}}
+    atomic_write_text(eval_dir / EVAL_MARKER, json.dumps(_json_safe(payload), indent=1))
+    return RunResult.load(spec, folder)
+
+
+def ensure_run(base: TrainConfig, acfg: AnalysisConfig, spec: RunSpec, out_dir: Path, progress: bool = True
+               ) -> RunResult:
+    """Train and evaluate a run unless its evaluation is already on disk (then just read it)."""
+    cfg = run_config(base, spec, out_dir)
+    folder = Path(cfg.run.out_dir)
+    if (folder / 'eval' / EVAL_MARKER).is_file():
+        log.info('run %s: finished evaluation found, skipped', spec.name)
+        return RunResult.load(spec, folder)
+    ensure_dataset(base, acfg, progress)
+    log.info('run %s: training into %s', spec.name, folder)
+    train_run(cfg, acfg, progress)
+    rooms = evaluation_rooms(base, acfg, progress)
+    from mpnet_model.train.trainer import resolve_device
+
+    return evaluate_run(spec, folder, rooms, acfg, str(resolve_device(base.run.device)), base.data.block_size,
+                        base.data.stride, progress)
+
+
+def row_runs(base: TrainConfig, acfg: AnalysisConfig, row: str, out_dir: Path, progress: bool = True,
+             mem_per_class: int | None = None) -> list[RunResult]:
+    """The runs of one row over all seeds (trained / evaluated as needed)."""
+    mc = base.model.mem_per_class if mem_per_class is None else mem_per_class
+    return [ensure_run(base, acfg, RunSpec(row, mc, seed), out_dir, progress) for seed in acfg.seeds]
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+SUMMARY_COLUMNS = ('mPrec', 'mRec', 'mCov', 'mWCov', 'mIoU', 'oAcc')
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample std over seeds, ignoring NaN; std is NaN for a single seed."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float('nan'), float('nan')
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else float('nan')
+
+
+def format_percent(mean: float, std: float = float('nan')) -> str:
+    """Metrics in percent as the paper prints them; '± std' when several seeds were run."""
+    if math.isnan(mean):
+        return 'n/a'
+    return f'{100 * mean:.1f}' + ('' if math.isnan(std) else f' ± {100 * std:.1f}')
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
+    return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
+
+
+def row_metrics(results: list[RunResult]) -> dict[str, tuple[float, float]]:
+    """Seed mean ± std of the summary metrics and the per-tier instance precision / recall of one row."""
+    metrics = {key: mean_std([r.summary.get(key, float('nan')) for r in results]) for key in SUMMARY_COLUMNS}
+    for metric, short in (('precision', 'mPrec'), ('recall', 'mRec')):
+        per_seed = [r.tiers(metric) for r in results]
+        for tier in TIERS:
+            metrics[f'{short}.{tier}'] = mean_std([t[tier] for t in per_seed])
+    return metrics
+
+
+def ablation_table(rows: dict[str, list[RunResult]], split: str = 'test') -> str:
+    """Markdown: Table 1 (switches + metrics) and the dominance-tier table of the same runs."""
+    marks = {'FL': 'use_focal_loss', 'InsMem': 'use_ins_memory', 'SegMem': 'use_seg_memory',
+             'Regul': 'use_regularization'}
+    metrics = {row: row_metrics(results) for row, results in rows.items()}
+    main_rows = [[row] + ['✓' if ABLATIONS[row][key] else '' for key in marks.values()]
+                 + [format_percent(*metrics[row][c]) for c in SUMMARY_COLUMNS] for row in rows]
+    tier_columns = [f'{m}.{t}' for m in ('mPrec', 'mRec') for t in TIERS]
+    tier_rows = [[row] + [format_percent(*metrics[row][c]) for c in tier_columns] for row in rows]
+    first = next(iter(rows.values()))[0]
+    shares = tier_shares(first.class_shares)
+    tiers = assign_tiers(first.class_shares)
+    members = {t: ', '.join(n for n, tier in zip(first.class_names, tiers) if tier == t) for t in TIERS}
+    seeds = sorted({r.spec.seed for results in rows.values() for r in results})
+    return '\n'.join([
+        '# Ablation (paper Table 1)', '',
+        f'Whole-room evaluation on the {split} split; metrics in %, mean'
+        f'{" ± std" if len(seeds) > 1 else ""} over seeds {seeds}. Instance metrics at IoU 0.5 (ASIS definitions).',
+        '', markdown_table(['row', *marks, *SUMMARY_COLUMNS], main_rows), '',
+        '## Dominance tiers (paper §4.4, Fig. 6)', '',
+        'Classes sorted by their share of training points: ' + '; '.join(
+            f'{t} ({100 * shares[t]:.1f} % of points): {members[t]}' for t in TIERS) + '.', '',
+        markdown_table(['row', *[c.replace('.', ' ') for c in tier_columns]], tier_rows), ''])
+
+
+def run_ablation(base: TrainConfig, acfg: AnalysisConfig, out_dir: str | Path, progress: bool = True
+                 ) -> dict[str, Path]:
+    """Train / evaluate every row of `acfg.rows` and write ablation.md and ablation.json to `out_dir`."""
+    out_dir = Path(out_dir)
+    rows = {row: row_runs(base, acfg, row, out_dir, progress) for row in acfg.rows}
+    table = atomic_write_text(out_dir / 'ablation.md', ablation_table(rows, acfg.split))
+    data = {row: {'runs': [r.spec.name for r in results],
+                  'metrics': {k: {'mean': m, 'std': s} for k, (m, s) in row_metrics(results).items()}}
+            for row, results in rows.items()}
+    raw = atomic_write_text(out_dir / 'ablation.json', json.dumps(_json_safe(data), indent=1))
+    return {'table': table, 'json': raw}
