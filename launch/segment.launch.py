@@ -3,7 +3,7 @@
     ros2 launch mpnet_ros segment.launch.py input_topic:=/ouster/points model_path:=/path/model.pt rviz:=true
 
 Arguments: input_topic (remaps ~/input), params_file (default: share/mpnet_ros/config/segment.yaml),
-model_path (overrides the params file when not empty), use_sim_time, rviz (false: true starts rviz2 with
+model_path and backend (override the params file when not empty), use_sim_time, rviz (false: true starts rviz2 with
 config/mpnet.rviz and the params file's fixed_frame, when set, as its fixed frame).
 """
 from pathlib import Path
@@ -35,9 +35,10 @@ def _nodes(context):
     params_file = LaunchConfiguration('params_file').perform(context)
     use_sim_time = LaunchConfiguration('use_sim_time').perform(context).lower() in ('true', '1')
     overrides = {'use_sim_time': use_sim_time}
-    model_path = LaunchConfiguration('model_path').perform(context)
-    if model_path:
-        overrides['model_path'] = model_path
+    for name in ('model_path', 'backend'):       # non-empty launch arguments override the params file
+        value = LaunchConfiguration(name).perform(context)
+        if value:
+            overrides[name] = value
     segment = Node(package=PACKAGE, executable='segment', name='mpnet_segment', output='screen',
                    parameters=[params_file, overrides],
                    remappings=[('~/input', LaunchConfiguration('input_topic'))])
@@ -56,6 +57,8 @@ def generate_launch_description():
         DeclareLaunchArgument('input_topic', default_value='/points', description='PointCloud2 topic to segment'),
         DeclareLaunchArgument('params_file', default_value=default_params, description='node parameters YAML'),
         DeclareLaunchArgument('model_path', default_value='', description='model file; overrides params_file'),
+        DeclareLaunchArgument('backend', default_value='',
+                              description='torch | onnxruntime | tensorrt; overrides params_file'),
         DeclareLaunchArgument('use_sim_time', default_value='false', description='use /clock (bag playback)'),
         DeclareLaunchArgument('rviz', default_value='false', description='also start rviz2'),
         OpaqueFunction(function=_nodes),

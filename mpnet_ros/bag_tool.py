@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--storage', choices=('sqlite3', 'mcap'), default='mcap')
     parser.add_argument('--params-file', help='ROS 2 params YAML, e.g. config/segment.yaml')
     parser.add_argument('--model', dest='model_path', help='model file (overrides model_path)')
-    parser.add_argument('--backend', choices=('torch', 'onnxruntime', 'tensorrt'))
+    parser.add_argument('--backend', choices=('torch', 'onnxruntime', 'tensorrt'),
+                        help='default: from the --model suffix if given (.pt torch, .onnx onnxruntime), else params')
     parser.add_argument('--device')
     parser.add_argument('--precision', choices=('fp32', 'fp16'))
     parser.add_argument('--window-frames', type=int)
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items()
                  if k in ('model_path', 'backend', 'device', 'precision', 'window_frames', 'voxel_size', 'min_range',
                           'max_range') and v is not None}
+    if args.model_path and not args.backend:     # --model x.pt alone means the torch backend
+        overrides['backend'] = 'torch' if Path(args.model_path).suffix.lower() == '.pt' else 'onnxruntime'
     try:
         params = validate_params({**_params_from_file(args.params_file), **overrides})
         summary = segment_bag(args.input, args.output, params, topic=args.topic, storage=args.storage,

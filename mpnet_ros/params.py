@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mpnet_model.default_model import default_model_path
+
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 PRECISIONS = ('fp32', 'fp16')
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
@@ -48,8 +50,9 @@ SPECS: dict[str, ParamSpec] = {
     'voxel_size': ParamSpec(0.0, 'Segment one point per voxel of this edge [m] and copy its result to the voxel '
                             '(0 = off).', 0.0, 10.0),
     'drop_zero_points': ParamSpec(True, 'Treat 0,0,0 points as invalid returns (Ouster and others publish them).'),
-    'backend': ParamSpec('torch', 'Inference backend.', choices=BACKENDS),
-    'model_path': ParamSpec('', 'Checkpoint (.pt, torch) or ONNX model (.onnx, onnxruntime/tensorrt).'),
+    'backend': ParamSpec('onnxruntime', 'Inference backend.', choices=BACKENDS),
+    'model_path': ParamSpec('', "Checkpoint (.pt, torch) or ONNX model (.onnx, onnxruntime/tensorrt); '' = the "
+                            'shipped default model.'),
     'engine_path': ParamSpec('', 'TensorRT engine cache (built from the ONNX model_path when missing or stale; '
                              "'' = next to model_path)."),
     'precision': ParamSpec('fp32', 'Inference precision.', choices=PRECISIONS),
@@ -126,8 +129,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 def _check_model_files(params: dict[str, Any]) -> None:
     """The model files the chosen backend needs exist, so the node refuses to start instead of failing later."""
     backend, model_path = params['backend'], params['model_path']
-    if not model_path:
-        raise ParamError('model_path', model_path, f'is empty; backend {backend!r} needs a model file')
+    if not model_path:     # '' = the model shipped with the package
+        try:
+            params['model_path'] = model_path = str(default_model_path(backend))
+        except FileNotFoundError as error:
+            raise ParamError('model_path', '', str(error)) from error
     if not Path(model_path).is_file():
         raise ParamError('model_path', model_path, 'file does not exist')
     suffix = Path(model_path).suffix.lower()

@@ -11,9 +11,10 @@ import yaml
 from mpnet_model.analysis import load_analysis_config
 from mpnet_model.analysis.ablation import mean_std
 from mpnet_model.analysis.cli import main
-from mpnet_model.analysis.visualise import ClassInstanceCurves, blocks_with_most_instances, point_slot_weights
+from mpnet_model.analysis.visualise import blocks_with_most_instances, point_slot_weights
 from mpnet_model.config import ConfigError
 from mpnet_model.data.blocks import Blocks
+from mpnet_model.eval.block_curves import ClassInstanceCurves
 
 TINY = {
     'model': dict(num_points=128, feature_dim=32, sa_npoints=[64, 16, 8, 4],

@@ -30,7 +30,7 @@ def _stamp(msg) -> int:
 def test_ouster_bag_to_mcap(checkpoint, tmp_path):
     if not OUSTER_BAG.exists():
         pytest.skip(f'shared data not found at {OUSTER_BAG}')
-    params = validate_params({'model_path': str(checkpoint), 'crop_box': CROP_BOX})
+    params = validate_params({'model_path': str(checkpoint), 'backend': 'torch', 'crop_box': CROP_BOX})
     out = tmp_path / 'labelled'
     summary = bag_tool.segment_bag(OUSTER_BAG, out, params, storage='mcap', progress=False)
     assert summary.frames_in == summary.frames_out == 3 and summary.bad_frames == 0

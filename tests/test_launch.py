@@ -47,7 +47,7 @@ def launch_description(checkpoint):
         SetEnvironmentVariable('PATH', path),
         IncludeLaunchDescription(PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
                                  launch_arguments={'input_topic': '/launch_test/points',
-                                                   'model_path': str(checkpoint)}.items()),
+                                                   'model_path': str(checkpoint), 'backend': 'torch'}.items()),
         launch_pytest.actions.ReadyToTest(),
     ])
 

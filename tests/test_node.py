@@ -96,7 +96,8 @@ def ros(checkpoint):
         pytest.skip(f'shared data not found at {OUSTER_BAG}')
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=DOMAIN_ID)
-    overrides = [Parameter('model_path', value=str(checkpoint)), Parameter('input_topic', value=INPUT),
+    overrides = [Parameter('model_path', value=str(checkpoint)), Parameter('backend', value='torch'),
+                 Parameter('input_topic', value=INPUT),
                  Parameter('crop_box', value=CROP_BOX), Parameter('diagnostics_period', value=0.2),
                  Parameter('warn_throttle_sec', value=2.0), Parameter('processing_budget_ms', value=60_000.0)]
     node = SegmentNode(context=context, parameter_overrides=overrides)

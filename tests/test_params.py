@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_defaults_validate_without_files():
     params = validate_params({}, check_files=False)
     assert isinstance(params, SegmentParams)
-    assert params.backend == 'torch' and params.window_frames == 1 and not params.crop_enabled
+    assert params.backend == 'onnxruntime' and params.window_frames == 1 and not params.crop_enabled
     with pytest.raises(AttributeError):
         params.voxel_size = 1.0  # frozen
 
@@ -48,9 +48,14 @@ def test_bad_value_names_key_and_value(key, value, why):
     assert info.value.key == key and repr(key) in str(info.value)
 
 
+def test_empty_model_path_selects_the_shipped_model():
+    from mpnet_model.default_model import DEFAULT_CHECKPOINT, DEFAULT_ONNX
+
+    assert validate_params({'backend': 'torch'}).model_path == str(DEFAULT_CHECKPOINT)
+    assert validate_params({}).model_path == str(DEFAULT_ONNX)                       # onnxruntime
+
+
 def test_model_files_checked(tmp_path):
-    with pytest.raises(ParamError, match="'model_path'='': is empty"):
-        validate_params({})
     missing = str(tmp_path / 'nope.pt')
     with pytest.raises(ParamError, match='file does not exist') as info:
         validate_params({'model_path': missing})
@@ -59,16 +64,15 @@ def test_model_files_checked(tmp_path):
     checkpoint.write_bytes(b'x')
     onnx = tmp_path / 'm.onnx'
     onnx.write_bytes(b'x')
-    assert validate_params({'model_path': str(checkpoint)}).model_path == str(checkpoint)
+    assert validate_params({'model_path': str(checkpoint), 'backend': 'torch'}).model_path == str(checkpoint)
     with pytest.raises(ParamError, match='needs an ONNX model'):
         validate_params({'model_path': str(checkpoint), 'backend': 'onnxruntime'})
     with pytest.raises(ParamError, match="backend 'torch' needs a checkpoint"):
-        validate_params({'model_path': str(onnx)})
+        validate_params({'model_path': str(onnx), 'backend': 'torch'})
     engine = str(tmp_path / 'm.engine')  # a cache the backend builds: need not exist yet
     params = validate_params({'backend': 'tensorrt', 'model_path': str(onnx), 'engine_path': engine})
     assert params.engine_path == engine
-    with pytest.raises(ParamError, match="'model_path'='': is empty"):
-        validate_params({'backend': 'tensorrt', 'engine_path': engine})
+    assert validate_params({'backend': 'tensorrt', 'engine_path': engine}).model_path.endswith('.onnx')
 
 
 def test_descriptors_declared_with_ranges():

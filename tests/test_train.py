@@ -86,6 +86,8 @@ def test_train_writes_checkpoints_logs_and_resumes(synthetic_root, tmp_path):
     assert list((run / 'tb').glob('events.out.tfevents.*'))
     extra = read_checkpoint(run / 'last.pt')['extra']
     assert extra['epoch'] == 2 and len(extra['history']) == 2 and 'val_miou' in extra['history'][-1]
+    # Per-class block-level instance precision per epoch (Fig. 5 curves), also in TensorBoard.
+    assert any(key.startswith('val_ins_prec/') for key in extra['history'][-1]), extra['history'][-1].keys()
     model, model_cfg, meta = load_checkpoint(run / 'best.pt')
     assert model_cfg == cfg.model
 

@@ -12,8 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,28 +22,13 @@ from mpnet_model.config import ABLATIONS
 from mpnet_model.data.splits import split_rooms
 from mpnet_model.eval.metrics import InstanceEvaluationRecords, InstanceRecords
 from mpnet_model.eval.report import TIERS, assign_tiers, tier_means, tier_shares
+from mpnet_model.io.atomic import atomic_write_text
 from mpnet_model.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 EVAL_MARKER = 'analysis_eval.json'
 PER_CLASS_KEYS = {'semantic': ('iou', 'acc'), 'instance': ('precision', 'recall', 'cov', 'wcov')}
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write via a temp file in the same folder + os.replace: a killed run never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _json_safe(value):
@@ -154,32 +137,12 @@ def split_room_dirs(base: TrainConfig, acfg: AnalysisConfig) -> list[Path]:
 
 
 def train_run(cfg: TrainConfig, acfg: AnalysisConfig, progress: bool = True) -> Path:
-    """Train (or resume) one run epoch by epoch, logging per-class block-level instance precision / recall
-    after every epoch (`val/ins_prec/<class>`, `val/ins_rec/<class>`) for the Fig. 5 curves."""
-    from mpnet_model.analysis.visualise import ClassInstanceCurves
-    from mpnet_model.train.cli import build_datasets, class_shares
-    from mpnet_model.train.trainer import Trainer
+    """Train (or resume) one run; the trainer logs per-class block-level instance precision / recall every
+    validation (`val/ins_prec/<class>`, `val/ins_rec/<class>`) for the Fig. 5 curves."""
+    from mpnet_model.train.cli import train
 
-    train_set, val_set = build_datasets(cfg, progress)
-    trainer = Trainer(cfg, train_set, val_set, class_shares(train_set))
-    try:
-        for target_epoch in range(trainer.epoch + 1, cfg.optim.epochs + 1):
-            if trainer.reached_max_steps:
-                break
-            # Trainer.fit runs the epochs up to cfg.optim.epochs: one at a time leaves room for the curve hook.
-            trainer.cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=target_epoch))
-            trainer.fit()
-            if val_set is not None and acfg.curve_val_blocks and trainer.writer is not None:
-                curves = ClassInstanceCurves(cfg.model.class_names, bandwidth=acfg.bandwidth)
-                curves.add_dataset(trainer.model, val_set, acfg.curve_val_blocks, cfg.optim.batch_size,
-                                   trainer.device)
-                curves.log(trainer.writer, trainer.epoch)
-        trainer.cfg = cfg
-        if not trainer.best_path.exists():           # resumed after the last epoch: fit() was never called
-            trainer.fit()
-    finally:
-        trainer.close()
-    return trainer.best_path
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, curve_blocks=acfg.curve_val_blocks))
+    return train(cfg, progress).best_path
 
 
 def evaluate_run(spec: RunSpec, folder: Path, rooms: list[Path], acfg: AnalysisConfig, device: str,

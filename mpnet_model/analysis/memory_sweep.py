@@ -12,12 +12,12 @@ from mpnet_model.analysis import AnalysisConfig
 from mpnet_model.analysis.ablation import (
     SUMMARY_COLUMNS,
     _json_safe,
-    atomic_write_text,
     format_percent,
     markdown_table,
     row_metrics,
     row_runs,
 )
+from mpnet_model.io.atomic import atomic_write_text
 from mpnet_model.train.config import TrainConfig
 
 PLOTTED = (('mPrec', 'instance mPrec'), ('mRec', 'instance mRec'), ('mIoU', 'semantic mIoU'))

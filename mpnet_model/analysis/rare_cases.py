@@ -19,7 +19,6 @@ from mpnet_model.analysis import AnalysisConfig
 from mpnet_model.analysis.ablation import (
     RunResult,
     _json_safe,
-    atomic_write_text,
     evaluation_rooms,
     format_percent,
     markdown_table,
@@ -31,6 +30,7 @@ from mpnet_model.data.room import load_room_npz
 from mpnet_model.data.synthetic import META_FILENAME
 from mpnet_model.eval.metrics import precision_on_subset, select_rare_cases
 from mpnet_model.eval.report import TIERS
+from mpnet_model.io.atomic import atomic_write_text
 from mpnet_model.train.config import TrainConfig
 
 

@@ -3,7 +3,7 @@ embeddings with and without memory (Fig. 4), per-class training curves of instan
 
 Plotting itself is `mpnet_model.viz`; this module computes what is plotted: per-point memory addressing weights
 of whole scenes, instance embeddings of the same blocks under two models, and per-epoch per-class instance
-metrics (`ClassInstanceCurves`, also the hook proposed for the trainer's validation).
+metrics (logged by the trainer through `mpnet_model.eval.block_curves.ClassInstanceCurves`).
 """
 from __future__ import annotations
 
@@ -12,84 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
 
 from mpnet_model.analysis import AnalysisConfig
-from mpnet_model.analysis.ablation import RunSpec, atomic_write_text, ensure_run, evaluation_rooms
+from mpnet_model.analysis.ablation import RunSpec, ensure_run, evaluation_rooms
 from mpnet_model.data.blocks import Blocks, room_to_blocks
 from mpnet_model.data.room import Room, load_room_npz
-from mpnet_model.eval.metrics import InstanceEvaluator
-from mpnet_model.infer.meanshift import mean_shift_blocks
+from mpnet_model.io.atomic import atomic_write_text
 from mpnet_model.model.checkpoint import load_checkpoint
 from mpnet_model.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 LOGGED_TAGS = ('val/miou', 'val/oacc', 'val/loss')     # what the trainer itself logs per epoch
-
-
-# ------------------------------------------------------------------------------------------- Fig. 5 hook
-class ClassInstanceCurves:
-    """Per-class block-level instance precision / recall of one validation pass (paper Fig. 5).
-
-    Each validation block is clustered on its own (mean shift on the embeddings, as at inference, without
-    BlockMerging) and scored with the S3DIS instance metrics, so one epoch costs one mean shift per block.
-    Usage (per epoch): `add_batch(...)` for every validation batch (or `add_dataset`), then `log(writer, epoch)`.
-    """
-
-    def __init__(self, class_names, bandwidth: float = 0.6, iou_threshold: float = 0.5):
-        self.class_names = tuple(class_names)
-        self.bandwidth = float(bandwidth)
-        self.evaluator = InstanceEvaluator(len(self.class_names), iou_threshold)
-        self.num_blocks = 0
-
-    def add_batch(self, sem_logits, embeddings, sem, ins) -> None:
-        """sem_logits (B,N,C), embeddings (B,N,E), sem (B,N), ins (B,N): tensors or arrays of one batch."""
-        as_numpy = [t.detach().cpu().numpy() if torch.is_tensor(t) else np.asarray(t)
-                    for t in (sem_logits, embeddings, sem, ins)]
-        logits, embed, gt_sem, gt_ins = as_numpy
-        if logits.ndim != 3 or embed.shape[:2] != logits.shape[:2] or gt_sem.shape != logits.shape[:2] \
-                or gt_ins.shape != logits.shape[:2]:
-            raise ValueError(f'ClassInstanceCurves.add_batch: shapes sem_logits {logits.shape}, embeddings '
-                             f'{embed.shape}, sem {gt_sem.shape}, ins {gt_ins.shape} do not describe one batch')
-        pred_ins = mean_shift_blocks(np.ascontiguousarray(embed, dtype=np.float32), self.bandwidth)   # (B,N)
-        pred_sem = logits.argmax(-1)                                                                   # (B,N)
-        for b in range(logits.shape[0]):        # one "room" per block: instances are block-local
-            self.evaluator.add(pred_sem[b], pred_ins[b], gt_sem[b], gt_ins[b], room_id=f'block{self.num_blocks}')
-            self.num_blocks += 1
-
-    @torch.no_grad()
-    def add_dataset(self, model: torch.nn.Module, dataset: Dataset, max_blocks: int, batch_size: int,
-                    device: torch.device | str = 'cpu') -> None:
-        """Run `model` (eval mode, restored afterwards) on the first `max_blocks` blocks of `dataset`."""
-        was_training = model.training
-        model.eval()
-        try:
-            subset = Subset(dataset, range(min(int(max_blocks), len(dataset))))
-            for points, sem, ins in DataLoader(subset, batch_size=batch_size, shuffle=False):
-                outputs = model(points.to(device))
-                self.add_batch(outputs['sem_logits'], outputs['ins_embed'], sem, ins)
-        finally:
-            model.train(was_training)
-
-    def scalars(self) -> dict[str, float]:
-        """{'ins_prec/<class>', 'ins_rec/<class>', 'ins_mprec', 'ins_mrec'}: classes without a value are left out."""
-        if self.num_blocks == 0:
-            raise ValueError('ClassInstanceCurves: no block was added')
-        metrics = self.evaluator.compute()
-        out = {'ins_mprec': metrics['mPrec'], 'ins_mrec': metrics['mRec']}
-        for name, precision, recall in zip(self.class_names, metrics['precision'], metrics['recall']):
-            out[f'ins_prec/{name}'] = float(precision)
-            out[f'ins_rec/{name}'] = float(recall)
-        return {k: float(v) for k, v in out.items() if not np.isnan(v)}
-
-    def log(self, writer, epoch: int, prefix: str = 'val/') -> dict[str, float]:
-        """Write the scalars to a TensorBoard SummaryWriter at step `epoch` (as the trainer logs val/*)."""
-        values = self.scalars()
-        for key, value in values.items():
-            writer.add_scalar(f'{prefix}{key}', value, epoch)
-        writer.flush()
-        return values
 
 
 # ------------------------------------------------------------------------------------------- model outputs
@@ -194,7 +128,7 @@ def tsne_figure(checkpoints: dict[str, Path], room: Room, path: Path, num_blocks
 def training_curves_figure(tb_dirs: dict[str, Path], classes: list[str], path: Path) -> tuple[Path, str]:
     """Fig. 5: per-class instance precision per epoch for each run, from TensorBoard.
 
-    Uses `val/ins_prec/<class>` (logged by the analysis runner through `ClassInstanceCurves`); runs without them
+    Uses `val/ins_prec/<class>` (logged by the trainer's validation); runs without them
     fall back to what the trainer logs (val/miou, val/oacc, val/loss). -> (png, note on what was plotted).
     """
     from mpnet_model.viz.curves import read_scalars, render_curves

@@ -58,6 +58,7 @@ class RunConfig:
     log_every: int = 20                      # steps between TensorBoard scalars
     resume: bool = True                      # continue from out_dir/last.pt when present
     val_blocks: int = 0                      # 0 = all validation blocks
+    curve_blocks: int = 64                   # validation blocks clustered for per-class instance curves (0 = off)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from mpnet_model.eval.block_curves import ClassInstanceCurves
 from mpnet_model.eval.metrics import SemanticEvaluator
 from mpnet_model.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from mpnet_model.model.losses import MPNetLoss
@@ -251,6 +252,7 @@ class Trainer:
             return {}
         self.model.eval()
         evaluator = SemanticEvaluator(self.cfg.model.num_classes)
+        curves = ClassInstanceCurves(self.cfg.model.class_names) if self.cfg.run.curve_blocks else None
         loss_sum, batches, blocks = 0.0, 0, 0
         limit = self.cfg.run.val_blocks or len(self.val_set)
         for points, sem, ins in self._loader(self.val_set, shuffle=False, epoch=0):
@@ -260,12 +262,18 @@ class Trainer:
             loss_sum += float(total)
             batches += 1
             evaluator.add(outputs['sem_logits'].argmax(-1).flatten().cpu().numpy(), sem.flatten().cpu().numpy())
+            if curves is not None and blocks < self.cfg.run.curve_blocks:
+                curves.add_batch(outputs['sem_logits'], outputs['ins_embed'], sem, ins)
             blocks += points.shape[0]
             if blocks >= limit:
                 break
         metrics = evaluator.compute()
-        return {'val_loss': loss_sum / max(batches, 1), 'val_oacc': float(metrics['oAcc']),
-                'val_miou': float(metrics['mIoU'])}
+        summary = {'val_loss': loss_sum / max(batches, 1), 'val_oacc': float(metrics['oAcc']),
+                   'val_miou': float(metrics['mIoU'])}
+        if curves is not None and curves.num_blocks:
+            # Per-class instance precision / recall per epoch (paper Fig. 5), block-level.
+            summary.update({f'val_{k}': v for k, v in curves.scalars().items()})
+        return summary
 
     def fit(self) -> dict[str, float]:
         """Train until `optim.epochs` (or `optim.max_steps`); returns the last epoch's summary."""
