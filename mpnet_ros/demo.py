@@ -38,6 +38,7 @@ class SourceSummary:
     latency_ms: list[float]
     picture: Path
     note: str = ''
+    label_counts: Counter | None = None     # class name -> points (last frame)
 
     def row(self, backend: str) -> str:
         per_class = ', '.join(f'{name} {count}' for name, count in self.instances.most_common()) or 'none'
@@ -48,6 +49,11 @@ class SourceSummary:
 
 def _instances_per_class(instances_info) -> Counter:
     return Counter(info.class_name for info in instances_info)
+
+
+def _label_counts(labels: np.ndarray, class_names) -> Counter:
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    return Counter({class_names[i]: int(c) for i, c in zip(ids, counts)})
 
 
 def demo_generated_room(segmenter: SceneSegmenter, out: Path, seed: int, density: float) -> SourceSummary:
@@ -68,7 +74,7 @@ def demo_generated_room(segmenter: SceneSegmenter, out: Path, seed: int, density
     note = (f'oAcc {s["oAcc"]:.3f}, mIoU {s["mIoU"]:.3f}, mPrec {i["mPrec"]:.3f}, mRec {i["mRec"]:.3f} '
             f'({int(np.unique(ins).size)} true instances)')
     return SourceSummary('generated room (ground truth)', 1, len(xyz), _instances_per_class(result.instances_info),
-                         [latency], picture, note)
+                         [latency], picture, note, _label_counts(result.labels, segmenter.class_names))
 
 
 def demo_ouster_bag(segmenter: SceneSegmenter, bag: Path, out: Path, max_range: float) -> SourceSummary:
@@ -90,7 +96,7 @@ def demo_ouster_bag(segmenter: SceneSegmenter, bag: Path, out: Path, max_range: 
                         title=f'Ouster OS1-128 (street), last frame, {max_range:g} m range')
     return SourceSummary('Ouster OS1-128 bag', summary.frames_out, len(last.xyz),
                          _instances_per_class(last.instances_info), [r.timings['total_ms'] for r in results],
-                         picture, f'output bag: {output}')
+                         picture, f'output bag: {output}', _label_counts(last.labels, segmenter.class_names))
 
 
 def demo_office_scan(segmenter: SceneSegmenter, pcd: Path, out: Path) -> SourceSummary:
@@ -103,7 +109,7 @@ def demo_office_scan(segmenter: SceneSegmenter, pcd: Path, out: Path) -> SourceS
     render_segmentation(xyz, result.labels, result.instances, segmenter.class_names, picture,
                         title='PCL office scan (Kinect)')
     return SourceSummary('PCL office scan', 1, len(xyz), _instances_per_class(result.instances_info), [latency],
-                         picture)
+                         picture, label_counts=_label_counts(result.labels, segmenter.class_names))
 
 
 def write_summary(summaries: list[SourceSummary], backend: str, model: str, out: Path, notes: list[str]) -> str:
@@ -117,6 +123,24 @@ def write_summary(summaries: list[SourceSummary], backend: str, model: str, out:
     return text
 
 
+def run_demo(segmenter: SceneSegmenter, out: Path, shared: Path, max_range: float = 8.0, seed: int = 0,
+             room_density: float = 600.0, skip_real: bool = False) -> tuple[list[SourceSummary], list[str]]:
+    """Run every demo source that is available; returns their summaries and notes (what was skipped, and why)."""
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    summaries = [demo_generated_room(segmenter, out, seed, room_density)]
+    data = shared / 'data'
+    if skip_real:
+        notes.append('real sample data skipped (--skip-real)')
+    elif not data.is_dir():
+        notes.append(f'{data} not found: ran on the generated room only')
+        print(f'mpnet-demo: {data} not found, falling back to a generated room only')
+    else:
+        summaries.append(demo_ouster_bag(segmenter, data / 'ouster_os1_128', out, max_range))
+        summaries.append(demo_office_scan(segmenter, data / 'pcl_office1.pcd', out))
+    return summaries, notes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='mpnet-demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('--shared', type=Path, default=Path('../shared'), help='folder holding data/ (sample data)')
@@ -128,22 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--skip-real', action='store_true', help='only the generated room')
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-
     segmenter = SceneSegmenter.from_config(args.backend, args.model)
     model = args.model or 'shipped default (mpnet_model/assets)'
     print(f'mpnet-demo: model {model}, backend {args.backend}, classes {len(segmenter.class_names)}')
-    notes: list[str] = []
-    summaries = [demo_generated_room(segmenter, args.out, args.seed, args.room_density)]
-    data = args.shared / 'data'
-    if args.skip_real:
-        notes.append('real sample data skipped (--skip-real)')
-    elif not data.is_dir():
-        notes.append(f'{data} not found: ran on the generated room only')
-        print(f'mpnet-demo: {data} not found, falling back to a generated room only')
-    else:
-        summaries.append(demo_ouster_bag(segmenter, data / 'ouster_os1_128', args.out, args.max_range))
-        summaries.append(demo_office_scan(segmenter, data / 'pcl_office1.pcd', args.out))
+    summaries, notes = run_demo(segmenter, args.out, args.shared, args.max_range, args.seed, args.room_density,
+                                args.skip_real)
     print(write_summary(summaries, args.backend, model, args.out, notes))
     print(f'mpnet-demo: pictures and summary in {args.out}/')
     return 0

@@ -25,6 +25,7 @@ from mpnet_model.infer.backends.base import Backend, make_backend
 
 DEFAULT_MIN_BLOCK_POINTS = 20      # sparse lidar blocks still get a prediction (training uses 100)
 DEFAULT_MIN_INSTANCE_POINTS = 50
+DEFAULT_MERGE_GAP = 0.005          # BlockMerging voxel edge [m]
 
 
 @dataclass
@@ -70,7 +71,8 @@ class SceneSegmenter:
 
     def __init__(self, backend: Backend, block_size: float = 1.0, stride: float = 0.5, num_points: int | None = None,
                  batch_size: int = 8, bandwidth: float = 0.6, min_instance_points: int = DEFAULT_MIN_INSTANCE_POINTS,
-                 seed: int = 0, min_block_points: int = DEFAULT_MIN_BLOCK_POINTS, lidar_colour: str = 'intensity'):
+                 seed: int = 0, min_block_points: int = DEFAULT_MIN_BLOCK_POINTS, lidar_colour: str = 'intensity',
+                 merge_gap: float = DEFAULT_MERGE_GAP):
         if num_points is not None and num_points != backend.num_points:
             raise ValueError(f'num_points={num_points} but the model ({backend.source}) takes {backend.num_points} '
                              'points per block')
@@ -85,6 +87,7 @@ class SceneSegmenter:
         self.batch_size, self.bandwidth = int(batch_size), float(bandwidth)
         self.min_instance_points, self.min_block_points = int(min_instance_points), int(min_block_points)
         self.seed, self.lidar_colour = int(seed), lidar_colour
+        self.merge_gap = float(merge_gap)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -171,7 +174,8 @@ class SceneSegmenter:
         counts = np.bincount(inverse, minlength=sampled.size)[:, None]
         point_probs = (sums / counts).astype(np.float32)                        # (S,C)
         block_labels = probabilities.argmax(-1)                                 # (K,P)
-        instance_of_point = merge_block_instances(xyz, indices, block_instances, block_labels)   # (N,)
+        instance_of_point = merge_block_instances(xyz, indices, block_instances, block_labels,
+                                                  self.merge_gap)                                # (N,)
         return sampled, point_probs, instance_of_point[sampled]
 
     def _project(self, xyz: np.ndarray, sampled: np.ndarray, sampled_probs: np.ndarray,
@@ -228,11 +232,11 @@ class SceneSegmenter:
 
 
 def merge_block_instances(xyz: np.ndarray, indices: np.ndarray, block_instances: np.ndarray,
-                          block_labels: np.ndarray) -> np.ndarray:
+                          block_labels: np.ndarray, gap: float = 0.005) -> np.ndarray:
     """Block-local instance ids (K,P) -> scene instance id per input point (N,) (-1 where never sampled)."""
     from mpnet_model.infer.merging import block_merging
 
-    return block_merging(xyz, indices, block_instances, block_labels)
+    return block_merging(xyz, indices, block_instances, block_labels, gap=gap)
 
 
 def load_segmenter(backend: str = 'onnxruntime', model_path: str | Path = '', device: str = 'cpu',
