@@ -120,3 +120,16 @@ def test_bad_dataset_input():
     other.class_names = ('a', 'b') * 10
     with pytest.raises(ValueError, match='has classes'):
         BlockDataset([make_room(), other], num_points=8, min_points=1, progress=False)
+
+
+def test_class_mean_instance_points_hand_computed():
+    xyz = np.random.default_rng(0).random((10, 3)).astype(np.float32) * 2
+    # instance 0: 4 points of class 2 (one mislabelled 5: majority wins), instance 1: 2 points of class 2,
+    # instance 2: 3 points of class 7, one unannotated point.
+    sem = np.array([2, 2, 2, 5, 2, 2, 7, 7, 7, -1])
+    ins = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, -1])
+    room = Room('r', xyz, np.zeros((10, 3)), sem, ins, s3dis.S3DIS_CLASSES)
+    sizes = BlockDataset([room], num_points=4, min_points=1, progress=False).class_mean_instance_points()
+    expected = np.zeros(13)
+    expected[2], expected[7] = (4 + 2) / 2, 3
+    np.testing.assert_allclose(sizes, expected)

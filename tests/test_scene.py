@@ -96,3 +96,19 @@ def test_factory_uses_model_metadata():
     assert SceneSegmenter.from_config('torch', checkpoint).backend.name == 'torch'
     with pytest.raises(ValueError, match='num_points=4096'):
         SceneSegmenter(segmenter.backend, num_points=4096)
+
+
+def test_class_min_points_drops_small_instances_of_that_class_only(segmenter, office_subset):
+    xyz, rgb = office_subset
+    plain = segmenter.segment(xyz, rgb)
+    assert plain.instances_info, 'need instances to filter'
+    target = plain.instances_info[-1]                                    # the smallest instance
+    thresholds = np.zeros(len(segmenter.class_names))
+    thresholds[target.class_id] = target.num_points + 1                 # just above it, for its class only
+    filtered = SceneSegmenter(segmenter.backend, min_instance_points=20, class_min_points=thresholds).segment(xyz, rgb)
+    expected = [i.num_points for i in plain.instances_info
+                if not (i.class_id == target.class_id and i.num_points <= target.num_points)]
+    assert [i.num_points for i in filtered.instances_info] == expected
+    np.testing.assert_array_equal(filtered.labels, plain.labels)         # semantics untouched
+    with pytest.raises(ValueError, match='class_min_points'):
+        SceneSegmenter(segmenter.backend, class_min_points=[1.0, 2.0])

@@ -13,7 +13,7 @@ import yaml
 from mpnet_model.config import ConfigError
 from mpnet_model.data.synthetic import generate_dataset
 from mpnet_model.model.checkpoint import load_checkpoint, read_checkpoint
-from mpnet_model.train.cli import build_datasets
+from mpnet_model.train.cli import build_datasets, dataset_stats
 from mpnet_model.train.cli import main as train_main
 from mpnet_model.train.config import load_config
 from mpnet_model.train.trainer import Trainer, bn_momentum, learning_rate
@@ -75,7 +75,7 @@ def test_train_writes_checkpoints_logs_and_resumes(synthetic_root, tmp_path):
     cfg = load_config(write_config(tmp_path / 'c.yaml', synthetic_root, tmp_path))
     train_set, val_set = build_datasets(cfg, progress=False)
     assert len(train_set) > 0 and val_set is not None and len(val_set) > 0
-    trainer = Trainer(cfg, train_set, val_set)
+    trainer = Trainer(cfg, train_set, val_set, dataset_stats(train_set))
     first = trainer.train_epoch()
     assert all(torch.isfinite(torch.tensor(v)) for v in first.values())
     trainer.epoch = 0
@@ -89,6 +89,7 @@ def test_train_writes_checkpoints_logs_and_resumes(synthetic_root, tmp_path):
     # Per-class block-level instance precision per epoch (Fig. 5 curves), also in TensorBoard.
     assert any(key.startswith('val_ins_prec/') for key in extra['history'][-1]), extra['history'][-1].keys()
     model, model_cfg, meta = load_checkpoint(run / 'best.pt')
+    assert meta['extra']['class_mean_instance_points'] == train_set.class_mean_instance_points().tolist()
     assert model_cfg == cfg.model
 
     # Resume: the same run asked for 3 epochs continues after epoch 2 instead of starting again.

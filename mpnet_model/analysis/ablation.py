@@ -146,18 +146,25 @@ def train_run(cfg: TrainConfig, acfg: AnalysisConfig, progress: bool = True) -> 
 
 
 def evaluate_run(spec: RunSpec, folder: Path, rooms: list[Path], acfg: AnalysisConfig, device: str,
-                 block_size: float = 1.0, stride: float = 0.5, progress: bool = True) -> RunResult:
-    """Whole-room evaluation of `folder/best.pt` (the path the robot runs); writes eval/ and the marker last."""
+                 block_size: float = 1.0, stride: float = 0.5, progress: bool = True,
+                 instance_sizes: list[float] | None = None) -> RunResult:
+    """Whole-room evaluation of `folder/best.pt` (the path the robot runs); writes eval/ and the marker last.
+
+    Predicted instances under 0.25 x the training set's mean instance size of their class are dropped (ASIS);
+    the sizes come from the checkpoint, else from `instance_sizes`."""
     from mpnet_model.data.room import load_room_npz
-    from mpnet_model.eval.evaluate import evaluate_rooms, write_evaluation
+    from mpnet_model.eval.evaluate import class_min_points, evaluate_rooms, write_evaluation
     from mpnet_model.infer.scene import SceneSegmenter
     from mpnet_model.model.checkpoint import read_checkpoint
 
     checkpoint = folder / 'best.pt'
+    extra = read_checkpoint(checkpoint)['extra']
+    sizes = extra.get('class_mean_instance_points', instance_sizes)
     segmenter = SceneSegmenter.from_config('torch', checkpoint, device=device, batch_size=acfg.eval_batch_size,
                                            bandwidth=acfg.bandwidth, min_instance_points=acfg.min_instance_points,
-                                           block_size=block_size, stride=stride)   # the training geometry
-    shares = read_checkpoint(checkpoint)['extra'].get('class_shares')
+                                           block_size=block_size, stride=stride,   # the training geometry
+                                           class_min_points=class_min_points(sizes))
+    shares = extra.get('class_shares')
     evaluation = evaluate_rooms(segmenter, (load_room_npz(p) for p in rooms), progress=progress)
     if shares is None:
         shares = evaluation.semantic['gt_points'].tolist()
@@ -186,10 +193,23 @@ def ensure_run(base: TrainConfig, acfg: AnalysisConfig, spec: RunSpec, out_dir: 
     log.info('run %s: training into %s', spec.name, folder)
     train_run(cfg, acfg, progress)
     rooms = evaluation_rooms(base, acfg, progress)
+    from mpnet_model.model.checkpoint import read_checkpoint
     from mpnet_model.train.trainer import resolve_device
 
+    stored = 'class_mean_instance_points' in read_checkpoint(folder / 'best.pt')['extra']
     return evaluate_run(spec, folder, rooms, acfg, str(resolve_device(base.run.device)), base.data.block_size,
-                        base.data.stride, progress)
+                        base.data.stride, progress, None if stored else training_sizes(base, progress))
+
+
+def training_sizes(base: TrainConfig, progress: bool = True) -> list[float] | None:
+    """Mean instance size per class over the training rooms (for checkpoints that do not store it)."""
+    from mpnet_model.data.splits import split_rooms
+    from mpnet_model.eval.evaluate import training_instance_sizes
+
+    d = base.data
+    split = split_rooms(d.dataset, d.root, d.test_area, d.fold, d.val_fraction, d.label_map, d.train_split,
+                        d.val_split, d.max_rooms)
+    return training_instance_sizes(split, d.cache_dir, progress)
 
 
 def row_runs(base: TrainConfig, acfg: AnalysisConfig, row: str, out_dir: Path, progress: bool = True,

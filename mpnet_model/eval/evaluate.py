@@ -95,6 +95,26 @@ def write_evaluation(evaluation: Evaluation, class_names, class_shares, out_dir:
     return paths
 
 
+ASIS_MIN_INSTANCE_FRACTION = 0.25   # ASIS / SGPN: drop instances under 0.25 x the class's mean training instance
+
+
+def class_min_points(mean_instance_points, fraction: float = ASIS_MIN_INSTANCE_FRACTION) -> np.ndarray | None:
+    """Per-class minimum instance size for whole-room evaluation, from the training set's mean instance sizes."""
+    if mean_instance_points is None or fraction <= 0:
+        return None
+    return fraction * np.asarray(mean_instance_points, dtype=np.float64)
+
+
+def training_instance_sizes(split, cache_dir: str | Path, progress: bool = True) -> list[float] | None:
+    """Mean instance size per class over the training rooms (for checkpoints that do not store it)."""
+    from mpnet_model.data.dataset import BlockDataset, build_cache
+
+    if not split.train:
+        return None
+    paths = build_cache(split.train, cache_dir, split.loader, progress=progress)
+    return BlockDataset(paths, num_points=1, progress=False).class_mean_instance_points().tolist()
+
+
 def main(argv: list[str] | None = None) -> int:
     from mpnet_model.data.splits import split_rooms
     from mpnet_model.model.checkpoint import CheckpointError, read_checkpoint
@@ -109,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--split', default='test', choices=['test', 'val', 'train'])
     parser.add_argument('--out', required=True, help='folder for the report')
+    parser.add_argument('--min-instance-fraction', type=float, default=ASIS_MIN_INSTANCE_FRACTION,
+                        help='drop predicted instances under this fraction of the mean training instance size of '
+                             'their class (ASIS: 0.25; 0 = off)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     try:
@@ -119,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         room_dirs = getattr(split, args.split)
         if not room_dirs:
             raise FileNotFoundError(f'the {args.split} split of {d.root} holds no rooms')
-        segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device)
-        shares = None
-        if args.checkpoint.endswith('.pt'):
-            shares = read_checkpoint(args.checkpoint)['extra'].get('class_shares')
+        extra = read_checkpoint(args.checkpoint)['extra'] if args.checkpoint.endswith('.pt') else {}
+        shares, sizes = extra.get('class_shares'), extra.get('class_mean_instance_points')
+        if sizes is None and args.min_instance_fraction > 0:
+            sizes = training_instance_sizes(split, d.cache_dir)
+        segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device,
+                                               class_min_points=class_min_points(sizes, args.min_instance_fraction))
         evaluation = evaluate_rooms(segmenter, (split.loader(r) for r in room_dirs),
                                     scannet_ap=d.dataset == 'scannet')
     except (ConfigError, FileNotFoundError, CheckpointError, ValueError) as error:

@@ -72,7 +72,7 @@ class SceneSegmenter:
     def __init__(self, backend: Backend, block_size: float = 1.0, stride: float = 0.5, num_points: int | None = None,
                  batch_size: int = 8, bandwidth: float = 0.6, min_instance_points: int = DEFAULT_MIN_INSTANCE_POINTS,
                  seed: int = 0, min_block_points: int = DEFAULT_MIN_BLOCK_POINTS, lidar_colour: str = 'intensity',
-                 merge_gap: float = DEFAULT_MERGE_GAP):
+                 merge_gap: float = DEFAULT_MERGE_GAP, class_min_points: np.ndarray | None = None):
         if num_points is not None and num_points != backend.num_points:
             raise ValueError(f'num_points={num_points} but the model ({backend.source}) takes {backend.num_points} '
                              'points per block')
@@ -88,6 +88,14 @@ class SceneSegmenter:
         self.min_instance_points, self.min_block_points = int(min_instance_points), int(min_block_points)
         self.seed, self.lidar_colour = int(seed), lidar_colour
         self.merge_gap = float(merge_gap)
+        # Optional per-class minimum instance size (points), e.g. ASIS's 0.25 x the training set's mean instance
+        # size of the class: evaluation uses it; on a robot the density differs, so min_instance_points rules.
+        self.class_min_points = None
+        if class_min_points is not None:
+            self.class_min_points = np.asarray(class_min_points, dtype=np.float64).reshape(-1)
+            if self.class_min_points.shape[0] != len(backend.class_names):
+                raise ValueError(f'class_min_points has {self.class_min_points.shape[0]} entries for '
+                                 f'{len(backend.class_names)} classes')
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -197,13 +205,18 @@ class SceneSegmenter:
 
     def _finalise_instances(self, xyz: np.ndarray, labels: np.ndarray, scores: np.ndarray, instances: np.ndarray
                             ) -> tuple[np.ndarray, list[InstanceInfo]]:
-        """Drop instances below `min_instance_points`, renumber 0..K-1 (largest first), majority class per instance."""
+        """Drop instances below `min_instance_points` (and below `class_min_points` of their majority class),
+        renumber 0..K-1 (largest first); the class of an instance is the majority label of its points."""
         final = np.full(labels.shape, -1, dtype=np.int32)
         valid = instances >= 0
         if not valid.any():
             return final, []
         ids, inverse, sizes = np.unique(instances[valid], return_inverse=True, return_counts=True)
         keep = sizes >= self.min_instance_points
+        if self.class_min_points is not None:
+            votes = np.zeros((ids.size, len(self.class_names)), dtype=np.int64)
+            np.add.at(votes, (inverse, labels[valid]), 1)
+            keep &= sizes >= self.class_min_points[votes.argmax(axis=1)]
         order = np.lexsort((ids, -sizes))                                      # largest first, ties by old id
         order = order[keep[order]]
         new_id = np.full(ids.size, -1, dtype=np.int32)

@@ -22,6 +22,13 @@ def class_shares(dataset: BlockDataset) -> list[float]:
     return (counts / max(counts.sum(), 1)).tolist()
 
 
+def dataset_stats(dataset: BlockDataset) -> dict[str, list[float]]:
+    """Training-set statistics stored in every checkpoint: class shares (tiers) and the mean instance size per
+    class (the evaluation's small-instance filter, as ASIS)."""
+    return {'class_shares': class_shares(dataset),
+            'class_mean_instance_points': dataset.class_mean_instance_points().tolist()}
+
+
 def build_datasets(cfg: TrainConfig, progress: bool = True) -> tuple[BlockDataset, BlockDataset | None]:
     d = cfg.data
     split = split_rooms(d.dataset, d.root, d.test_area, d.fold, d.val_fraction, d.label_map, d.train_split,
@@ -41,7 +48,7 @@ def build_datasets(cfg: TrainConfig, progress: bool = True) -> tuple[BlockDatase
 
 def train(cfg: TrainConfig, progress: bool = True) -> Trainer:
     train_set, val_set = build_datasets(cfg, progress)
-    trainer = Trainer(cfg, train_set, val_set, class_shares(train_set))
+    trainer = Trainer(cfg, train_set, val_set, dataset_stats(train_set))
     try:
         trainer.fit()
     finally:

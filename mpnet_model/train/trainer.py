@@ -97,7 +97,7 @@ class Trainer:
     """Trains `MPNet(cfg.model)` on a Dataset of (points (P,9), sem (P,), ins (P,)) blocks."""
 
     def __init__(self, cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None = None,
-                 class_shares: list[float] | None = None):
+                 dataset_stats: dict[str, list[float]] | None = None):
         self.cfg = cfg
         self.dist = init_distributed(cfg.run.device)
         self.device = resolve_device(cfg.run.device if not self.dist.enabled or cfg.run.device == 'cpu'
@@ -111,7 +111,7 @@ class Trainer:
         self.use_amp = cfg.run.amp and self.device.type == 'cuda'
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.use_amp)
         self.train_set, self.val_set = train_set, val_set
-        self.class_shares = class_shares
+        self.dataset_stats = dict(dataset_stats or {})     # stored in every checkpoint's extra
         self.epoch = 0                # epochs finished
         self.samples_seen = 0
         self.step = 0
@@ -150,8 +150,7 @@ class Trainer:
         extra = self.progress_state()
         if not with_optimizer:
             extra = {k: v for k, v in extra.items() if k not in ('optimizer', 'scaler', 'torch_rng')}
-        if self.class_shares is not None:
-            extra['class_shares'] = list(self.class_shares)
+        extra.update(self.dataset_stats)
         save_checkpoint(path, self.model, self.cfg.model, extra=extra)
 
     def try_resume(self) -> bool:
