@@ -26,9 +26,11 @@ from mpnet_model.data.blocks import room_to_blocks  # noqa: E402
 from mpnet_model.infer.backends.base import make_backend  # noqa: E402
 from mpnet_model.infer.export import export_checkpoint  # noqa: E402
 from mpnet_model.infer.scene import SceneSegmenter  # noqa: E402
-from mpnet_model.io.pointclouds import crop_radius, load_pcd, optical_to_z_up, read_bag_clouds  # noqa: E402
+from mpnet_model.io.pointclouds import load_pcd, optical_to_z_up  # noqa: E402
 from mpnet_model.model.checkpoint import save_checkpoint  # noqa: E402
 from mpnet_model.model.mpnet import MPNet  # noqa: E402
+from mpnet_ros.accumulate import range_mask  # noqa: E402
+from mpnet_ros.bag_tool import read_bag_clouds  # noqa: E402
 
 DATA = Path(os.environ.get('MPNET_SHARED_DATA', '/work/shared/data'))
 
@@ -90,10 +92,12 @@ def bench_fps_placement(folder: Path, checkpoint: Path, cfg: ModelConfig, repeat
 def bench_scenes(onnx_path: Path, threads: int):
     segmenter = SceneSegmenter(make_backend('onnxruntime', onnx_path, intra_op_threads=threads))
     scenes = []
-    frame = crop_radius(next(read_bag_clouds(DATA / 'ouster_os1_128', limit=1)), 15.0)
+    frame = next(read_bag_clouds(DATA / 'ouster_os1_128', limit=1))
+    keep = range_mask(frame.xyz, 0.0, 15.0)
     office = load_pcd(DATA / 'pcl_office1.pcd')
-    for name, xyz, rgb, intensity in (('Ouster OS-1-128 frame, 15 m crop', frame.xyz, None, frame.intensity),
-                                      ('PCL office1 (Kinect)', optical_to_z_up(office.xyz), office.rgb, None)):
+    clouds = (('Ouster OS-1-128 frame, 15 m crop', frame.xyz[keep], None, frame.intensity[keep]),
+              ('PCL office1 (Kinect)', optical_to_z_up(office.xyz), office.rgb, None))
+    for name, xyz, rgb, intensity in clouds:
         start = time.perf_counter()
         result = segmenter.segment(xyz, rgb, intensity)
         total = (time.perf_counter() - start) * 1e3

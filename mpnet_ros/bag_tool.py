@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from mpnet_ros.cloud_io import CloudError, labeled_cloud_msg, parse_cloud
+from mpnet_ros.cloud_io import CloudError, ParsedCloud, labeled_cloud_msg, parse_cloud
 from mpnet_ros.params import ParamError, SegmentParams, validate_params
 from mpnet_ros.pipeline import ScenePipeline, SegmentedWindow, make_segmenter
 
@@ -63,6 +63,23 @@ def _pick_topic(connections: list[Any], topic: str | None) -> str:
     if topic not in clouds:
         raise SystemExit(f'mpnet-bag: topic {topic!r} is not a PointCloud2 topic of the bag; found {clouds}')
     return topic
+
+
+def read_bag_clouds(bag_dir: str | os.PathLike, topic: str | None = None, limit: int | None = None,
+                    max_points: int = 5_000_000) -> Iterator[ParsedCloud]:
+    """The valid points of each PointCloud2 of a rosbag2 folder (sqlite3 or mcap), parsed like the node does.
+
+    topic: the PointCloud2 topic (None: the bag's only one); limit: stop after this many frames.
+    """
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([Path(bag_dir)]) as reader:
+        topic = _pick_topic(reader.connections, topic)
+        connections = [c for c in reader.connections if c.topic == topic]
+        for count, (connection, _, raw) in enumerate(reader.messages(connections=connections)):
+            if limit is not None and count >= limit:
+                return
+            yield parse_cloud(reader.deserialize(raw, connection.msgtype), max_points)
 
 
 def segment_bag(in_path: Path, out_path: Path, params: SegmentParams, topic: str | None = None,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mpnet_model.data.classes import palette
+from mpnet_model.io.pointclouds import unpack_rgb
 
 # sensor_msgs/PointField datatype constants (fixed by the message definition).
 INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64 = range(1, 9)
@@ -141,17 +142,6 @@ def _point_records(raw: np.ndarray, height: int, width: int, point_step: int, ro
     # Rows carry padding: view the rows as (height, row_step) and cut each to its points.
     padded = np.lib.stride_tricks.as_strided(raw, shape=(height, packed), strides=(row_step, 1), writeable=False)
     return np.ascontiguousarray(padded).reshape(-1)
-
-
-def unpack_rgb(packed: np.ndarray) -> np.ndarray:
-    """(N,) packed 0x00RRGGBB (float32 bits or integer) -> (N, 3) float32 in [0, 1]."""
-    if packed.dtype.kind == 'f':
-        # Reinterpret the float's bytes (in their own byte order) as an integer: no float conversion, so colours
-        # whose bit pattern is a NaN survive.
-        packed = packed.view(np.dtype(np.uint32).newbyteorder(packed.dtype.byteorder))
-    bits = packed.astype(np.uint32)
-    shifts = np.array([16, 8, 0], dtype=np.uint32)
-    return ((bits[:, None] >> shifts) & 0xFF).astype(np.float32) / 255.0
 
 
 def pack_rgb(rgb_u8: np.ndarray) -> np.ndarray:

@@ -14,9 +14,11 @@ import torch
 from mpnet_model.config import small_config
 from mpnet_model.data.blocks import room_to_blocks
 from mpnet_model.infer.scene import intensity_to_grey
-from mpnet_model.io.pointclouds import crop_radius, load_pcd, optical_to_z_up, read_bag_clouds
+from mpnet_model.io.pointclouds import load_pcd, optical_to_z_up
 from mpnet_model.model.checkpoint import save_checkpoint
 from mpnet_model.model.mpnet import MPNet
+from mpnet_ros.accumulate import range_mask
+from mpnet_ros.bag_tool import read_bag_clouds
 
 DATA = Path(os.environ.get('MPNET_SHARED_DATA', '/work/shared/data'))
 OFFICE_PCD = DATA / 'pcl_office1.pcd'
@@ -69,8 +71,9 @@ def office_cloud():
 
 @functools.lru_cache(maxsize=2)
 def ouster_cloud(radius: float = 15.0):
-    frame = crop_radius(next(read_bag_clouds(OUSTER_BAG, '/ouster/points', limit=1)), radius)
-    return frame.xyz, frame.intensity
+    frame = next(read_bag_clouds(OUSTER_BAG, '/ouster/points', limit=1))
+    keep = range_mask(frame.xyz, 0.0, radius)
+    return frame.xyz[keep], frame.intensity[keep]
 
 
 def real_blocks(num_points: int, count: int = 3) -> np.ndarray:
