@@ -17,15 +17,6 @@ from mpnet_model.model.mpnet import MPNet
 TINY = dict(num_points=256, sa_npoints=(64, 32, 16, 4))
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """The test machine's 2 cores are shared; one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def trained_like():
     """A model whose BN running stats and memory differ from a fresh init, with its config."""

@@ -11,15 +11,6 @@ from mpnet_model.model.mpnet import MPNet
 TINY = dict(num_points=256, sa_npoints=(64, 32, 16, 4))
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """The test machine's 2 cores are shared; one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(cfg, seed=0):
     torch.manual_seed(seed)
     return MPNet(cfg)

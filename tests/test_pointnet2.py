@@ -16,15 +16,6 @@ from mpnet_model.model.pointnet2 import (
 )
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """The test machine's 2 cores are shared; one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def squared_distance(a, b):
     return sum((float(a[c]) - float(b[c])) ** 2 for c in range(3))
 
