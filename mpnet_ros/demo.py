@@ -56,8 +56,27 @@ def _label_counts(labels: np.ndarray, class_names) -> Counter:
     return Counter({class_names[i]: int(c) for i, c in zip(ids, counts)})
 
 
-def demo_generated_room(segmenter: SceneSegmenter, out: Path, seed: int, density: float) -> SourceSummary:
+def instance_size_filter(model: str) -> np.ndarray | None:
+    """ASIS's per-class minimum instance size (0.25 x the training set's mean) when the model's checkpoint holds
+    the statistics: valid for rooms scanned at the training density, such as the generated one."""
+    from mpnet_model.default_model import DEFAULT_CHECKPOINT
+    from mpnet_model.eval.evaluate import class_min_points
+    from mpnet_model.model.checkpoint import read_checkpoint
+
+    checkpoint = Path(model) if model else DEFAULT_CHECKPOINT
+    if checkpoint.suffix != '.pt' or not checkpoint.is_file():
+        return None
+    return class_min_points(read_checkpoint(checkpoint)['extra'].get('class_mean_instance_points'))
+
+
+def demo_generated_room(segmenter: SceneSegmenter, out: Path, seed: int, density: float,
+                        class_min_points: np.ndarray | None = None) -> SourceSummary:
     xyz, rgb, sem, ins, meta = generate_room(np.random.default_rng([seed, 99]), density=density)
+    if class_min_points is not None:
+        segmenter = SceneSegmenter(segmenter.backend, segmenter.block_size, segmenter.stride,
+                                   batch_size=segmenter.batch_size, bandwidth=segmenter.bandwidth,
+                                   min_instance_points=segmenter.min_instance_points,
+                                   class_min_points=class_min_points)
     start = time.perf_counter()
     result = segmenter.segment(xyz, rgb / np.float32(255.0))
     latency = (time.perf_counter() - start) * 1e3
@@ -124,11 +143,12 @@ def write_summary(summaries: list[SourceSummary], backend: str, model: str, out:
 
 
 def run_demo(segmenter: SceneSegmenter, out: Path, shared: Path, max_range: float = 8.0, seed: int = 0,
-             room_density: float = 600.0, skip_real: bool = False) -> tuple[list[SourceSummary], list[str]]:
+             room_density: float = 1500.0, skip_real: bool = False, model: str = ''
+             ) -> tuple[list[SourceSummary], list[str]]:
     """Run every demo source that is available; returns their summaries and notes (what was skipped, and why)."""
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    summaries = [demo_generated_room(segmenter, out, seed, room_density)]
+    summaries = [demo_generated_room(segmenter, out, seed, room_density, instance_size_filter(model))]
     data = shared / 'data'
     if skip_real:
         notes.append('real sample data skipped (--skip-real)')
@@ -148,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--backend', default='onnxruntime', choices=['torch', 'onnxruntime', 'tensorrt'])
     parser.add_argument('--model', default='', help='model file; empty = the shipped default')
     parser.add_argument('--max-range', type=float, default=8.0, help='Ouster range crop [m]')
-    parser.add_argument('--room-density', type=float, default=600.0, help='generated room: points per m^2')
+    parser.add_argument('--room-density', type=float, default=1500.0,
+                        help='generated room: points per m^2 (1500 = the training rooms)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--skip-real', action='store_true', help='only the generated room')
     args = parser.parse_args(argv)
@@ -156,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or 'shipped default (mpnet_model/assets)'
     print(f'mpnet-demo: model {model}, backend {args.backend}, classes {len(segmenter.class_names)}')
     summaries, notes = run_demo(segmenter, args.out, args.shared, args.max_range, args.seed, args.room_density,
-                                args.skip_real)
+                                args.skip_real, args.model)
     print(write_summary(summaries, args.backend, model, args.out, notes))
     print(f'mpnet-demo: pictures and summary in {args.out}/')
     return 0

@@ -38,3 +38,7 @@ def test_generate_train_evaluate(tmp_path, capsys):
     reports = list(out.glob('*.md'))
     assert reports and 'dominant' in (out / next(p.name for p in out.glob('*_tiers.csv'))).read_text()
     assert (out / 'gt_instances.npz').is_file()
+    # A checkpoint handed to the ONNX runtime is a clear CLI error, not a traceback.
+    assert eval_main(['--checkpoint', str(tmp_path / 'run' / 'best.pt'), '--config', str(config),
+                      '--backend', 'onnxruntime', '--out', str(tmp_path / 'bad')]) == 2
+    assert 'not ONNX' in capsys.readouterr().err

@@ -117,6 +117,7 @@ def training_instance_sizes(split, cache_dir: str | Path, progress: bool = True)
 
 def main(argv: list[str] | None = None) -> int:
     from mpnet_model.data.splits import split_rooms
+    from mpnet_model.infer.backends.base import BackendError
     from mpnet_model.model.checkpoint import CheckpointError, read_checkpoint
     from mpnet_model.train.config import load_config
 
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                                                class_min_points=class_min_points(sizes, args.min_instance_fraction))
         evaluation = evaluate_rooms(segmenter, (split.loader(r) for r in room_dirs),
                                     scannet_ap=d.dataset == 'scannet')
-    except (ConfigError, FileNotFoundError, CheckpointError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, CheckpointError, BackendError, ValueError) as error:
         print(f'mpnet-eval: error: {error}', file=sys.stderr)
         return 2
     if shares is None:
