@@ -32,8 +32,11 @@ def test_wheel_installs_ament_files(wheel):
 
 
 def test_wheel_ships_default_model(wheel):
-    assets = [n for n in wheel.namelist() if n.startswith('mpnet_model/assets/')]
+    assets = {info.filename: info.file_size for info in wheel.infolist()
+              if info.filename.startswith('mpnet_model/assets/')}
     assert any(n.endswith('.pt') for n in assets) and any(n.endswith('.onnx') for n in assets), assets
+    assert 'mpnet_model/assets/MODEL_CARD.md' in assets
+    assert all(size < 5_000_000 for size in assets.values()), assets      # a few MB: keep the repo light
 
 
 def test_package_xml_is_format3_with_runtime_deps():
