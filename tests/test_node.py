@@ -198,7 +198,10 @@ def test_overload_latest_only_bounded_memory(ros):
 
     sampler = threading.Thread(target=sample_memory, daemon=True)
     sampler.start()
-    proc = player('--rate', '20', '--repeat', '1000', '--duration', '10')
+    # Publish at >= 12x the node's measured processing rate (earlier tests processed frames), 20-80 Hz.
+    mean_before = node.stats.total_ms / max(node.stats.processed, 1)
+    rate = min(80.0, max(20.0, 12_000.0 / max(mean_before, 1.0)))
+    proc = player('--rate', f'{rate:.1f}', '--repeat', '1000', '--duration', '10')
     output, _ = proc.communicate(timeout=90)
     sent = int(output.rsplit('played ', 1)[1].split()[0])
     player_done = time.monotonic()
