@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from mpnet_model.config import ModelConfig, ablation_config
+from mpnet_model.io.atomic import atomic_write_text
 from mpnet_model.model.mpnet import MPNet
 
 RESULTS = Path(__file__).resolve().parent / 'results' / 'model.md'
@@ -75,14 +75,6 @@ class Case:
         return values
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
-    with os.fdopen(handle, 'w') as stream:
-        stream.write(text)
-    os.replace(tmp_name, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--repeats', type=int, default=3)
@@ -125,7 +117,7 @@ def main() -> None:
               '= eq. 2 on M (1950 slots) and on C (13 rows) for random (B,4096,128) queries, included in network.', '']
     text = '\n'.join(lines)
     print(text)
-    write_atomically(RESULTS, text)
+    atomic_write_text(RESULTS, text)
     print(f'written to {RESULTS}')
 
 

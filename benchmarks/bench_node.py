@@ -23,6 +23,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from mpnet_model.io.atomic import atomic_write_text  # noqa: E402
+
 OUSTER_BAG = Path(os.environ.get('MPNET_SHARED', REPO.parent / 'shared')) / 'data' / 'ouster_os1_128'
 RESULTS = REPO / 'benchmarks' / 'results' / 'bench_node.md'
 
@@ -117,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f'| {backend} | {p50:.1f} | {p95:.1f} | {count} | {p50 / baseline:.2f}x |')
     report = '\n'.join(lines) + '\n'
     print(report)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = RESULTS.with_suffix('.md.tmp')
-    tmp_path.write_text(report)
-    os.replace(tmp_path, RESULTS)
+    atomic_write_text(RESULTS, report)
     return 0
 
 

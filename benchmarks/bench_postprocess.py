@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import platform
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +22,7 @@ from tqdm import tqdm
 
 from mpnet_model.infer.meanshift import mean_shift
 from mpnet_model.infer.merging import BlockMerger
+from mpnet_model.io.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / 'benchmarks' / 'results' / 'postprocess.md'
@@ -112,14 +111,6 @@ def bench_merging(num_blocks: int, points_per_block: int, gap: float, min_points
                 instances=int(result.max()) + 1)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    with os.fdopen(handle, 'w') as stream:
-        stream.write(text)
-    os.replace(temp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='fewer mean-shift cases (skips the slow sklearn ones)')
@@ -151,7 +142,7 @@ def main() -> None:
               f"{merge['instances']} |", '']
     text = '\n'.join(lines)
     print(text)
-    write_atomic(RESULTS, text)
+    atomic_write_text(RESULTS, text)
     print(f'written {RESULTS}')
 
 

@@ -26,6 +26,7 @@ from mpnet_model.data.blocks import room_to_blocks  # noqa: E402
 from mpnet_model.infer.backends.base import make_backend  # noqa: E402
 from mpnet_model.infer.export import export_checkpoint  # noqa: E402
 from mpnet_model.infer.scene import SceneSegmenter  # noqa: E402
+from mpnet_model.io.atomic import atomic_write_text  # noqa: E402
 from mpnet_model.io.pointclouds import load_pcd, optical_to_z_up  # noqa: E402
 from mpnet_model.model.checkpoint import save_checkpoint  # noqa: E402
 from mpnet_model.model.mpnet import MPNet  # noqa: E402
@@ -163,10 +164,7 @@ def main() -> None:
         stages = ', '.join(f'{k} {v:.0f}' for k, v in timings.items() if k != 'total')
         lines += [f'| {name} | {n} | {total / 1e3:.1f} | {stages} | {instances} |']
     out = ROOT / 'benchmarks' / 'results' / 'runtime.md'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix('.md.tmp')
-    tmp.write_text('\n'.join(lines) + '\n')
-    os.replace(tmp, out)
+    atomic_write_text(out, '\n'.join(lines) + '\n')
     print(f'wrote {out}')
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from tqdm import tqdm
 
 from mpnet_model.config import small_config
 from mpnet_model.data.classes import S3DIS_CLASSES
+from mpnet_model.io.atomic import atomic_write_text
 from mpnet_model.model.losses import MPNetLoss, rseg_hinge
 from mpnet_model.model.mpnet import MPNet
 
@@ -175,13 +174,6 @@ def format_table(results: list[RunResult], baseline: RunResult) -> str:
     return '\n'.join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile('w', dir=path.parent, delete=False, suffix='.tmp') as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 RUNS = {
     'scale1_pern (paper-literal)': dict(memory_scale=1.0, rseg_form='per_negative'),
     'scale5_pern': dict(memory_scale=5.0, rseg_form='per_negative'),
@@ -224,7 +216,7 @@ def main() -> None:
               f'eval_blocks={args.eval_blocks} lr={args.lr} seeds={args.seeds} (numbers are seed means), '
               f'baseline = {baseline.name}. small_config: M = {small_config().memory_slots} slots, '
               f'C = {small_config().num_classes}.\n\n{table}\n')
-    write_atomic(args.out, report)
+    atomic_write_text(args.out, report)
     print(f'wrote {args.out}')
 
 

@@ -12,10 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mpnet_model.config import ABLATIONS, ConfigError
-from mpnet_model.train.config import TrainConfig, config_from_dict, parse_override
+from mpnet_model.train.config import TrainConfig, config_from_dict, parse_override, read_yaml_mapping
 
 
 @dataclass
@@ -134,17 +132,7 @@ def load_analysis_config(path: str | Path | None, out_dir: str | Path, overrides
     Overrides starting with `analysis.` (e.g. `analysis.seeds=[0,1]`, `analysis.synthetic.density=100`) go to
     the analysis section, all others to the training config.
     """
-    data: dict[str, Any] = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f'analysis config file not found: {path}')
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f'analysis config {path}: invalid YAML: {error}') from error
-        if not isinstance(data, dict):
-            raise ConfigError(f'analysis config {path}: top level must be a mapping')
+    data = read_yaml_mapping(path, 'analysis config') if path else {}
     analysis = dict(data.pop('analysis', None) or {})
     train_overrides = []
     for text in overrides:

@@ -171,16 +171,23 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> TrainCo
     return validate(TrainConfig(model=model, ablation=ablation, **sections))
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file gives {}); errors start with `what` and name the file.
+
+    `what` says which kind of file this is, e.g. 'train config' or 'analysis config'.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'{what} file not found: {path}')
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f'{what} {path}: invalid YAML: {err}') from err
+    if not isinstance(data, dict):
+        raise ConfigError(f'{what} {path}: top level must be a mapping')
+    return data
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    data: dict[str, Any] = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f'train config file not found: {path}')
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f'train config {path}: invalid YAML: {err}') from err
-        if not isinstance(data, dict):
-            raise ConfigError(f'train config {path}: top level must be a mapping')
+    data = read_yaml_mapping(path, 'train config') if path else {}
     return config_from_dict(data, overrides)
