@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mpnet_model.data.classes import palette
+from mpnet_model.data.classes import class_colour_table
 from mpnet_model.io.pointclouds import unpack_rgb
 
 # sensor_msgs/PointField datatype constants (fixed by the message definition).
@@ -219,11 +219,6 @@ def labeled_cloud_dtype() -> np.dtype:
                      'offsets': [o for _, _, o in LABELED_FIELDS], 'itemsize': LABELED_POINT_STEP})
 
 
-def class_colours(num_classes: int) -> np.ndarray:
-    """(C + 1, 3) uint8: the class palette, plus grey for an out-of-range label."""
-    return np.array(list(palette(num_classes)) + [(128, 128, 128)], dtype=np.uint8)
-
-
 def labeled_cloud_bytes(xyz: np.ndarray, labels: np.ndarray, instances: np.ndarray, scores: np.ndarray,
                         num_classes: int) -> bytes:
     """Pack (N,3) xyz, (N,) labels, (N,) instances (-1 = none), (N,) scores into the output layout.
@@ -232,7 +227,7 @@ def labeled_cloud_bytes(xyz: np.ndarray, labels: np.ndarray, instances: np.ndarr
     UNKNOWN_LABEL (255) in grey; the uint32 `instance` field holds -1 ("no instance") as 0xFFFFFFFF.
     """
     labels = np.asarray(labels)
-    colours = class_colours(num_classes)
+    colours = class_colour_table(num_classes)       # grey at index C for an unknown label
     known = (labels >= 0) & (labels < num_classes)
     colour_index = np.where(known, labels, num_classes)
     records = np.zeros(len(xyz), dtype=labeled_cloud_dtype())

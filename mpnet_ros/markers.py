@@ -5,10 +5,11 @@ axis-aligned CUBE and a TEXT_VIEW_FACING label above it. Colours are stable per 
 """
 from __future__ import annotations
 
-import colorsys
 import math
 from collections.abc import Iterable
 from typing import Any
+
+from mpnet_model.data.classes import instance_colour_table
 
 MIN_EXTENT = 0.02      # [m] RViz rejects zero-size cubes
 TEXT_HEIGHT = 0.25     # [m]
@@ -26,9 +27,8 @@ def _field(info: Any, *names: str, default: Any = None) -> Any:
 
 
 def instance_colour(instance_id: int) -> tuple[float, float, float]:
-    """A stable, well-spread RGB in [0, 1] for an instance id (golden-ratio hue walk)."""
-    hue = (int(instance_id) * 0.618033988749895) % 1.0
-    return colorsys.hsv_to_rgb(hue, 0.8, 0.95)
+    """The instance's RGB in [0, 1]: the same colour as in the package's PNG renders."""
+    return tuple(float(c) / 255.0 for c in instance_colour_table([instance_id])[0])
 
 
 def _finite_vector(values: Any, fallback: float) -> list[float] | None:

@@ -18,6 +18,7 @@ from ros_helpers import (
     xyz_cloud,
 )
 
+from mpnet_model.data.classes import class_colour_table
 from mpnet_ros import cloud_io
 from mpnet_ros.cloud_io import CloudError, parse_cloud
 
@@ -247,7 +248,7 @@ def test_labeled_cloud_round_trip():
 
     parsed = parse_cloud(msg)
     np.testing.assert_array_equal(parsed.xyz, XYZ)
-    expected_rgb = cloud_io.class_colours(13)[labels].astype(np.float32) / 255
+    expected_rgb = class_colour_table(13)[labels].astype(np.float32) / 255
     np.testing.assert_array_equal(parsed.rgb, expected_rgb)
 
     points = point_cloud2.read_points(msg, field_names=['label', 'instance', 'score'])

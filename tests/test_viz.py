@@ -3,11 +3,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from mpnet_model.data.classes import S3DIS_CLASSES, palette
+from mpnet_model.data.classes import S3DIS_CLASSES, UNLABELLED_GREY, palette
 from mpnet_model.viz.curves import read_scalars, render_curves, smooth
 from mpnet_model.viz.memory_slots import render_memory_slots, top_slots
 from mpnet_model.viz.render import (
-    UNLABELLED_GREY,
     class_colours,
     instance_colours,
     rasterize,

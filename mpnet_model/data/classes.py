@@ -1,4 +1,7 @@
 """Class lists of the supported datasets: the one place that defines names, order and colours."""
+import colorsys
+
+import numpy as np
 
 # S3DIS, standard order (ASIS / SGPN); raw `stairs` annotations map to clutter.
 S3DIS_CLASSES = (
@@ -25,12 +28,36 @@ S3DIS_PALETTE = (
 )
 
 
+# Colour of unlabelled points / no instance in every picture, cloud and marker.
+UNLABELLED_GREY = (128, 128, 128)
+
+# Low-discrepancy sequences: consecutive instance ids (as mean shift produces) get far-apart hues; saturation and
+# value follow two other sequences to separate ids whose hues happen to be close.
+_GOLDEN = 0.6180339887498949
+_PLASTIC = 0.7548776662466927
+_SQRT2M1 = 0.4142135623730951
+
+
 def palette(num_classes: int) -> list[tuple[int, int, int]]:
     """A distinct RGB colour per class: the S3DIS palette first, then evenly spaced hues."""
-    import colorsys
-
     colours = list(S3DIS_PALETTE[:num_classes])
     for i in range(len(colours), num_classes):
         r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 0.95)
         colours.append((int(r * 255), int(g * 255), int(b * 255)))
     return colours
+
+
+def class_colour_table(num_classes: int) -> np.ndarray:
+    """(C + 1, 3) uint8: the class palette, with grey at index C for unlabelled / unknown points."""
+    return np.array([*palette(num_classes), UNLABELLED_GREY], dtype=np.uint8)
+
+
+def instance_colour_table(instance_ids) -> np.ndarray:
+    """(K,) instance ids -> (K, 3) uint8, the same colour for an id everywhere (PNGs, RViz markers); -1 -> grey."""
+    def colour(i: float) -> tuple[int, ...]:
+        hsv = ((i * _GOLDEN) % 1.0, 0.55 + 0.40 * ((i * _PLASTIC) % 1.0), 0.70 + 0.28 * ((i * _SQRT2M1) % 1.0))
+        return tuple(round(255 * c) for c in colorsys.hsv_to_rgb(*hsv))
+
+    ids = np.asarray(instance_ids, dtype=np.float64).reshape(-1)
+    colours = [UNLABELLED_GREY if i < 0 else colour(i) for i in ids.tolist()]
+    return np.array(colours, dtype=np.uint8).reshape(-1, 3)

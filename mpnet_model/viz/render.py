@@ -15,24 +15,21 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from mpnet_model.data.classes import IGNORE_LABEL, palette
+from mpnet_model.data.classes import (
+    IGNORE_LABEL,
+    UNLABELLED_GREY,
+    class_colour_table,
+    instance_colour_table,
+    palette,
+)
 from mpnet_model.io.atomic import atomic_write
-
-# Colour of points without a class / instance (label -1): mid grey, distinct from the palette's
-# board (200,200,200) and clutter (50,50,50) greys.
-UNLABELLED_GREY = (128, 128, 128)
 
 # Viewing angles (degrees) of the perspective panel: looking down into the room from a corner.
 PERSPECTIVE_ELEV = 40.0
 PERSPECTIVE_AZIM = -60.0
-
-_GOLDEN = 0.6180339887498949   # golden-ratio conjugate: consecutive ids get maximally separated hues
-_PLASTIC = 0.7548776662466927  # independent low-discrepancy sequences for saturation / value
-_SQRT2M1 = 0.4142135623730951
 
 
 def new_figure(width_in: float, height_in: float, dpi: int = 120) -> Figure:
@@ -96,17 +93,12 @@ def class_colours(labels, num_classes: int) -> np.ndarray:
     bad = (labels < IGNORE_LABEL) | (labels >= num_classes)
     if bad.any():
         raise ValueError(f'class labels must be in [-1, {num_classes - 1}], found {np.unique(labels[bad])[:10]}')
-    # (C+1, 3): the palette with grey appended at index C, so -1 maps to it via a shifted index.
-    lut = np.array([*palette(num_classes), UNLABELLED_GREY], dtype=np.uint8)
-    return lut[np.where(labels == IGNORE_LABEL, num_classes, labels)]
+    # Grey sits at index C of the table, so -1 maps to it via a shifted index.
+    return class_colour_table(num_classes)[np.where(labels == IGNORE_LABEL, num_classes, labels)]
 
 
 def instance_colours(instances) -> np.ndarray:
-    """(N,) instance ids -> (N,3) uint8, the same colour for the same id in every call; -1 -> grey.
-
-    Hue = frac(id * golden ratio), so consecutive ids (as mean shift produces) are far apart on the colour
-    wheel; saturation and value vary by two other irrational sequences to separate ids with similar hues.
-    """
+    """(N,) instance ids -> (N,3) uint8, the same colour for the same id in every call (and in RViz); -1 -> grey."""
     instances = np.asarray(instances)
     if instances.ndim != 1:
         raise ValueError(f'instances must have shape (N,), got {instances.shape}')
@@ -114,13 +106,7 @@ def instance_colours(instances) -> np.ndarray:
     if (instances < IGNORE_LABEL).any():
         raise ValueError(f'instance ids must be >= -1, found {instances.min()}')
     ids, inverse = np.unique(instances, return_inverse=True)           # colour the K unique ids only
-    idf = ids.astype(np.float64)
-    hsv = np.stack([np.mod(idf * _GOLDEN, 1.0),
-                    0.55 + 0.40 * np.mod(idf * _PLASTIC, 1.0),
-                    0.70 + 0.28 * np.mod(idf * _SQRT2M1, 1.0)], axis=1)  # (K,3)
-    lut = np.round(hsv_to_rgb(hsv) * 255).astype(np.uint8)
-    lut[ids == IGNORE_LABEL] = UNLABELLED_GREY
-    return lut[inverse.reshape(-1)]
+    return instance_colour_table(ids)[inverse.reshape(-1)]
 
 
 def _height_mask(xyz: np.ndarray, height_fraction: float | None) -> np.ndarray:
