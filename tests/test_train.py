@@ -89,6 +89,7 @@ def test_train_writes_checkpoints_logs_and_resumes(synthetic_root, tmp_path):
     # Per-class block-level instance precision per epoch (Fig. 5 curves), also in TensorBoard.
     assert any(key.startswith('val_ins_prec/') for key in extra['history'][-1]), extra['history'][-1].keys()
     model, model_cfg, meta = load_checkpoint(run / 'best.pt')
+    assert (meta['extra']['block_size'], meta['extra']['stride']) == (cfg.data.block_size, cfg.data.stride)
     assert meta['extra']['class_mean_instance_points'] == train_set.class_mean_instance_points().tolist()
     assert model_cfg == cfg.model
 

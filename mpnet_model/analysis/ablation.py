@@ -146,8 +146,7 @@ def train_run(cfg: TrainConfig, acfg: AnalysisConfig, progress: bool = True) -> 
 
 
 def evaluate_run(spec: RunSpec, folder: Path, rooms: list[Path], acfg: AnalysisConfig, device: str,
-                 block_size: float = 1.0, stride: float = 0.5, progress: bool = True,
-                 instance_sizes: list[float] | None = None) -> RunResult:
+                 progress: bool = True, instance_sizes: list[float] | None = None) -> RunResult:
     """Whole-room evaluation of `folder/best.pt` (the path the robot runs); writes eval/ and the marker last.
 
     Predicted instances under 0.25 x the training set's mean instance size of their class are dropped (ASIS);
@@ -162,8 +161,7 @@ def evaluate_run(spec: RunSpec, folder: Path, rooms: list[Path], acfg: AnalysisC
     sizes = extra.get('class_mean_instance_points', instance_sizes)
     segmenter = SceneSegmenter.from_config('torch', checkpoint, device=device, batch_size=acfg.eval_batch_size,
                                            bandwidth=acfg.bandwidth, min_instance_points=acfg.min_instance_points,
-                                           block_size=block_size, stride=stride,   # the training geometry
-                                           class_min_points=class_min_points(sizes))
+                                           class_min_points=class_min_points(sizes))   # geometry: the checkpoint's
     shares = extra.get('class_shares')
     evaluation = evaluate_rooms(segmenter, (load_room_npz(p) for p in rooms), progress=progress)
     if shares is None:
@@ -197,8 +195,8 @@ def ensure_run(base: TrainConfig, acfg: AnalysisConfig, spec: RunSpec, out_dir: 
     from mpnet_model.train.trainer import resolve_device
 
     stored = 'class_mean_instance_points' in read_checkpoint(folder / 'best.pt')['extra']
-    return evaluate_run(spec, folder, rooms, acfg, str(resolve_device(base.run.device)), base.data.block_size,
-                        base.data.stride, progress, None if stored else training_sizes(base, progress))
+    return evaluate_run(spec, folder, rooms, acfg, str(resolve_device(base.run.device)), progress,
+                        None if stored else training_sizes(base, progress))
 
 
 def training_sizes(base: TrainConfig, progress: bool = True) -> list[float] | None:

@@ -141,7 +141,9 @@ class Trainer:
         return self.out_dir / 'best.pt'
 
     def progress_state(self) -> dict[str, Any]:
+        # block_size / stride: the runtimes read the training geometry from here (metadata_from_checkpoint).
         return {'epoch': self.epoch, 'samples_seen': self.samples_seen, 'step': self.step,
+                'block_size': self.cfg.data.block_size, 'stride': self.cfg.data.stride,
                 'best_miou': self.best_miou, 'history': self.history, 'train_config': self.cfg.to_dict(),
                 'optimizer': self.optimizer.state_dict(), 'scaler': self.scaler.state_dict(),
                 'torch_rng': torch.get_rng_state()}
