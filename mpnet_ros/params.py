@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,3 @@ def declare_and_read(node: Any, check_files: bool = True) -> SegmentParams:
     values = {name: node.get_parameter(name).value for name in SPECS}
     values['crop_box'] = list(values['crop_box'])
     return validate_params(values, check_files=check_files)
-
-
-def param_names() -> list[str]:
-    return [f.name for f in fields(SegmentParams)]

@@ -7,7 +7,7 @@ import pytest
 from runtime_fixtures import exported_small, needs_data, office_cloud, ouster_cloud
 
 from mpnet_model.infer.backends.base import make_backend
-from mpnet_model.infer.scene import SceneResult, SceneSegmenter, intensity_to_grey, load_segmenter
+from mpnet_model.infer.scene import SceneResult, SceneSegmenter, intensity_to_grey
 
 pytestmark = needs_data
 
@@ -91,7 +91,7 @@ def test_empty_and_tiny_clouds(segmenter):
 
 def test_factory_uses_model_metadata():
     checkpoint, onnx_path = exported_small()
-    segmenter = load_segmenter('onnxruntime', onnx_path, device='cpu', batch_size=4)
+    segmenter = SceneSegmenter.from_config('onnxruntime', onnx_path, device='cpu', batch_size=4)
     assert segmenter.num_points == 1024 and segmenter.block_size == 1.0 and segmenter.batch_size == 4
     assert SceneSegmenter.from_config('torch', checkpoint).backend.name == 'torch'
     with pytest.raises(ValueError, match='num_points=4096'):

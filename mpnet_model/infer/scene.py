@@ -22,6 +22,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from mpnet_model.infer.backends.base import Backend, make_backend
+from mpnet_model.infer.merging import block_merging
 
 DEFAULT_MIN_BLOCK_POINTS = 20      # sparse lidar blocks still get a prediction (training uses 100)
 DEFAULT_MIN_INSTANCE_POINTS = 50
@@ -182,8 +183,7 @@ class SceneSegmenter:
         counts = np.bincount(inverse, minlength=sampled.size)[:, None]
         point_probs = (sums / counts).astype(np.float32)                        # (S,C)
         block_labels = probabilities.argmax(-1)                                 # (K,P)
-        instance_of_point = merge_block_instances(xyz, indices, block_instances, block_labels,
-                                                  self.merge_gap)                                # (N,)
+        instance_of_point = block_merging(xyz, indices, block_instances, block_labels, gap=self.merge_gap)  # (N,)
         return sampled, point_probs, instance_of_point[sampled]
 
     def _project(self, xyz: np.ndarray, sampled: np.ndarray, sampled_probs: np.ndarray,
@@ -242,20 +242,6 @@ class SceneSegmenter:
                                       num_points=int(counts[instance_id]),
                                       score=float(score_sum[instance_id] / counts[instance_id])))
         return final, infos
-
-
-def merge_block_instances(xyz: np.ndarray, indices: np.ndarray, block_instances: np.ndarray,
-                          block_labels: np.ndarray, gap: float = 0.005) -> np.ndarray:
-    """Block-local instance ids (K,P) -> scene instance id per input point (N,) (-1 where never sampled)."""
-    from mpnet_model.infer.merging import block_merging
-
-    return block_merging(xyz, indices, block_instances, block_labels, gap=gap)
-
-
-def load_segmenter(backend: str = 'onnxruntime', model_path: str | Path = '', device: str = 'cpu',
-                   precision: str = 'fp32', **options) -> SceneSegmenter:
-    """Alias of `SceneSegmenter.from_config`."""
-    return SceneSegmenter.from_config(backend, model_path, device, precision, **options)
 
 
 class _Clock:
