@@ -19,7 +19,6 @@ import numpy as np
 
 from mpnet_model.analysis import AnalysisConfig
 from mpnet_model.config import ABLATIONS
-from mpnet_model.data.splits import split_rooms
 from mpnet_model.eval.metrics import InstanceEvaluationRecords, InstanceRecords
 from mpnet_model.eval.report import TIERS, assign_tiers, tier_means, tier_shares
 from mpnet_model.io.atomic import atomic_write_text
@@ -120,8 +119,7 @@ def evaluation_rooms(base: TrainConfig, acfg: AnalysisConfig, progress: bool = T
     from mpnet_model.data.dataset import build_cache
 
     d = base.data
-    split = split_rooms(d.dataset, d.root, d.test_area, d.fold, d.val_fraction, d.label_map, d.train_split,
-                        d.val_split, d.max_rooms)
+    split = d.split()
     room_dirs = getattr(split, acfg.split)
     if not room_dirs:
         raise FileNotFoundError(f'the {acfg.split} split of {d.root} holds no rooms (data.test_area='
@@ -130,10 +128,7 @@ def evaluation_rooms(base: TrainConfig, acfg: AnalysisConfig, progress: bool = T
 
 
 def split_room_dirs(base: TrainConfig, acfg: AnalysisConfig) -> list[Path]:
-    d = base.data
-    split = split_rooms(d.dataset, d.root, d.test_area, d.fold, d.val_fraction, d.label_map, d.train_split,
-                        d.val_split, d.max_rooms)
-    return list(getattr(split, acfg.split))
+    return list(getattr(base.data.split(), acfg.split))
 
 
 def train_run(cfg: TrainConfig, acfg: AnalysisConfig, progress: bool = True) -> Path:
@@ -201,13 +196,9 @@ def ensure_run(base: TrainConfig, acfg: AnalysisConfig, spec: RunSpec, out_dir: 
 
 def training_sizes(base: TrainConfig, progress: bool = True) -> list[float] | None:
     """Mean instance size per class over the training rooms (for checkpoints that do not store it)."""
-    from mpnet_model.data.splits import split_rooms
     from mpnet_model.eval.evaluate import training_instance_sizes
 
-    d = base.data
-    split = split_rooms(d.dataset, d.root, d.test_area, d.fold, d.val_fraction, d.label_map, d.train_split,
-                        d.val_split, d.max_rooms)
-    return training_instance_sizes(split, d.cache_dir, progress)
+    return training_instance_sizes(base.data.split(), base.data.cache_dir, progress)
 
 
 def row_runs(base: TrainConfig, acfg: AnalysisConfig, row: str, out_dir: Path, progress: bool = True,

@@ -116,7 +116,6 @@ def training_instance_sizes(split, cache_dir: str | Path, progress: bool = True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mpnet_model.data.splits import split_rooms
     from mpnet_model.infer.backends.base import BackendError
     from mpnet_model.model.checkpoint import CheckpointError, read_checkpoint
     from mpnet_model.train.config import load_config
@@ -138,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         d = cfg.data
-        split = split_rooms(d.dataset, d.root, d.test_area, d.fold, d.val_fraction, d.label_map, d.train_split,
-                            d.val_split, d.max_rooms)
+        split = d.split()
         room_dirs = getattr(split, args.split)
         if not room_dirs:
             raise FileNotFoundError(f'the {args.split} split of {d.root} holds no rooms')

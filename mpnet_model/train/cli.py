@@ -11,7 +11,6 @@ import sys
 
 from mpnet_model.config import ConfigError
 from mpnet_model.data.dataset import BlockDataset, build_cache
-from mpnet_model.data.splits import split_rooms
 from mpnet_model.train.config import TrainConfig, load_config
 from mpnet_model.train.trainer import Trainer
 
@@ -31,8 +30,7 @@ def dataset_stats(dataset: BlockDataset) -> dict[str, list[float]]:
 
 def build_datasets(cfg: TrainConfig, progress: bool = True) -> tuple[BlockDataset, BlockDataset | None]:
     d = cfg.data
-    split = split_rooms(d.dataset, d.root, d.test_area, d.fold, d.val_fraction, d.label_map, d.train_split,
-                        d.val_split, d.max_rooms)
+    split = d.split()
     kwargs = dict(num_points=cfg.model.num_points, block_size=d.block_size, stride=d.stride,
                   min_points=d.min_points, seed=cfg.run.seed, progress=progress)
     train = BlockDataset(build_cache(split.train, d.cache_dir, split.loader, progress=progress), augment=True,

@@ -31,6 +31,13 @@ class DataConfig:
     min_points: int = 100
     max_rooms: int = 0                       # 0 = all; a small number for smoke runs
 
+    def split(self):
+        """The rooms this config trains, validates and tests on (`mpnet_model.data.splits.RoomSplit`)."""
+        from mpnet_model.data.splits import split_rooms
+
+        return split_rooms(self.dataset, self.root, self.test_area, self.fold, self.val_fraction, self.label_map,
+                           self.train_split, self.val_split, self.max_rooms)
+
 
 @dataclass
 class OptimConfig:
