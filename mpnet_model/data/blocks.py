@@ -128,15 +128,37 @@ def partition_blocks(xyz: np.ndarray, block_size: float = 1.0, stride: float = 0
 
 
 def sample_block_indices(partition: BlockPartition, num_points: int, rng: np.random.Generator) -> np.ndarray:
-    """(K, P) point indices: P distinct points of each block, or all of them plus random repeats when short."""
-    indices = np.empty((len(partition), num_points), dtype=np.int64)
-    for k in range(len(partition)):
-        members = partition.block_points(k)
-        if members.shape[0] >= num_points:
-            indices[k] = rng.choice(members, num_points, replace=False)
-        else:
-            extra = rng.choice(members, num_points - members.shape[0], replace=True)
-            indices[k] = rng.permutation(np.concatenate([members, extra]))
+    """(K, P) point indices: P distinct points of each block, or all of them plus random repeats when short.
+
+    Vectorised over blocks (no per-block loop), with the semantics of the per-block draw the training dataset
+    makes (`BlockDataset.sample`): a block with >= P points gives a uniform P-subset in random order; a shorter
+    block gives every point once plus P - count uniform repeats, randomly permuted. Deterministic for a given
+    `rng`; the draws are made for all blocks at once (one uniform key per member of a large block, one repeat
+    index per slot of a short block, one row shuffle), so the stream differs from a per-block loop.
+    """
+    num_blocks = len(partition)
+    counts, offsets = partition.counts, partition.offsets
+    indices = np.empty((num_blocks, num_points), dtype=np.int64)
+    if num_blocks == 0:
+        return indices
+    large = np.flatnonzero(counts >= num_points)
+    if large.size:
+        # A uniform random P-subset per block, in random order: sort the members of each large block by a
+        # uniform key (block rank + U[0,1) keeps blocks apart in one argsort), take the first P of each block.
+        large_counts = counts[large]
+        starts = np.cumsum(large_counts) - large_counts                                 # (L,) among the pairs
+        pair_block = np.repeat(np.arange(large.size), large_counts)                      # (M_large,)
+        position = np.arange(pair_block.size) + np.repeat(offsets[large] - starts, large_counts)  # in point_order
+        order = np.argsort(pair_block + rng.random(pair_block.size))                     # by block, shuffled
+        indices[large] = partition.point_order[position[order[starts[:, None] + np.arange(num_points)]]]
+    short = np.flatnonzero(counts < num_points)
+    if short.size:
+        short_counts = counts[short][:, None]                                           # (S, 1)
+        slot = np.broadcast_to(np.arange(num_points), (short.size, num_points))
+        repeat = rng.integers(0, short_counts, size=(short.size, num_points))           # uniform member per slot
+        member = np.where(slot < short_counts, slot, repeat)                            # each member once + repeats
+        rows = partition.point_order[offsets[short][:, None] + member]
+        indices[short] = rng.permuted(rows, axis=1)
     return indices
 
 

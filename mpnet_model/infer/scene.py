@@ -1,9 +1,13 @@
-"""Whole-scene segmentation: the one entry point used by the ROS node, the bag tool, evaluation and the demo.
+"""Whole-scene segmentation: the one frame path used by the ROS node, the bag tool, evaluation and the demo.
 
-cloud (N points) ──► 1 m blocks, stride 0.5 m (`room_to_blocks`, ASIS channels) ──► backend in batches
-  ──► per-block mean shift on the instance embeddings ──► BlockMerging into scene instances
+cloud (N points, host) ──► device (the backend's: CPU or CUDA), once
+  ──► blocks of the chosen layout (`mpnet_model.infer.blocking`: 1 m columns, ASIS channels, vectorised)
+  ──► backend on the whole frame in memory-bounded chunks (`Backend.run_frame`, FPS on the device)
+  ──► mean shift on the instance embeddings of every block ──► BlockMerging into scene instances
   ──► back to EVERY input point: semantic probabilities are averaged over all block samples of a point, points
-      that no block sampled take the values of their nearest sampled point (scipy cKDTree).
+      that no block sampled take the values of their nearest sampled point
+  ──► instance filtering and summaries ──► host, once.
+Every stage works on torch tensors on the backend's device; no stage loops over blocks in Python.
 
 Colour channels for clouds without RGB (lidar): the intensity, scaled per cloud between its 1st and 99th
 percentile to [0, 1] and used as grey (r = g = b); constant 0.5 grey when there is no intensity either. Why: the
@@ -19,16 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 
 from mpnet_model.infer.backends.base import Backend, make_backend
+from mpnet_model.infer.blocking import LAYOUTS, frame_blocks
+from mpnet_model.infer.meanshift import mean_shift_blocks
 from mpnet_model.infer.merging import block_merging
 
 DEFAULT_MIN_BLOCK_POINTS = 20      # sparse lidar blocks still get a prediction (training uses 100)
 DEFAULT_MIN_INSTANCE_POINTS = 50
 DEFAULT_MERGE_GAP = 0.005          # BlockMerging voxel edge [m]
-
-
+DEFAULT_LAYOUT = 'grid'            # block layout (see mpnet_model.infer.blocking and docs/frame_layouts.md)
+# Nearest sampled point on CUDA: brute force in chunks of at most this many query x reference distances.
+_NEAREST_CHUNK_ELEMENTS = 1 << 26
 @dataclass
 class InstanceInfo:
     id: int
@@ -61,34 +69,42 @@ def intensity_to_grey(intensity: np.ndarray) -> np.ndarray:
     return np.repeat(grey[:, None], 3, axis=1)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 class SceneSegmenter:
-    """Segments whole clouds with any `Backend`. Deterministic for a fixed `seed` (block sampling)."""
+    """Segments whole clouds with any `Backend`. Deterministic for a fixed `seed` (block sampling) and device.
+
+    layout: which blocks are segmented (`mpnet_model.infer.blocking.LAYOUTS`). batch_size: blocks per backend
+    call; None = the backend's chunk policy (`Backend.frame_chunk`: measured best batch on the CPU, sized from
+    free memory on CUDA). sampler: block sampling with 'numpy' (CPU only) or 'torch'; 'auto' = numpy on the CPU.
+    """
 
     def __init__(self, backend: Backend, block_size: float = 1.0, stride: float = 0.5, num_points: int | None = None,
-                 batch_size: int = 8, bandwidth: float = 0.6, min_instance_points: int = DEFAULT_MIN_INSTANCE_POINTS,
-                 seed: int = 0, min_block_points: int = DEFAULT_MIN_BLOCK_POINTS, lidar_colour: str = 'intensity',
-                 merge_gap: float = DEFAULT_MERGE_GAP, class_min_points: np.ndarray | None = None):
+                 batch_size: int | None = None, bandwidth: float = 0.6,
+                 min_instance_points: int = DEFAULT_MIN_INSTANCE_POINTS, seed: int = 0,
+                 min_block_points: int = DEFAULT_MIN_BLOCK_POINTS, lidar_colour: str = 'intensity',
+                 merge_gap: float = DEFAULT_MERGE_GAP, class_min_points: np.ndarray | None = None,
+                 layout: str = DEFAULT_LAYOUT, sampler: str = 'auto'):
         if num_points is not None and num_points != backend.num_points:
             raise ValueError(f'num_points={num_points} but the model ({backend.source}) takes {backend.num_points} '
                              'points per block')
-        if batch_size < 1 or bandwidth <= 0 or min_instance_points < 1 or min_block_points < 1:
+        if (batch_size is not None and batch_size < 1) or bandwidth <= 0 or min_instance_points < 1 \
+                or min_block_points < 1:
             raise ValueError(f'batch_size={batch_size}, bandwidth={bandwidth}, min_instance_points='
                              f'{min_instance_points}, min_block_points={min_block_points}: all must be positive')
         if lidar_colour not in ('intensity', 'grey'):
             raise ValueError(f"lidar_colour={lidar_colour!r}: choose 'intensity' or 'grey'")
+        if layout not in LAYOUTS:
+            raise ValueError(f'layout={layout!r}: choose one of {LAYOUTS}')
+        if sampler not in ('auto', 'numpy', 'torch'):
+            raise ValueError(f"sampler={sampler!r}: choose 'auto', 'numpy' or 'torch'")
         self.backend = backend
         self.block_size, self.stride = float(block_size), float(stride)
         self.num_points = backend.num_points
-        self.batch_size, self.bandwidth = int(batch_size), float(bandwidth)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.bandwidth = float(bandwidth)
         self.min_instance_points, self.min_block_points = int(min_instance_points), int(min_block_points)
         self.seed, self.lidar_colour = int(seed), lidar_colour
         self.merge_gap = float(merge_gap)
+        self.layout, self.sampler = layout, sampler
         # Optional per-class minimum instance size (points), e.g. ASIS's 0.25 x the training set's mean instance
         # size of the class: evaluation uses it; on a robot the density differs, so min_instance_points rules.
         self.class_min_points = None
@@ -101,6 +117,22 @@ class SceneSegmenter:
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.backend.class_names
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.backend.device)
+
+    def options(self) -> dict:
+        """The constructor arguments (other than the backend) of this segmenter."""
+        return dict(block_size=self.block_size, stride=self.stride, batch_size=self.batch_size,
+                    bandwidth=self.bandwidth, min_instance_points=self.min_instance_points, seed=self.seed,
+                    min_block_points=self.min_block_points, lidar_colour=self.lidar_colour,
+                    merge_gap=self.merge_gap, class_min_points=self.class_min_points, layout=self.layout,
+                    sampler=self.sampler)
+
+    def replace(self, **changes) -> SceneSegmenter:
+        """A segmenter on the same backend with some options changed."""
+        return SceneSegmenter(self.backend, **{**self.options(), **changes})
 
     @classmethod
     def from_config(cls, backend: str = 'onnxruntime', model_path: str | Path = '', device: str = 'cpu',
@@ -128,12 +160,12 @@ class SceneSegmenter:
             return intensity_to_grey(intensity)
         return np.full((num_points, 3), 0.5, dtype=np.float32)
 
+    @torch.inference_mode()
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None = None, intensity: np.ndarray | None = None
                 ) -> SceneResult:
         """xyz (N,3), rgb (N,3) in [0,1] or None, intensity (N,) or None -> SceneResult for every input point."""
-        from mpnet_model.data.blocks import room_to_blocks
-
-        clock = _Clock()
+        device = self.device
+        clock = _Clock(device)
         xyz = np.asarray(xyz, dtype=np.float32)
         if xyz.ndim != 2 or xyz.shape[1] != 3:
             raise ValueError(f'xyz must have shape (N, 3), got {xyz.shape}')
@@ -143,115 +175,131 @@ class SceneSegmenter:
         colours = self.colours(num_input, rgb, intensity)
         if num_input < self.min_block_points:
             return SceneResult.empty(num_input, clock.finish())
-        blocks = room_to_blocks(xyz, colours, block_size=self.block_size, stride=self.stride,
-                                num_points=self.num_points, min_points=self.min_block_points,
-                                rng=np.random.default_rng(self.seed))
+        cloud = torch.from_numpy(np.ascontiguousarray(xyz)).to(device)                 # host -> device, once
+        cloud_colours = torch.from_numpy(np.ascontiguousarray(colours)).to(device)
+        blocks = frame_blocks(cloud, cloud_colours, self.layout, self.block_size, self.stride, self.num_points,
+                              self.min_block_points, self.seed, self.sampler)
         clock.lap('blocks')
         if len(blocks) == 0:
             return SceneResult.empty(num_input, clock.finish())
 
-        logits, embeddings = self._run_backend(blocks.points)                 # (K,P,C), (K,P,E)
+        logits, embeddings = self.backend.run_frame(blocks.points, self.batch_size)     # (K,P,C), (K,P,E)
         clock.lap('inference')
-        block_instances = self._cluster_blocks(embeddings)                    # (K,P) local ids
+        block_instances = self._cluster_blocks(embeddings)                              # (K,P) local ids
         clock.lap('meanshift')
-        probabilities = _softmax(logits)                                      # (K,P,C)
-        sampled, point_probs, point_instances = self._merge(xyz, blocks.indices, probabilities, block_instances)
+        probabilities = torch.softmax(logits.float(), dim=-1)                          # (K,P,C)
+        point_probs, point_instances = self._merge(cloud, blocks.indices, probabilities, block_instances)
         clock.lap('merging')
-        result = self._project(xyz, sampled, point_probs, point_instances)
+        labels, scores, instances, boxes = self._project(cloud, point_probs, point_instances)
         clock.lap('projection')
+        result = SceneResult(labels.cpu().numpy().astype(np.int32), scores.cpu().numpy().astype(np.float32),
+                             instances.cpu().numpy().astype(np.int32))                  # device -> host, once
+        result.instances_info = self._instance_infos(*(value.cpu().numpy() for value in boxes))
         result.timings = clock.finish()
         return result
 
-    def _run_backend(self, block_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outputs = [self.backend.run(block_points[start:start + self.batch_size])
-                   for start in range(0, block_points.shape[0], self.batch_size)]
-        return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+    def _cluster_blocks(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(mean_shift_blocks(embeddings.float().contiguous(), self.bandwidth),
+                               device=embeddings.device)
 
-    def _cluster_blocks(self, embeddings: np.ndarray) -> np.ndarray:
-        from mpnet_model.infer.meanshift import mean_shift_blocks
+    def _merge(self, cloud: torch.Tensor, indices: torch.Tensor, probabilities: torch.Tensor,
+               block_instances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> class probabilities (N,C) averaged over the samples of each point (NaN rows: never sampled), scene
+        instance ids (N,) (-1 none)."""
+        num_points, num_classes = cloud.shape[0], probabilities.shape[-1]
+        flat_index = indices.reshape(-1)                                                # (K*P,)
+        sums = torch.zeros(num_points, num_classes, dtype=torch.float64, device=cloud.device)
+        sums.index_add_(0, flat_index, probabilities.reshape(-1, num_classes).double())
+        counts = torch.bincount(flat_index, minlength=num_points)
+        point_probs = (sums / counts[:, None]).float()                                  # NaN where count 0
+        block_labels = probabilities.argmax(-1)                                         # (K,P)
+        instance_of_point = block_merging(cloud, indices, block_instances, block_labels, gap=self.merge_gap)
+        return point_probs, torch.as_tensor(instance_of_point, device=cloud.device)
 
-        return mean_shift_blocks(np.ascontiguousarray(embeddings, dtype=np.float32), self.bandwidth)
+    def _nearest(self, references: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """(M,) index of the nearest of `references` (S,3) for each of `queries` (M,3): a k-d tree on the CPU,
+        chunked brute force (one matmul per chunk) on a GPU."""
+        if references.device.type == 'cpu':
+            return torch.from_numpy(cKDTree(references.numpy()).query(queries.numpy(), k=1)[1].astype(np.int64))
+        ref_sq = (references * references).sum(1)
+        rows = max(1, _NEAREST_CHUNK_ELEMENTS // max(references.shape[0], 1))
+        return torch.cat([(ref_sq[None, :] - 2.0 * chunk @ references.T).argmin(1)
+                          for chunk in queries.split(rows)])
 
-    def _merge(self, xyz: np.ndarray, indices: np.ndarray, probabilities: np.ndarray, block_instances: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """-> sampled point ids (S,), their averaged class probabilities (S,C), scene instance ids (S,) (-1 none)."""
-        num_classes = probabilities.shape[-1]
-        flat_index = indices.reshape(-1)                                       # (K*P,)
-        sampled, inverse = np.unique(flat_index, return_inverse=True)          # (S,), (K*P,)
-        sums = np.zeros((sampled.size, num_classes), dtype=np.float64)
-        np.add.at(sums, inverse, probabilities.reshape(-1, num_classes))
-        counts = np.bincount(inverse, minlength=sampled.size)[:, None]
-        point_probs = (sums / counts).astype(np.float32)                        # (S,C)
-        block_labels = probabilities.argmax(-1)                                 # (K,P)
-        instance_of_point = block_merging(xyz, indices, block_instances, block_labels, gap=self.merge_gap)  # (N,)
-        return sampled, point_probs, instance_of_point[sampled]
+    def _project(self, cloud: torch.Tensor, point_probs: torch.Tensor, point_instances: torch.Tensor):
+        """Sampled-point results -> every input point (nearest sampled point for the others), then the instance
+        filter -> labels (N,), scores (N,), instances (N,), per-instance (votes, sizes, score sums, lower, upper)."""
+        sampled = torch.nonzero(~torch.isnan(point_probs[:, 0])).reshape(-1)          # (S,)
+        missing = torch.nonzero(torch.isnan(point_probs[:, 0])).reshape(-1)
+        if missing.numel():
+            source = sampled[self._nearest(cloud[sampled], cloud[missing])]
+            point_probs[missing] = point_probs[source]
+            point_instances[missing] = point_instances[source]
+        scores, labels = point_probs.max(dim=1)
+        instances, boxes = self._finalise_instances(cloud, labels, scores, point_instances)
+        return labels, scores, instances, boxes
 
-    def _project(self, xyz: np.ndarray, sampled: np.ndarray, sampled_probs: np.ndarray,
-                 sampled_instances: np.ndarray) -> SceneResult:
-        """Sampled-point results -> every input point (nearest sampled point for the others)."""
-        num_input = xyz.shape[0]
-        source = np.full(num_input, -1, dtype=np.int64)                        # row of `sampled` for each point
-        source[sampled] = np.arange(sampled.size)
-        missing = np.flatnonzero(source < 0)
-        if missing.size:
-            _, nearest = cKDTree(xyz[sampled]).query(xyz[missing], k=1)
-            source[missing] = nearest
-        probs = sampled_probs[source]                                          # (N,C)
-        labels = probs.argmax(axis=1).astype(np.int32)
-        scores = probs[np.arange(num_input), labels].astype(np.float32)
-        instances = sampled_instances[source].astype(np.int64)
-        instances, infos = self._finalise_instances(xyz, labels, scores, instances)
-        return SceneResult(labels, scores, instances, infos)
-
-    def _finalise_instances(self, xyz: np.ndarray, labels: np.ndarray, scores: np.ndarray, instances: np.ndarray
-                            ) -> tuple[np.ndarray, list[InstanceInfo]]:
+    def _finalise_instances(self, cloud: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+                            instances: torch.Tensor):
         """Drop instances below `min_instance_points` (and below `class_min_points` of their majority class),
-        renumber 0..K-1 (largest first); the class of an instance is the majority label of its points."""
-        final = np.full(labels.shape, -1, dtype=np.int32)
-        valid = instances >= 0
-        if not valid.any():
-            return final, []
-        ids, inverse, sizes = np.unique(instances[valid], return_inverse=True, return_counts=True)
+        renumber 0..K-1 (largest first, ties by old id); the class of an instance is the majority label of its
+        points. -> (N,) new ids, and per kept instance (votes (K,C), sizes (K,), score sums (K,), lower (K,3),
+        upper (K,3))."""
+        device, num_classes = cloud.device, len(self.class_names)
+        final = torch.full_like(labels, -1)
+        valid = torch.nonzero(instances >= 0).reshape(-1)
+        ids, inverse, sizes = torch.unique(instances[valid], return_inverse=True, return_counts=True)
         keep = sizes >= self.min_instance_points
-        if self.class_min_points is not None:
-            votes = np.zeros((ids.size, len(self.class_names)), dtype=np.int64)
-            np.add.at(votes, (inverse, labels[valid]), 1)
-            keep &= sizes >= self.class_min_points[votes.argmax(axis=1)]
-        order = np.lexsort((ids, -sizes))                                      # largest first, ties by old id
+        if self.class_min_points is not None and ids.numel():
+            votes = torch.zeros(ids.numel() * num_classes, dtype=torch.int64, device=device)
+            votes.index_add_(0, inverse * num_classes + labels[valid], torch.ones_like(inverse))
+            threshold = torch.as_tensor(self.class_min_points, device=device)
+            keep &= sizes >= threshold[votes.reshape(-1, num_classes).argmax(1)]
+        order = torch.sort(-sizes, stable=True).indices                                # largest first, then id
         order = order[keep[order]]
-        new_id = np.full(ids.size, -1, dtype=np.int32)
-        new_id[order] = np.arange(order.size, dtype=np.int32)
+        new_id = torch.full_like(ids, -1)
+        new_id[order] = torch.arange(order.numel(), device=device)
         final[valid] = new_id[inverse]
-        num_classes = len(self.class_names)
-        members = final >= 0
-        member_ids, member_labels = final[members], labels[members]
-        votes = np.zeros((order.size, num_classes), dtype=np.int64)
-        np.add.at(votes, (member_ids, member_labels), 1)
-        counts = np.bincount(member_ids, minlength=order.size)
-        score_sum = np.bincount(member_ids, weights=scores[members], minlength=order.size)
-        lower = np.full((order.size, 3), np.inf)
-        upper = np.full((order.size, 3), -np.inf)
-        np.minimum.at(lower, member_ids, xyz[members])
-        np.maximum.at(upper, member_ids, xyz[members])
+        count = order.numel()
+        members = torch.nonzero(final >= 0).reshape(-1)
+        member_ids = final[members]
+        votes = torch.zeros(count * num_classes, dtype=torch.int64, device=device)
+        votes.index_add_(0, member_ids * num_classes + labels[members], torch.ones_like(member_ids))
+        counts = torch.bincount(member_ids, minlength=count)
+        score_sum = torch.zeros(count, dtype=torch.float64, device=device).index_add_(0, member_ids,
+                                                                                     scores[members].double())
+        member_xyz = cloud[members]
+        index = member_ids[:, None].expand(-1, 3)
+        lower = torch.full((count, 3), torch.inf, device=device).scatter_reduce(0, index, member_xyz, 'amin')
+        upper = torch.full((count, 3), -torch.inf, device=device).scatter_reduce(0, index, member_xyz, 'amax')
+        return final, (votes.reshape(count, num_classes), counts, score_sum, lower, upper)
+
+    def _instance_infos(self, votes: np.ndarray, counts: np.ndarray, score_sum: np.ndarray, lower: np.ndarray,
+                        upper: np.ndarray) -> list[InstanceInfo]:
         infos = []
-        for instance_id in range(order.size):
+        for instance_id in range(counts.shape[0]):
             class_id = int(votes[instance_id].argmax())
             infos.append(InstanceInfo(id=instance_id, class_id=class_id, class_name=self.class_names[class_id],
                                       centre=((lower[instance_id] + upper[instance_id]) / 2).astype(np.float32),
                                       extent=(upper[instance_id] - lower[instance_id]).astype(np.float32),
                                       num_points=int(counts[instance_id]),
                                       score=float(score_sum[instance_id] / counts[instance_id])))
-        return final, infos
+        return infos
 
 
 class _Clock:
-    """Stage timer: lap(name) records ms since the previous lap; finish() adds the total."""
+    """Stage timer: lap(name) records ms since the previous lap (after the device's queued work); finish() adds
+    the total."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device | None = None):
+        self.sync = device is not None and device.type == 'cuda'
+        self.device = device
         self.start = self.last = time.perf_counter()
         self.timings: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
+        if self.sync:
+            torch.cuda.synchronize(self.device)
         now = time.perf_counter()
         self.timings[name] = (now - self.last) * 1e3
         self.last = now

@@ -5,8 +5,9 @@ Every backend (torch, ONNX Runtime, TensorRT) implements `Backend.run(blocks (B,
 segmenter never needs to know which runtime it drives.
 
 Farthest point sampling (FPS) runs outside the exported graph (see mpnet_model/infer/export.py for the measured
-reason); the ONNX / TensorRT backends compute the nested FPS indices here with numpy, with the same arithmetic and
-tie-breaking as `mpnet_model.model.pointnet2.farthest_point_sample` (tested to give identical indices).
+reason); the backends compute the nested FPS indices with `mpnet_model.infer.fps` (numpy on the CPU, torch with CUDA
+graphs on CUDA), with the same arithmetic and tie-breaking as `mpnet_model.model.pointnet2.farthest_point_sample`
+(tested to give identical indices).
 """
 from __future__ import annotations
 
@@ -17,8 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from mpnet_model.infer.fps import farthest_point_sample_np, nested_sample_indices  # noqa: F401 (re-exported)
 
 BACKEND_KINDS = ('torch', 'onnxruntime', 'tensorrt')
+# Frame chunking (`Backend.run_frame`). CPU: blocks per backend call, the best batch measured with ONNX Runtime on
+# the shipped model (benchmarks/results/frame.md: ms/block flat from ~32 blocks up, worse below 16). CUDA: a chunk
+# may use this fraction of the free device memory, at most MAX_CHUNK_BLOCKS blocks.
+CPU_CHUNK_BLOCKS = 64
+CUDA_MEMORY_FRACTION = 0.5
+MAX_CHUNK_BLOCKS = 4096
 INPUT_POINTS = 'points'
 OUTPUT_NAMES = ('sem_logits', 'ins_embed')
 
@@ -75,50 +85,11 @@ class ModelMetadata:
             raise BackendError(f'{source}: malformed model metadata ({error}); re-export with mpnet-export') from error
 
 
-def farthest_point_sample_np(xyz: np.ndarray, npoint: int) -> np.ndarray:
-    """Farthest point sampling (B,N,3) -> (B,npoint) int64, bit-identical to the torch reference.
-
-    Start at index 0, keep every point's squared distance to the chosen set (init 1e10, float32), pick the
-    first arg-max. numpy is used because its per-step overhead is ~4x lower than torch eager on CPU.
-    """
-    batch, num_points, _ = xyz.shape
-    if not 0 < npoint <= num_points:
-        raise ValueError(f'farthest_point_sample_np: npoint={npoint} must be in [1, N={num_points}]')
-    coords = [np.ascontiguousarray(xyz[..., axis], dtype=np.float32) for axis in range(3)]  # 3 x (B,N)
-    chosen = np.zeros((batch, npoint), dtype=np.int64)
-    min_dist = np.full((batch, num_points), 1e10, dtype=np.float32)
-    farthest = np.zeros(batch, dtype=np.int64)
-    batch_index = np.arange(batch)
-    dist = np.empty_like(min_dist)
-    scratch = np.empty_like(min_dist)
-    for step in range(npoint):
-        chosen[:, step] = farthest
-        # Same association as the torch op: (dx^2 + dy^2) + dz^2, all float32.
-        np.subtract(coords[0], coords[0][batch_index, farthest][:, None], out=dist)
-        np.square(dist, out=dist)
-        for axis in (1, 2):
-            np.subtract(coords[axis], coords[axis][batch_index, farthest][:, None], out=scratch)
-            np.square(scratch, out=scratch)
-            np.add(dist, scratch, out=dist)
-        np.minimum(min_dist, dist, out=min_dist)
-        farthest = min_dist.argmax(axis=1)
-    return chosen
-
-
-def nested_sample_indices(xyz: np.ndarray, sa_npoints: tuple[int, ...]) -> list[np.ndarray]:
-    """FPS indices for every SA level, entry l (B,npoint_l) indexing the points of level l (level 0 = input)."""
-    indices = []
-    for npoint in sa_npoints:
-        index = farthest_point_sample_np(xyz, npoint)
-        indices.append(index)
-        xyz = np.take_along_axis(xyz, index[..., None], axis=1)   # (B,npoint,3)
-    return indices
-
-
 class Backend(ABC):
     """A model runtime. Subclasses implement `_infer` on validated float32 blocks."""
 
     name: str = 'backend'
+    chunk_blocks: int | None = None     # blocks per call in run_frame; None = the chunk policy of frame_chunk
 
     def __init__(self, metadata: ModelMetadata, device: str, source: str):
         self.metadata = metadata
@@ -162,6 +133,52 @@ class Backend(ABC):
     @abstractmethod
     def _infer(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the model on validated blocks (B,P,in_channels) float32."""
+
+    def run_tensor(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chunk (B,P,in_channels) float32 tensor -> (sem_logits, embeddings) tensors on the same device.
+
+        Default: through `run` on the host. Backends that run on device tensors override it (no host round trip).
+        """
+        sem_logits, embeddings = self.run(blocks.detach().cpu().numpy())
+        return torch.from_numpy(sem_logits).to(blocks.device), torch.from_numpy(embeddings).to(blocks.device)
+
+    def bytes_per_block(self) -> int:
+        """Device memory one block needs during a forward: an upper estimate from the model's sizes (the (S,P)
+        ball-query distances of SA level 1 and the grouped level-1 features dominate); backends that can measure
+        it override this."""
+        points, centres = self.num_points, self.metadata.sa_npoints[0]
+        return 4 * (4 * centres * points + 1024 * points)
+
+    def frame_chunk(self) -> int:
+        """Blocks per backend call in `run_frame`: `chunk_blocks` when set; on CUDA sized from the free device
+        memory (`CUDA_MEMORY_FRACTION` of it / `bytes_per_block`); on the CPU `CPU_CHUNK_BLOCKS` (measured)."""
+        if self.chunk_blocks:
+            return int(self.chunk_blocks)
+        if self.device.startswith('cuda'):
+            free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+            return int(max(1, min(MAX_CHUNK_BLOCKS, CUDA_MEMORY_FRACTION * free // self.bytes_per_block())))
+        return CPU_CHUNK_BLOCKS
+
+    def run_frame(self, blocks: torch.Tensor | np.ndarray, chunk: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every block of a frame, (K,P,in_channels) with any K >= 0 -> (sem_logits (K,P,C), embeddings (K,P,E))
+        float32 tensors, in memory-bounded chunks of `chunk` blocks (default `frame_chunk()`). A tensor input
+        stays on its device (the backend's); numpy input is taken as a CPU tensor."""
+        if not isinstance(blocks, torch.Tensor):
+            blocks = torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.float32))
+        expected = (self.num_points, self.in_channels)
+        if blocks.dim() != 3 or tuple(blocks.shape[1:]) != expected:
+            raise BackendError(f'{self.name} backend ({self.source}): blocks must have shape (K, {expected[0]}, '
+                               f'{expected[1]}), got {tuple(blocks.shape)}')
+        blocks = blocks.float()
+        if blocks.shape[0] == 0:
+            return (blocks.new_zeros(0, expected[0], self.metadata.num_classes),
+                    blocks.new_zeros(0, expected[0], self.embed_dim))
+        chunk = int(chunk) if chunk else self.frame_chunk()
+        outputs = [self.run_tensor(blocks[start:start + chunk]) for start in range(0, blocks.shape[0], chunk)]
+        if len(outputs) == 1:
+            return outputs[0]
+        return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(source={self.source!r}, device={self.device!r}, '

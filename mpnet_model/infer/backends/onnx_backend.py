@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mpnet_model.infer.backends.base import (
     INPUT_POINTS,
@@ -63,6 +64,7 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
             raise BackendError(f'{path}: cannot load ONNX model (corrupt, truncated or not ONNX): {error}') from error
+        self._device_fps = None
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         super().__init__(ModelMetadata.from_props(props, str(path)), device, str(path))
         inputs = {item.name for item in self.session.get_inputs()}
@@ -77,3 +79,29 @@ class OnnxRuntimeBackend(Backend):
     def _infer(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sem_logits, embeddings = self.session.run(list(OUTPUT_NAMES), graph_feeds(blocks, self.metadata))
         return sem_logits, embeddings
+
+    def run_tensor(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CPU tensors: the numpy path (zero-copy). CUDA tensors: FPS on the GPU (`NestedFps`) and ONNX Runtime
+        I/O binding to the tensors' device memory, so the chunk never visits the host."""
+        if blocks.device.type != 'cuda':
+            return super().run_tensor(blocks)
+        if self._device_fps is None:
+            from mpnet_model.infer.fps import NestedFps
+            self._device_fps = NestedFps(self.metadata.sa_npoints)
+        points = blocks.to(torch.float32).contiguous()
+        feeds = {INPUT_POINTS: points}
+        if not self.metadata.fps_in_graph:
+            for level, index in enumerate(self._device_fps(points[..., :3])):
+                feeds[fps_input_name(level)] = index.contiguous()
+        batch, num_points = points.shape[:2]
+        outputs = {OUTPUT_NAMES[0]: points.new_empty(batch, num_points, self.metadata.num_classes),
+                   OUTPUT_NAMES[1]: points.new_empty(batch, num_points, self.embed_dim)}
+        device_id = points.device.index or 0
+        binding = self.session.io_binding()
+        for name, tensor in list(feeds.items()) + list(outputs.items()):
+            bind = binding.bind_input if name in feeds else binding.bind_output
+            bind(name, 'cuda', device_id, np.float32 if tensor.is_floating_point() else np.int64,
+                 tuple(tensor.shape), tensor.data_ptr())
+        torch.cuda.current_stream(points.device).synchronize()   # ORT runs on its own stream
+        self.session.run_with_iobinding(binding)
+        return outputs[OUTPUT_NAMES[0]], outputs[OUTPUT_NAMES[1]]
