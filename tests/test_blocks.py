@@ -126,3 +126,24 @@ def test_bad_input_is_a_clear_error():
         room_to_blocks(bad, None)
     with pytest.raises(ValueError, match='num_points=0'):
         room_to_blocks(xyz, None, num_points=0)
+
+
+def test_vectorised_sampling_is_uniform():
+    """Over many draws every member of a large block is picked with probability P / count, and the repeats of a
+    short block fall uniformly on its members (the per-block draw's distribution, made for all blocks at once)."""
+    from mpnet_model.data.blocks import sample_block_indices
+
+    rng = np.random.default_rng(0)
+    xyz = np.concatenate([rng.uniform(0, [0.9, 0.9, 1], size=(50, 3)),              # one block of 50 points
+                          rng.uniform([3.1, 0, 0], [3.9, 0.9, 1], size=(8, 3))])    # one of 8 points
+    xyz[0] = 0.0                                                                    # grid origin at 0
+    partition = partition_blocks(xyz, 1.0, 1.0, 1)
+    assert partition.counts.tolist() == [50, 8]
+    draws = np.stack([sample_block_indices(partition, 20, rng) for _ in range(3000)])   # (T, 2, 20)
+    picked = np.bincount(draws[:, 0].reshape(-1), minlength=50)[:50] / 3000              # inclusion rate
+    np.testing.assert_allclose(picked, 20 / 50, atol=0.05)
+    assert all(len(set(row)) == 20 for row in draws[:5, 0])
+    short = np.bincount(draws[:, 1].reshape(-1) - 50, minlength=8) / (3000 * 20)
+    np.testing.assert_allclose(short, 1 / 8, atol=0.01)
+    first_slot = np.bincount(draws[:, 1, 0] - 50, minlength=8) / 3000                    # rows are shuffled
+    np.testing.assert_allclose(first_slot, 1 / 8, atol=0.03)
