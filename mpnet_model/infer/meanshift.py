@@ -24,20 +24,22 @@ MAX_ITER = 300
 _MAX_BLOCK_ELEMENTS = 1 << 22
 
 
-def _as_tensor(embeddings: torch.Tensor | np.ndarray) -> torch.Tensor:
+def _as_tensor(embeddings: torch.Tensor | np.ndarray, ndim: int = 2, caller: str = 'mean_shift') -> torch.Tensor:
+    """Validate (N,E) (``ndim`` 2) or (B,N,E) (``ndim`` 3) embeddings -> a float tensor on the input's device."""
     if isinstance(embeddings, torch.Tensor):
         points = embeddings.detach()
     elif isinstance(embeddings, np.ndarray):
         points = torch.from_numpy(np.ascontiguousarray(embeddings))
     else:
-        raise TypeError('mean_shift: embeddings must be a torch.Tensor or numpy.ndarray, '
+        raise TypeError(f'{caller}: embeddings must be a torch.Tensor or numpy.ndarray, '
                         f'got {type(embeddings).__name__}')
-    if points.dim() != 2:
-        raise ValueError(f'mean_shift: embeddings must have shape (N, E), got {tuple(points.shape)}')
+    if points.dim() != ndim:
+        expected = '(N, E)' if ndim == 2 else '(B, N, E)'
+        raise ValueError(f'{caller}: embeddings must have shape {expected}, got {tuple(points.shape)}')
     if not points.is_floating_point():
         points = points.float()
     if points.numel() and not bool(torch.isfinite(points).all()):
-        raise ValueError('mean_shift: embeddings contain NaN or inf')
+        raise ValueError(f'{caller}: embeddings contain NaN or inf')
     return points
 
 
@@ -216,19 +218,305 @@ def mean_shift(embeddings: torch.Tensor | np.ndarray, bandwidth: float = DEFAULT
     return (labels, centres) if return_centres else labels
 
 
-def mean_shift_blocks(block_embeddings: torch.Tensor | np.ndarray, bandwidth: float = DEFAULT_BANDWIDTH, *,
-                      max_iter: int = MAX_ITER):
-    """Per-block mean shift of a batch (B,N,E) -> labels (B,N) int64 (ids local to each block).
+def mean_shift_blocks_reference(block_embeddings: torch.Tensor | np.ndarray, bandwidth: float = DEFAULT_BANDWIDTH,
+                                *, max_iter: int = MAX_ITER):
+    """Per-block loop over :func:`mean_shift_torch`: (B,N,E) -> labels (B,N) int64, the same array type as the input.
 
-    Blocks are independent clusterings; this is a convenience loop (each block is already one batched
-    problem over all its seeds), returning the same array type as the input.
+    The reference of :func:`mean_shift_blocks` (tests and the frame benchmark's reference path): one Python call
+    per block, each iteration syncing the device. Use :func:`mean_shift_blocks` in production.
     """
-    if block_embeddings.ndim != 3:
-        raise ValueError('mean_shift_blocks: embeddings must have shape (B, N, E), '
-                         f'got {tuple(block_embeddings.shape)}')
-    num_blocks, num_points, dim = block_embeddings.shape
-    points = _as_tensor(block_embeddings.reshape(num_blocks * num_points, dim)).reshape(num_blocks, num_points, dim)
-    labels = torch.zeros(num_blocks, num_points, dtype=torch.int64, device=points.device)
-    for block_index in range(num_blocks):
+    points = _as_tensor(block_embeddings, 3, 'mean_shift_blocks')
+    labels = torch.zeros(points.shape[:2], dtype=torch.int64, device=points.device)
+    for block_index in range(points.shape[0]):
         labels[block_index] = mean_shift_torch(points[block_index], bandwidth, max_iter)[0]
+    return labels.numpy() if isinstance(block_embeddings, np.ndarray) else labels
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batched mean shift: all blocks of a frame in one computation on the input's device.
+# ---------------------------------------------------------------------------------------------------------------
+
+CHECK_EVERY = 4  # iterations between two convergence checks (each check is one device -> host sync)
+
+
+def default_max_elements(device: torch.device) -> int:
+    """Elements of one (blocks x seeds x points) window tensor per chunk of blocks: the memory bound.
+
+    CPU: 2^23 (32 MiB in float32; larger chunks only add cache misses). CUDA: an eighth of the free device
+    memory in float32 elements (the window tensor, its 0/1 copy and the gathered points stay well inside it),
+    clipped to [2^22, 2^28].
+    """
+    if device.type == 'cuda':
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        return int(min(max(free_bytes // 32, 1 << 22), 1 << 28))
+    return 1 << 23
+
+
+def _batched_bin_seeds(points: torch.Tensor, bandwidth: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`bin_seeds` of every block at once: (B,N,E) -> (seeds (S,E), block of each seed (S,)), by block.
+
+    One sort of integer bin keys over the whole batch (the block index is the most significant digit). A block
+    whose every point has its own bin is seeded from its points, as sklearn (and :func:`bin_seeds`) do.
+    """
+    num_blocks, num_points, dim = points.shape
+    device = points.device
+    bins = torch.round(points / bandwidth).reshape(-1, dim)  # (B*N,E)
+    point_block = torch.arange(num_blocks, device=device).repeat_interleave(num_points)  # (B*N,)
+    low = bins.amin(0)
+    span = bins.amax(0) - low + 1
+    block_span = float(torch.prod(span.double()))
+    if block_span * num_blocks < 2.0 ** 62:  # (block, bin) as one mixed-radix int64 key: exact and fast
+        strides = torch.cumprod(torch.cat([torch.ones_like(span[:1]), span[:-1]]), 0).long()
+        keys = ((bins - low).long() * strides).sum(1) + point_block * int(block_span)
+        keys, order = torch.sort(keys)
+        starts = torch.ones_like(keys, dtype=torch.bool)
+        starts[1:] = keys[1:] != keys[:-1]
+        unique_bins, unique_block = bins[order[starts]], point_block[order[starts]]
+    else:  # embeddings spread over > 2^62 bins: exact but slower row-wise unique
+        rows = torch.cat([point_block[:, None].double(), bins.double()], 1)
+        unique_rows = torch.unique(rows, dim=0)
+        unique_bins, unique_block = unique_rows[:, 1:].to(points.dtype), unique_rows[:, 0].long()
+    bins_per_block = torch.bincount(unique_block, minlength=num_blocks)  # (B,)
+    from_points = bins_per_block == num_points  # (B,) binning reduced nothing: seed from the points
+    keep = ~from_points[unique_block]
+    seeds = torch.cat([unique_bins[keep] * bandwidth, points[from_points].reshape(-1, dim)])
+    seed_block = torch.cat([unique_block[keep], point_block.reshape(num_blocks, num_points)[from_points].reshape(-1)])
+    order = torch.sort(seed_block, stable=True).indices
+    return seeds[order], seed_block[order]
+
+
+def _pad_by_block(values: torch.Tensor, block: torch.Tensor, num_blocks: int, width: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows grouped by block ((M,...) with ``block`` (M,) non-decreasing) -> padded (num_blocks, W, ...) and the
+    (num_blocks, W) mask of real rows; W = the largest group unless given. One host sync (W) when not given."""
+    counts = torch.bincount(block, minlength=num_blocks)
+    if width is None:
+        width = int(counts.max()) if block.numel() else 0
+    first = torch.cumsum(counts, 0) - counts  # (num_blocks,) row of each block's first value
+    slot = torch.arange(block.numel(), device=block.device) - first[block]
+    padded = values.new_zeros((num_blocks, width) + tuple(values.shape[1:]))
+    padded[block, slot] = values
+    valid = torch.zeros(num_blocks, width, dtype=torch.bool, device=block.device)
+    valid[block, slot] = True
+    return padded, valid
+
+
+class _BlockPoints:
+    """The points of a chunk of blocks in the two layouts the window matmuls use (see :func:`_window_sums`)."""
+
+    def __init__(self, points: torch.Tensor | None, *, aug: torch.Tensor | None = None,
+                 ext_t: torch.Tensor | None = None):  # points (b,N,E)
+        if points is not None:
+            ones = torch.ones_like(points[..., :1])
+            aug = torch.cat([points, ones], -1)
+            ext_t = torch.cat([points, ones, (points * points).sum(-1, keepdim=True)], -1).transpose(1, 2)
+        self.aug = aug  # (b,N,E+1): [x, 1]
+        self.ext_t = ext_t.contiguous()  # (b,E+2,N): [x, 1, |x|^2]^T
+        self.dim = self.aug.shape[-1] - 1
+
+    def subset(self, rows: torch.Tensor) -> _BlockPoints:
+        """The blocks ``rows`` (r,) only (one gather, done when the set of blocks changes)."""
+        return _BlockPoints(None, aug=self.aug[rows], ext_t=self.ext_t[rows])
+
+    def windows(self, queries: torch.Tensor, radius_sq: float) -> torch.Tensor:
+        """Flat-kernel windows of queries (b,Q,E) -> (b,Q,E+1) = [sum of the points within radius, their count].
+
+        As :func:`_window_sums`: |q-x|^2 - r^2 is one batched matmul, the comparison writes the 0/1 weights in
+        place, and a second batched matmul with [X, 1] gives sums and counts together.
+        """
+        queries_ext = torch.cat([-2.0 * queries, (queries * queries).sum(-1, keepdim=True) - radius_sq,
+                                 torch.ones_like(queries[..., :1])], -1)  # (b,Q,E+2)
+        weights = torch.bmm(queries_ext, self.ext_t)  # (b,Q,N) = |q - x|^2 - r^2
+        torch.le(weights, 0.0, out=weights)  # 1.0 inside the window (inclusive, as sklearn's radius_neighbors)
+        return torch.bmm(weights, self.aug)
+
+
+def _compact_walkers(means: torch.Tensor, active: torch.Tensor, rows: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the still-moving walkers, one per distinct mean of a block (walkers with bitwise-equal means follow
+    the same path from then on, as in :func:`_climb`) and repack them: -> (means (r',W',E), valid, rows (r',))."""
+    slot_row, _ = torch.nonzero(active, as_tuple=True)
+    moving = means[active]  # (A,E), grouped by row
+    block = rows[slot_row]
+    order = torch.sort(moving[:, 0], stable=True).indices
+    order = order[torch.sort(block[order], stable=True).indices]  # by block, then first coordinate
+    moving, block = moving[order], block[order]
+    starts = torch.ones_like(block, dtype=torch.bool)
+    starts[1:] = (block[1:] != block[:-1]) | (moving[1:] != moving[:-1]).any(1)
+    moving, block = moving[starts], block[starts]
+    new_rows, row_of_walker = torch.unique_consecutive(block, return_inverse=True)
+    padded, valid = _pad_by_block(moving, row_of_walker, new_rows.numel())
+    return padded, valid, new_rows
+
+
+def _climb_blocks(block_points: _BlockPoints, seeds: torch.Tensor, valid: torch.Tensor, bandwidth: float,
+                  max_iter: int, check_every: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat-kernel mean shift of padded seeds (b,S,E) (``valid`` (b,S) marks real ones) in their blocks.
+
+    Every seed stops on its own iteration exactly as in :func:`_climb` (shift <= 1e-3 bandwidth, an empty
+    window, or ``max_iter``), recorded on the device with masks; the host looks every ``check_every``
+    iterations, collects the finished seeds and repacks the moving ones. Returns the seeds whose last window
+    held points: (centres (H,E), intensity (H,) int64, block (H,)), in no particular order.
+    """
+    radius_sq, stop_thresh = bandwidth * bandwidth, 1e-3 * bandwidth
+    dim = seeds.shape[-1]
+    rows = torch.arange(seeds.shape[0], device=seeds.device)  # (r,) block of each padded row
+    row_points = block_points
+    means, active = seeds, valid
+    found_centres, found_intensity, found_block = [], [], []
+    iteration = 0
+    while True:
+        centres = means.clone()
+        intensity = torch.zeros(active.shape, dtype=torch.int64, device=means.device)
+        for _ in range(check_every):
+            sums = row_points.windows(means, radius_sq)  # (r,W,E+1)
+            counts = sums[..., dim]
+            new_means = sums[..., :dim] / counts.clamp_min(1)[..., None]
+            empty = counts == 0
+            if iteration == max_iter:
+                finish = active
+            else:
+                finish = active & (empty | (torch.linalg.vector_norm(new_means - means, dim=-1) <= stop_thresh))
+            centres = torch.where((finish & ~empty)[..., None], new_means, centres)
+            intensity = torch.where(finish, counts.round().long(), intensity)  # 0 for an empty window: dropped
+            active = active & ~finish
+            means = torch.where(active[..., None], new_means, means)
+            iteration += 1
+            if iteration > max_iter:
+                break
+        found = intensity > 0  # finished in this round with a non-empty window
+        found_centres.append(centres[found])
+        found_intensity.append(intensity[found])
+        found_block.append(rows[:, None].expand_as(found)[found])
+        if iteration > max_iter or not bool(active.any()):  # the one host sync of the round
+            break
+        means, active, rows = _compact_walkers(means, active, rows)
+        row_points = block_points.subset(rows)
+    return torch.cat(found_centres), torch.cat(found_intensity), torch.cat(found_block)
+
+
+def _sklearn_order(centres: torch.Tensor, intensity: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """Order grouping the centres by block, each block in sklearn's (intensity, centre) descending order."""
+    order = torch.arange(centres.shape[0], device=centres.device)
+    for column in range(centres.shape[1] - 1, -1, -1):
+        order = order[torch.sort(centres[order, column], descending=True, stable=True).indices]
+    order = order[torch.sort(intensity[order], descending=True, stable=True).indices]
+    return order[torch.sort(block[order], stable=True).indices]
+
+
+def _suppress_batched(centres: torch.Tensor, valid: torch.Tensor, bandwidth: float, check_every: int
+                      ) -> torch.Tensor:
+    """Greedy suppression of :func:`_suppress_near_duplicates` in every block at once.
+
+    centres (b,K,E) strongest first, ``valid`` (b,K) -> (b,K) mask of the kept centres. Step t keeps the
+    first still-alive centre of each block and clears its neighbours; steps = the most centres a block keeps.
+    """
+    sq = (centres * centres).sum(-1)
+    near = (sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(centres, centres.transpose(1, 2))
+            <= bandwidth * bandwidth)  # (b,K,K)
+    alive, kept = valid.clone(), torch.zeros_like(valid)
+    slots = torch.arange(valid.shape[1], device=valid.device)
+    rows = torch.arange(valid.shape[0], device=valid.device)
+    while bool(alive.any()):
+        for _ in range(check_every):
+            first = alive.to(torch.uint8).argmax(1)  # (b,) first alive centre (0 when none is)
+            pick = (slots[None, :] == first[:, None]) & alive.any(1, keepdim=True)  # (b,K) one-hot or nothing
+            kept |= pick
+            alive &= ~(pick | (near[rows, first] & pick.any(1, keepdim=True)))
+    return kept
+
+
+def _assign_batched(block_points: _BlockPoints, centres: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Nearest kept centre of every point: centres (b,K,E), kept (b,K) -> (b,N) rank of the centre among the
+    kept ones (0 = strongest), as :func:`_nearest_centre` over the kept centres."""
+    dim = block_points.dim
+    points = block_points.aug[..., :dim]
+    points_sq = block_points.ext_t[:, dim + 1, :]  # (b,N)
+    centres_sq = (centres * centres).sum(-1)  # (b,K)
+    distances = (points_sq[:, :, None] + centres_sq[:, None, :]
+                 - 2.0 * torch.bmm(points, centres.transpose(1, 2))).clamp_min_(0.0)  # (b,N,K)
+    distances.masked_fill_(~kept[:, None, :], float('inf'))
+    rank = torch.cumsum(kept, 1) - 1  # (b,K)
+    return torch.gather(rank, 1, distances.argmin(-1))
+
+
+def _mean_shift_chunk(points: torch.Tensor, seeds: torch.Tensor, seed_block: torch.Tensor, bandwidth: float,
+                      max_iter: int, check_every: int) -> torch.Tensor:
+    """All steps for one chunk: points (b,N,E), seeds (S,E) of blocks ``seed_block`` (S,) -> labels (b,N)."""
+    num_blocks = points.shape[0]
+    block_points = _BlockPoints(points)
+    padded, valid = _pad_by_block(seeds, seed_block, num_blocks)
+    centres, intensity, block = _climb_blocks(block_points, padded, valid, bandwidth, max_iter, check_every)
+    missing = torch.bincount(block, minlength=num_blocks) == 0  # (b,) every window empty: seed from the points
+    if bool(missing.any()):
+        rows = torch.nonzero(missing).squeeze(1)
+        retry_points = points[rows]
+        retry = _climb_blocks(_BlockPoints(retry_points), retry_points,
+                              torch.ones(retry_points.shape[:2], dtype=torch.bool, device=points.device),
+                              bandwidth, max_iter, check_every)
+        centres, intensity = torch.cat([centres, retry[0]]), torch.cat([intensity, retry[1]])
+        block = torch.cat([block, rows[retry[2]]])
+    order = _sklearn_order(centres, intensity, block)
+    padded_centres, valid = _pad_by_block(centres[order], block[order], num_blocks)
+    kept = _suppress_batched(padded_centres, valid, bandwidth, check_every)
+    return _assign_batched(block_points, padded_centres, kept)
+
+
+def _plan_chunks(seeds_per_block: np.ndarray, num_points: int, max_elements: int) -> list[np.ndarray]:
+    """Blocks sorted by seed count, cut into chunks whose padded window tensor (blocks x most seeds x points)
+    stays within ``max_elements`` (a block alone may exceed it): -> list of block index arrays."""
+    order = np.argsort(seeds_per_block, kind='stable')
+    chunks, start = [], 0
+    for stop in range(1, order.size + 1):  # chunk = order[start:stop]; its widest block is the last one
+        if stop == order.size or (stop + 1 - start) * seeds_per_block[order[stop]] * num_points > max_elements:
+            chunks.append(order[start:stop])
+            start = stop
+    return chunks
+
+
+def mean_shift_blocks(block_embeddings: torch.Tensor | np.ndarray, bandwidth: float = DEFAULT_BANDWIDTH, *,
+                      max_iter: int = MAX_ITER, max_elements: int | None = None, check_every: int = CHECK_EVERY):
+    """Mean shift of every block of a frame in one batched computation: (B,N,E) -> labels (B,N) int64.
+
+    Contract (used by ``infer/scene.py``): ``block_embeddings`` is a numpy array or a torch tensor on any
+    device; the result has the input's array type (numpy -> numpy; tensor -> int64 tensor on the SAME device,
+    no host round trip of the data). Labels are local to each block, 0 = the block's strongest centre.
+    Semantics per block are those of :func:`mean_shift` (sklearn ``MeanShift(bandwidth, bin_seeding=True)``:
+    bin seeding, flat kernel, duplicate suppression, nearest centre), so each row equals
+    :func:`mean_shift_blocks_reference` up to float rounding in the batched matmuls.
+
+    How: seeds of all blocks are padded to (blocks, seeds, E) with masks; every iteration is two batched
+    matmuls for the flat-kernel windows of all seeds; each seed stops on its own iteration, recorded on the
+    device, and the host checks for convergence every ``check_every`` iterations (then drops finished seeds
+    and merges identical ones). Blocks are processed in chunks whose window tensor holds at most
+    ``max_elements`` elements (default :func:`default_max_elements` of the device). Half precision input is
+    computed in float32 (squared distances by expansion need it).
+    """
+    if not bandwidth > 0:
+        raise ValueError(f'mean_shift_blocks: bandwidth must be > 0, got {bandwidth!r}')
+    if max_iter < 0:
+        raise ValueError(f'mean_shift_blocks: max_iter must be >= 0, got {max_iter!r}')
+    if check_every < 1:
+        raise ValueError(f'mean_shift_blocks: check_every must be >= 1, got {check_every!r}')
+    points = _as_tensor(block_embeddings, 3, 'mean_shift_blocks')
+    if points.dtype in (torch.float16, torch.bfloat16):
+        points = points.float()
+    num_blocks, num_points, _ = points.shape
+    labels = torch.zeros(num_blocks, num_points, dtype=torch.int64, device=points.device)
+    if num_blocks and num_points:
+        with torch.no_grad():
+            seeds, seed_block = _batched_bin_seeds(points, bandwidth)
+            seeds_per_block = torch.bincount(seed_block, minlength=num_blocks).cpu().numpy()
+            budget = default_max_elements(points.device) if max_elements is None else int(max_elements)
+            position = torch.full((num_blocks,), -1, dtype=torch.int64, device=points.device)
+            for chunk in _plan_chunks(seeds_per_block, num_points, budget):
+                blocks = torch.from_numpy(chunk).to(points.device)
+                position.fill_(-1)
+                position[blocks] = torch.arange(blocks.numel(), device=points.device)
+                chunk_block = position[seed_block]  # (S,) the seed's block within the chunk, -1 if elsewhere
+                in_chunk = chunk_block >= 0
+                chunk_block = chunk_block[in_chunk]
+                order = torch.sort(chunk_block, stable=True).indices
+                labels[blocks] = _mean_shift_chunk(points[blocks], seeds[in_chunk][order], chunk_block[order],
+                                                   bandwidth, max_iter, check_every)
     return labels.numpy() if isinstance(block_embeddings, np.ndarray) else labels
