@@ -35,6 +35,7 @@ from torch import Tensor
 from mpnet_model.data.blocks import NUM_CHANNELS, BlockPartition, partition_blocks, sample_block_indices
 
 LAYOUTS = ('grid', 'tile', 'staggered', 'cover')
+SAMPLERS = ('auto', 'numpy', 'torch', 'legacy')
 # Parity classes (i % 2, j % 2) of the half-block grid: taken in full first, then passes that add only the blocks
 # holding a point no kept block holds.
 _LAYOUT_CLASSES = {'staggered': ([(0, 0), (1, 1)], [(1, 0), (0, 1)]),
@@ -83,6 +84,10 @@ class FramePartition:
         return cls(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (
             partition.point_order, partition.offsets, cells, partition.room_min, partition.room_extent)),
             partition.block_size, partition.stride)
+
+    def to(self, device: torch.device | str) -> FramePartition:
+        return FramePartition(self.point_order.to(device), self.offsets.to(device), self.cells.to(device),
+                              self.room_min.to(device), self.room_extent.to(device), self.block_size, self.stride)
 
     def to_numpy(self) -> BlockPartition:
         return BlockPartition(self.point_order.cpu().numpy(), self.offsets.cpu().numpy(),
@@ -207,6 +212,9 @@ class FrameBlocks:
     def __len__(self) -> int:
         return int(self.points.shape[0])
 
+    def to(self, device: torch.device | str) -> FrameBlocks:
+        return FrameBlocks(self.points.to(device), self.indices.to(device), self.partition.to(device))
+
 
 def layout_partition(xyz: Tensor, layout: str, block_size: float, stride: float, min_points: int,
                      use_numpy: bool) -> FramePartition:
@@ -228,18 +236,21 @@ def frame_blocks(xyz: Tensor, colours: Tensor | None, layout: str = 'grid', bloc
                  sampler: str = 'auto') -> FrameBlocks:
     """Cut a frame (xyz (N, 3) float32 tensor, colours (N, 3) or None, same device) into the blocks of `layout`.
 
-    sampler: 'numpy' (CPU tensors only), 'torch', or 'auto' = numpy on the CPU, torch elsewhere. Deterministic for
-    a given seed and sampler (and device: CPU and CUDA generators differ).
+    sampler: 'numpy' (CPU tensors only), 'torch', 'auto' = numpy on the CPU, torch elsewhere, or 'legacy' (CPU:
+    the per-block draw of the path before issue 12, `mpnet_model.infer.reference`, same stream for the same seed).
+    Deterministic for a given seed and sampler (and device: CPU and CUDA generators differ).
     """
-    if sampler not in ('auto', 'numpy', 'torch'):
-        raise ValueError(f"sampler={sampler!r}: choose 'auto', 'numpy' or 'torch'")
-    use_numpy = sampler == 'numpy' or (sampler == 'auto' and xyz.device.type == 'cpu')
+    if sampler not in SAMPLERS:
+        raise ValueError(f'sampler={sampler!r}: choose one of {SAMPLERS}')
+    use_numpy = sampler in ('numpy', 'legacy') or (sampler == 'auto' and xyz.device.type == 'cpu')
     if use_numpy and xyz.device.type != 'cpu':
-        raise ValueError(f"sampler='numpy' needs CPU tensors, got {xyz.device}")
+        raise ValueError(f'sampler={sampler!r} needs CPU tensors, got {xyz.device}')
     partition = layout_partition(xyz, layout, block_size, stride, min_points, use_numpy)
     if use_numpy:
-        indices = torch.from_numpy(sample_block_indices(partition.to_numpy(), num_points,
-                                                        np.random.default_rng(seed)))
+        draw = sample_block_indices
+        if sampler == 'legacy':
+            from mpnet_model.infer.reference import sample_block_indices_legacy as draw
+        indices = torch.from_numpy(draw(partition.to_numpy(), num_points, np.random.default_rng(seed)))
     else:
         generator = torch.Generator(device=xyz.device).manual_seed(seed)
         indices = sample_rows_torch(partition, num_points, generator)

@@ -27,7 +27,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from mpnet_model.infer.backends.base import Backend, make_backend
-from mpnet_model.infer.blocking import LAYOUTS, frame_blocks
+from mpnet_model.infer.blocking import LAYOUTS, SAMPLERS, FrameBlocks, frame_blocks
 from mpnet_model.infer.meanshift import mean_shift_blocks
 from mpnet_model.infer.merging import block_merging
 
@@ -74,7 +74,8 @@ class SceneSegmenter:
 
     layout: which blocks are segmented (`mpnet_model.infer.blocking.LAYOUTS`). batch_size: blocks per backend
     call; None = the backend's chunk policy (`Backend.frame_chunk`: measured best batch on the CPU, sized from
-    free memory on CUDA). sampler: block sampling with 'numpy' (CPU only) or 'torch'; 'auto' = numpy on the CPU.
+    free memory on CUDA). sampler: block sampling with 'numpy' (CPU only) or 'torch'; 'auto' = numpy on the CPU;
+    'legacy' = the per-block draw of the path before issue 12 (its answers, for references and tests).
     """
 
     def __init__(self, backend: Backend, block_size: float = 1.0, stride: float = 0.5, num_points: int | None = None,
@@ -94,8 +95,8 @@ class SceneSegmenter:
             raise ValueError(f"lidar_colour={lidar_colour!r}: choose 'intensity' or 'grey'")
         if layout not in LAYOUTS:
             raise ValueError(f'layout={layout!r}: choose one of {LAYOUTS}')
-        if sampler not in ('auto', 'numpy', 'torch'):
-            raise ValueError(f"sampler={sampler!r}: choose 'auto', 'numpy' or 'torch'")
+        if sampler not in SAMPLERS:
+            raise ValueError(f'sampler={sampler!r}: choose one of {SAMPLERS}')
         self.backend = backend
         self.block_size, self.stride = float(block_size), float(stride)
         self.num_points = backend.num_points
@@ -182,7 +183,12 @@ class SceneSegmenter:
         clock.lap('blocks')
         if len(blocks) == 0:
             return SceneResult.empty(num_input, clock.finish())
+        return self.segment_blocks(cloud, blocks, clock)
 
+    @torch.inference_mode()
+    def segment_blocks(self, cloud: torch.Tensor, blocks: FrameBlocks, clock: _Clock | None = None) -> SceneResult:
+        """The stages after blocking, for a cloud (N,3) tensor and its `FrameBlocks` on the backend's device."""
+        clock = clock or _Clock(cloud.device)
         logits, embeddings = self.backend.run_frame(blocks.points, self.batch_size)     # (K,P,C), (K,P,E)
         clock.lap('inference')
         block_instances = self._cluster_blocks(embeddings)                              # (K,P) local ids
