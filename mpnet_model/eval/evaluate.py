@@ -21,6 +21,7 @@ from mpnet_model.config import ConfigError
 from mpnet_model.data.room import Room
 from mpnet_model.eval.metrics import InstanceEvaluationRecords, InstanceEvaluator, ScanNetAPEvaluator, SemanticEvaluator
 from mpnet_model.eval.report import write_report
+from mpnet_model.infer.blocking import LAYOUTS, SAMPLERS
 from mpnet_model.infer.scene import SceneResult, SceneSegmenter
 from mpnet_model.io.atomic import atomic_write_text
 
@@ -128,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime', 'tensorrt'])
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--split', default='test', choices=['test', 'val', 'train'])
+    parser.add_argument('--layout', choices=LAYOUTS, help='block layout of the frame path (default: the shipped '
+                        'default, see docs/frame_layouts.md)')
+    parser.add_argument('--sampler', choices=SAMPLERS, default='auto',
+                        help="block sampling; 'legacy' = the per-block draw of the path before issue 12")
+    parser.add_argument('--seed', type=int, default=0, help='block sampling seed')
     parser.add_argument('--out', required=True, help='folder for the report')
     parser.add_argument('--min-instance-fraction', type=float, default=ASIS_MIN_INSTANCE_FRACTION,
                         help='drop predicted instances under this fraction of the mean training instance size of '
@@ -145,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         shares, sizes = extra.get('class_shares'), extra.get('class_mean_instance_points')
         if sizes is None and args.min_instance_fraction > 0:
             sizes = training_instance_sizes(split, d.cache_dir)
+        layout = {'layout': args.layout} if args.layout else {}
         segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device,
-                                               class_min_points=class_min_points(sizes, args.min_instance_fraction))
+                                               class_min_points=class_min_points(sizes, args.min_instance_fraction),
+                                               sampler=args.sampler, seed=args.seed, **layout)
         evaluation = evaluate_rooms(segmenter, (split.loader(r) for r in room_dirs),
                                     scannet_ap=d.dataset == 'scannet')
     except (ConfigError, FileNotFoundError, CheckpointError, BackendError, ValueError) as error:

@@ -97,7 +97,7 @@ def segment_reference(segmenter, xyz: np.ndarray, rgb: np.ndarray | None = None,
     scores = probs[np.arange(num_input), labels].astype(np.float32)
     instances, infos = _finalise_instances(segmenter, xyz, labels, scores, sampled_instances[source].astype(np.int64))
     clock.lap('projection')
-    return SceneResult(labels, scores, instances, infos, clock.finish())
+    return SceneResult(labels, scores, instances, infos, clock.finish(), num_blocks=len(partition))
 
 
 def _finalise_instances(segmenter, xyz: np.ndarray, labels: np.ndarray, scores: np.ndarray, instances: np.ndarray):

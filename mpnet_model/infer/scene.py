@@ -55,6 +55,7 @@ class SceneResult:
     instances: np.ndarray     # (N,) int32, -1 = no instance
     instances_info: list[InstanceInfo] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)   # milliseconds per stage
+    num_blocks: int = 0       # blocks segmented
 
     @classmethod
     def empty(cls, num_points: int, timings: dict[str, float] | None = None) -> SceneResult:
@@ -202,6 +203,7 @@ class SceneSegmenter:
                              instances.cpu().numpy().astype(np.int32))                  # device -> host, once
         result.instances_info = self._instance_infos(*(value.cpu().numpy() for value in boxes))
         result.timings = clock.finish()
+        result.num_blocks = len(blocks)
         return result
 
     def _cluster_blocks(self, embeddings: torch.Tensor) -> torch.Tensor:

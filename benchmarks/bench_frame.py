@@ -1,0 +1,220 @@
+"""Frame benchmark: today's frame path (the reference, `mpnet_model.infer.reference`) against the new default, side by
+side in one run, on the 15 m crop of each shared Ouster OS-1-128 scan, shipped model, ONNX Runtime on the CPU.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_frame.py [--repeats 1] [--threads 2]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_frame.py --layouts        # latency + real-frame agreement per layout
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_frame.py --batch-sweep    # ONNX Runtime ms/block vs batch size
+
+Default mode: per repeat and scan, the reference then the new default run on the same cloud (interleaved, so a
+change in the machine's load hits both); prints the stage table (median ms per stage over all frames) and the
+p50 ratio, and writes benchmarks/results/frame.md. The reference's answers (labels per point) are cached in
+cache/frame_reference_<scan>.npz and reused by --layouts, which times every layout of the new path and reports
+its label agreement with today's answers next to the noise floor (today's path with another sampling seed).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mpnet_model.io.atomic import atomic_write, atomic_write_text  # noqa: E402
+
+DATA = Path(os.environ.get('MPNET_SHARED_DATA', '/work/shared/data'))
+CACHE = ROOT / 'cache'
+RESULTS = ROOT / 'benchmarks' / 'results'
+STAGES = ('blocks', 'inference', 'meanshift', 'merging', 'projection', 'total')
+RANGE_M = 15.0
+
+
+def ouster_crops() -> list[tuple[np.ndarray, np.ndarray]]:
+    """(xyz, intensity) of every scan of the shared Ouster bag, cropped to 15 m around the sensor."""
+    from mpnet_ros.accumulate import range_mask
+    from mpnet_ros.bag_tool import read_bag_clouds
+
+    crops = []
+    for frame in read_bag_clouds(DATA / 'ouster_os1_128', '/ouster/points'):
+        keep = range_mask(frame.xyz, 0.0, RANGE_M)
+        crops.append((frame.xyz[keep], frame.intensity[keep]))
+    return crops
+
+
+def machine_note(threads: int) -> str:
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    return (f'{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end (the machine is '
+            f'shared with other jobs: absolute times are noisy, the ratios come from the same run); '
+            f'{threads} threads; torch {torch.__version__}')
+
+
+def make_segmenter(threads: int, **options):
+    from mpnet_model.infer.scene import SceneSegmenter
+
+    return SceneSegmenter.from_config('onnxruntime', '', backend_options={'intra_op_threads': threads}, **options)
+
+
+def reference_answers(scan: int, segmenter, xyz, intensity, seed: int = 0) -> np.ndarray:
+    """Per-point labels and instances of today's path for a scan (cached, they take minutes)."""
+    from mpnet_model.infer.reference import segment_reference
+
+    path = CACHE / f'frame_reference_{scan}_seed{seed}.npz'
+    if path.is_file():
+        data = np.load(path)
+        if data['labels'].shape[0] == xyz.shape[0]:
+            return data['labels'], data['instances']
+    result = segment_reference(segmenter.replace(seed=seed), xyz, None, intensity)
+    CACHE.mkdir(exist_ok=True)
+    with atomic_write(path, suffix='.tmp.npz') as stream:
+        np.savez(stream, labels=result.labels, instances=result.instances)
+    return result.labels, result.instances
+
+
+def stage_table(rows: dict[str, list[dict[str, float]]]) -> list[str]:
+    lines = ['| path | ' + ' | '.join(STAGES) + ' | blocks/frame |', '|---' * (len(STAGES) + 2) + '|']
+    for name, timings in rows.items():
+        cells = [f'{np.median([t.get(stage, 0.0) for t in timings]):.0f}' for stage in STAGES]
+        lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {np.median([t["num_blocks"] for t in timings]):.0f} |')
+    return lines
+
+
+def compare(args) -> str:
+    from sklearn.metrics import adjusted_rand_score
+
+    from mpnet_model.infer.reference import segment_reference
+
+    crops = ouster_crops()
+    new = make_segmenter(args.threads)
+    new.segment(*crops[0][:1], None, crops[0][1])                         # warm-up (sessions, allocations)
+    rows = {'reference (today)': [], f'new default ({new.layout})': []}
+    agreement = []
+    for repeat in range(args.repeats):
+        for scan, (xyz, intensity) in enumerate(crops):
+            old = segment_reference(new, xyz, None, intensity)
+            result = new.segment(xyz, None, intensity)
+            for name, res in zip(rows, (old, result)):
+                rows[name].append({**res.timings, 'num_blocks': res.num_blocks})
+            agreement.append(((result.labels == old.labels).mean(),
+                              adjusted_rand_score(old.instances, result.instances)))
+            print(f'repeat {repeat} scan {scan} ({len(xyz)} points): reference {old.timings["total"] / 1e3:.1f} s, '
+                  f'new {result.timings["total"] / 1e3:.2f} s', flush=True)
+    p50 = [np.median([t['total'] for t in timings]) for timings in rows.values()]
+    lines = ['# Frame benchmark: today\'s frame path vs the new default (issue 12)', '',
+             f'Machine: {machine_note(args.threads)}.',
+             f'Frames: the {len(crops)} scans of the shared Ouster OS-1-128 bag, each cropped to {RANGE_M:.0f} m '
+             f'around the sensor ({", ".join(str(len(c[0])) for c in crops)} points), {args.repeats} pass(es); '
+             'shipped model (mpnet_synthetic.onnx), ONNX Runtime on the CPU. The reference and the new path run '
+             'interleaved on the same clouds. Median ms per stage:', '', *stage_table(rows), '',
+             f'**p50 per frame: reference {p50[0] / 1e3:.2f} s, new default {p50[1] / 1e3:.2f} s: '
+             f'{p50[0] / p50[1]:.1f}x faster.**', '',
+             f'Answers of the new default against today\'s on these frames: label agreement '
+             f'{np.mean([a[0] for a in agreement]) * 100:.1f} %, instance ARI {np.mean([a[1] for a in agreement]):.3f} '
+             '(the noise floor, today\'s path with sampling seed 1 vs 0, is in docs/frame_layouts.md).']
+    return '\n'.join(lines) + '\n'
+
+
+def layouts(args) -> str:
+    from sklearn.metrics import adjusted_rand_score
+
+    from mpnet_model.infer.blocking import LAYOUTS
+
+    crops = ouster_crops()
+    base = make_segmenter(args.threads)
+    base.segment(*crops[0][:1], None, crops[0][1])
+    floor = []
+    references = []
+    for scan, (xyz, intensity) in enumerate(crops):
+        labels, instances = reference_answers(scan, base, xyz, intensity, seed=0)
+        other_labels, other_instances = reference_answers(scan, base, xyz, intensity, seed=1)
+        references.append((labels, instances))
+        floor.append(((labels == other_labels).mean(), adjusted_rand_score(instances, other_instances)))
+    variants = [(layout, base.replace(layout=layout)) for layout in LAYOUTS]
+    variants.append(('grid, legacy draw (= today)', base.replace(layout='grid', sampler='legacy')))
+    rows, quality = {}, {}
+    for name, segmenter in variants:
+        rows[name], quality[name] = [], []
+        for _ in range(args.repeats):
+            for scan, (xyz, intensity) in enumerate(crops):
+                result = segmenter.segment(xyz, None, intensity)
+                rows[name].append({**result.timings, 'num_blocks': result.num_blocks})
+                labels, instances = references[scan]
+                quality[name].append(((result.labels == labels).mean(),
+                                      adjusted_rand_score(instances, result.instances)))
+                print(f'{name} scan {scan}: {result.timings["total"] / 1e3:.2f} s, '
+                      f'{result.num_blocks} blocks', flush=True)
+    lines = ['# Block layouts on the real frames (latency, agreement with today\'s answers)', '',
+             f'Machine: {machine_note(args.threads)}.', 'Frames: the 15 m crops of the 3 shared Ouster scans, '
+             'shipped model, ONNX Runtime on the CPU. Agreement: with today\'s path (reference, seed 0) per point; '
+             f'noise floor = today\'s path with seed 1: labels {np.mean([f[0] for f in floor]) * 100:.1f} %, '
+             f'instance ARI {np.mean([f[1] for f in floor]):.3f}.', '',
+             *stage_table(rows), '', '| layout | label agreement with today | instance ARI with today |',
+             '|---|---|---|']
+    for name, values in quality.items():
+        lines.append(f'| {name} | {np.mean([v[0] for v in values]) * 100:.1f} % | '
+                     f'{np.mean([v[1] for v in values]):.3f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def batch_sweep(args) -> str:
+    from mpnet_model.infer.backends.onnx_backend import graph_feeds
+    from mpnet_model.infer.blocking import frame_blocks
+
+    segmenter = make_segmenter(args.threads)
+    xyz, intensity = ouster_crops()[0]
+    colours = torch.from_numpy(segmenter.colours(len(xyz), None, intensity))
+    blocks = frame_blocks(torch.from_numpy(xyz), colours, 'grid', num_points=segmenter.num_points).points.numpy()
+    blocks = blocks[np.random.default_rng(0).choice(len(blocks), 128, replace=False)]
+    feeds = graph_feeds(blocks, segmenter.backend.metadata)
+    session = segmenter.backend.session
+    sizes = (1, 4, 8, 16, 32, 64, 128)
+    times = {size: [] for size in sizes}
+    for size in sizes:
+        session.run(None, {k: v[:size] for k, v in feeds.items()})
+    for _ in range(args.rounds):                                        # round robin: load changes hit every size
+        for size in sizes:
+            start = time.perf_counter()
+            for first in range(0, 128, size):
+                session.run(None, {k: v[first:first + size] for k, v in feeds.items()})
+            times[size].append((time.perf_counter() - start) / 128 * 1e3)
+    best = min(sizes, key=lambda s: np.median(times[s]))
+    lines = ['# ONNX Runtime: ms per block against the batch size (shipped model, real Ouster blocks)', '',
+             f'Machine: {machine_note(args.threads)}. 128 blocks of the first scan\'s 15 m crop, {args.rounds} '
+             'rounds, sizes interleaved (round robin).', '', '| batch | median ms/block | min ms/block |',
+             '|---|---|---|']
+    lines += [f'| {s} | {np.median(times[s]):.2f} | {min(times[s]):.2f} |' for s in sizes]
+    lines += ['', f'Best median: batch {best}.']
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--repeats', type=int, default=1, help='passes over the 3 scans')
+    parser.add_argument('--threads', type=int, default=2, help='ONNX Runtime and torch intra-op threads')
+    parser.add_argument('--rounds', type=int, default=5, help='--batch-sweep rounds')
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument('--layouts', action='store_true', help='latency and real-frame agreement of every layout')
+    mode.add_argument('--batch-sweep', action='store_true', help='ONNX Runtime ms/block against the batch size')
+    args = parser.parse_args(argv)
+    if not (DATA / 'ouster_os1_128').is_dir():
+        print(f'bench_frame: shared data not found at {DATA}')
+        return 1
+    torch.set_num_threads(args.threads)
+    if args.layouts:
+        report, name = layouts(args), 'frame_layouts.md'
+    elif args.batch_sweep:
+        report, name = batch_sweep(args), 'frame_batch.md'
+    else:
+        report, name = compare(args), 'frame.md'
+    print(report)
+    atomic_write_text(RESULTS / name, report)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
