@@ -15,6 +15,8 @@ Reproduces ``sklearn.cluster.MeanShift(bandwidth, bin_seeding=True)`` as ASIS/MP
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -237,50 +239,75 @@ def mean_shift_blocks_reference(block_embeddings: torch.Tensor | np.ndarray, ban
 # ---------------------------------------------------------------------------------------------------------------
 
 CHECK_EVERY = 4  # iterations between two convergence checks (each check is one device -> host sync)
+_CPU_PASS_ELEMENTS = 1 << 19  # CPU: window elements per matmul pass, 2 MiB: the 0/1 weights stay in cache
 
 
 def default_max_elements(device: torch.device) -> int:
-    """Elements of one (blocks x seeds x points) window tensor per chunk of blocks: the memory bound.
+    """Seed slots x points of one chunk of blocks (the padded (blocks, seeds, points) window): the memory bound.
 
-    CPU: 2^23 (32 MiB in float32; larger chunks only add cache misses). CUDA: an eighth of the free device
-    memory in float32 elements (the window tensor, its 0/1 copy and the gathered points stay well inside it),
-    clipped to [2^22, 2^28].
+    CUDA: the window tensor is computed in one pass, so a sixteenth of the free device memory in float32
+    elements, clipped to [2^22, 2^28]. CPU: 2^24 (the window is computed in cache-sized passes of 2^19 elements
+    into one reused buffer, so the chunk only bounds the padded bookkeeping).
     """
     if device.type == 'cuda':
         free_bytes, _ = torch.cuda.mem_get_info(device)
-        return int(min(max(free_bytes // 32, 1 << 22), 1 << 28))
-    return 1 << 23
+        return int(min(max(free_bytes // 64, 1 << 22), 1 << 28))
+    return 1 << 24
 
 
-def _batched_bin_seeds(points: torch.Tensor, bandwidth: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`bin_seeds` of every block at once: (B,N,E) -> (seeds (S,E), block of each seed (S,)), by block.
+def _distinct_points(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge the bitwise-equal embeddings of each block: (B,N,E) -> (distinct (B,D,E), multiplicity (B,D) float
+    (0 = padding), index of each point's distinct row (B,N)).
 
-    One sort of integer bin keys over the whole batch (the block index is the most significant digit). A block
-    whose every point has its own bin is seeded from its points, as sklearn (and :func:`bin_seeds`) do.
+    A block resampled from few points (a sparse lidar column: a few dozen points drawn up to N) repeats its
+    points, and the model gives equal points equal embeddings. Mean shift over the distinct points weighted by
+    their multiplicity is the same computation (window sums and counts are weighted sums), with D << N.
+    Equal rows are found next to each other after one batched sort by the first coordinate (equal rows that a
+    different row with the same first coordinate separates stay apart: only a missed merge, never a wrong one).
     """
     num_blocks, num_points, dim = points.shape
-    device = points.device
-    bins = torch.round(points / bandwidth).reshape(-1, dim)  # (B*N,E)
-    point_block = torch.arange(num_blocks, device=device).repeat_interleave(num_points)  # (B*N,)
+    order = torch.sort(points[..., 0], dim=1, stable=True).indices  # (B,N)
+    sorted_points = torch.gather(points, 1, order[..., None].expand(-1, -1, dim))
+    starts = torch.ones(num_blocks, num_points, dtype=torch.bool, device=points.device)
+    starts[:, 1:] = (sorted_points[:, 1:] != sorted_points[:, :-1]).any(-1)
+    distinct_of_sorted = torch.cumsum(starts, 1) - 1  # (B,N)
+    inverse = torch.empty_like(order).scatter_(1, order, distinct_of_sorted)
+    width = int(distinct_of_sorted[:, -1].max()) + 1
+    distinct = points.new_zeros(num_blocks, width, dim)
+    distinct.scatter_(1, distinct_of_sorted[..., None].expand(-1, -1, dim), sorted_points)
+    multiplicity = points.new_zeros(num_blocks, width).scatter_add_(1, inverse, torch.ones_like(points[..., 0]))
+    return distinct, multiplicity, inverse
+
+
+def _batched_bin_seeds(rows: torch.Tensor, row_block: torch.Tensor, num_blocks: int, num_points: int,
+                       bandwidth: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`bin_seeds` of every block at once: the distinct points (M,E) of blocks ``row_block`` (M,) ->
+    (seeds (S,E), block of each seed (S,)), grouped by block.
+
+    One sort of integer bin keys over the whole batch (the block index is the most significant digit). A block
+    whose ``num_points`` points all have their own bin is seeded from its points, as sklearn (and
+    :func:`bin_seeds`) do.
+    """
+    dim = rows.shape[1]
+    bins = torch.round(rows / bandwidth)  # (M,E)
     low = bins.amin(0)
     span = bins.amax(0) - low + 1
     block_span = float(torch.prod(span.double()))
     if block_span * num_blocks < 2.0 ** 62:  # (block, bin) as one mixed-radix int64 key: exact and fast
         strides = torch.cumprod(torch.cat([torch.ones_like(span[:1]), span[:-1]]), 0).long()
-        keys = ((bins - low).long() * strides).sum(1) + point_block * int(block_span)
+        keys = ((bins - low).long() * strides).sum(1) + row_block * int(block_span)
         keys, order = torch.sort(keys)
         starts = torch.ones_like(keys, dtype=torch.bool)
         starts[1:] = keys[1:] != keys[:-1]
-        unique_bins, unique_block = bins[order[starts]], point_block[order[starts]]
+        unique_bins, unique_block = bins[order[starts]], row_block[order[starts]]
     else:  # embeddings spread over > 2^62 bins: exact but slower row-wise unique
-        rows = torch.cat([point_block[:, None].double(), bins.double()], 1)
-        unique_rows = torch.unique(rows, dim=0)
-        unique_bins, unique_block = unique_rows[:, 1:].to(points.dtype), unique_rows[:, 0].long()
-    bins_per_block = torch.bincount(unique_block, minlength=num_blocks)  # (B,)
-    from_points = bins_per_block == num_points  # (B,) binning reduced nothing: seed from the points
+        unique_rows = torch.unique(torch.cat([row_block[:, None].double(), bins.double()], 1), dim=0)
+        unique_bins, unique_block = unique_rows[:, 1:].to(rows.dtype), unique_rows[:, 0].long()
+    from_points = torch.bincount(unique_block, minlength=num_blocks) == num_points  # (B,) binning reduced nothing
     keep = ~from_points[unique_block]
-    seeds = torch.cat([unique_bins[keep] * bandwidth, points[from_points].reshape(-1, dim)])
-    seed_block = torch.cat([unique_block[keep], point_block.reshape(num_blocks, num_points)[from_points].reshape(-1)])
+    point_seeds = from_points[row_block]
+    seeds = torch.cat([unique_bins[keep] * bandwidth, rows[point_seeds].reshape(-1, dim)])
+    seed_block = torch.cat([unique_block[keep], row_block[point_seeds]])
     order = torch.sort(seed_block, stable=True).indices
     return seeds[order], seed_block[order]
 
@@ -302,51 +329,93 @@ def _pad_by_block(values: torch.Tensor, block: torch.Tensor, num_blocks: int, wi
 
 
 class _BlockPoints:
-    """The points of a chunk of blocks in the two layouts the window matmuls use (see :func:`_window_sums`)."""
+    """The points of a chunk of blocks in the layouts the window matmuls use, and the reused window buffer."""
 
-    def __init__(self, points: torch.Tensor | None, *, aug: torch.Tensor | None = None,
-                 ext_t: torch.Tensor | None = None):  # points (b,N,E)
+    def __init__(self, points: torch.Tensor | None, weights: torch.Tensor | None, pass_elements: int, *,
+                 aug_t: torch.Tensor | None = None, ext_t: torch.Tensor | None = None):  # (b,N,E), (b,N)
         if points is not None:
             ones = torch.ones_like(points[..., :1])
-            aug = torch.cat([points, ones], -1)
+            aug_t = (torch.cat([points, ones], -1) * weights[..., None]).transpose(1, 2).contiguous()
             ext_t = torch.cat([points, ones, (points * points).sum(-1, keepdim=True)], -1).transpose(1, 2)
-        self.aug = aug  # (b,N,E+1): [x, 1]
+        self.aug_t = aug_t  # (b,E+1,N): w [x, 1]^T, w = multiplicity (0 = padding)
         self.ext_t = ext_t.contiguous()  # (b,E+2,N): [x, 1, |x|^2]^T
-        self.dim = self.aug.shape[-1] - 1
+        self.dim = self.aug_t.shape[1] - 1
+        self.pass_elements = pass_elements
+        self._buffer: torch.Tensor | None = None
 
     def subset(self, rows: torch.Tensor) -> _BlockPoints:
         """The blocks ``rows`` (r,) only (one gather, done when the set of blocks changes)."""
-        return _BlockPoints(None, aug=self.aug[rows], ext_t=self.ext_t[rows])
+        subset = _BlockPoints(None, None, self.pass_elements, aug_t=self.aug_t[rows], ext_t=self.ext_t[rows])
+        subset._buffer = self._buffer
+        return subset
 
     def windows(self, queries: torch.Tensor, radius_sq: float) -> torch.Tensor:
-        """Flat-kernel windows of queries (b,Q,E) -> (b,Q,E+1) = [sum of the points within radius, their count].
+        """Flat-kernel windows of queries (b,Q,E) -> (b,Q,E+1) = [sum of the points within radius, their count]
+        (each point counted with its multiplicity).
 
         As :func:`_window_sums`: |q-x|^2 - r^2 is one batched matmul, the comparison writes the 0/1 weights in
-        place, and a second batched matmul with [X, 1] gives sums and counts together.
+        place, and a second batched matmul with [X, 1] gives sums and counts together. The (b,Q,N) weights go
+        to one buffer reused across iterations (a fresh tensor of that size costs more in page faults than the
+        matmul), in passes of at most ``pass_elements`` (cache-sized on the CPU, one pass on CUDA).
         """
+        num_blocks, num_queries, _ = queries.shape
+        num_points = self.ext_t.shape[2]
         queries_ext = torch.cat([-2.0 * queries, (queries * queries).sum(-1, keepdim=True) - radius_sq,
                                  torch.ones_like(queries[..., :1])], -1)  # (b,Q,E+2)
-        weights = torch.bmm(queries_ext, self.ext_t)  # (b,Q,N) = |q - x|^2 - r^2
-        torch.le(weights, 0.0, out=weights)  # 1.0 inside the window (inclusive, as sklearn's radius_neighbors)
-        return torch.bmm(weights, self.aug)
+        per_pass = max(1, min(num_blocks, self.pass_elements // max(num_queries * num_points, 1)))
+        needed = per_pass * num_queries * num_points
+        if self._buffer is None or self._buffer.numel() < needed:
+            self._buffer = torch.empty(needed, dtype=queries.dtype, device=queries.device)
+        sums_t = queries.new_empty(num_blocks, self.dim + 1, num_queries)
+        for start in range(0, num_blocks, per_pass):
+            stop = min(num_blocks, start + per_pass)
+            weights = self._buffer[:(stop - start) * num_queries * num_points].view(
+                stop - start, num_queries, num_points)
+            torch.bmm(queries_ext[start:stop], self.ext_t[start:stop], out=weights)  # |q - x|^2 - r^2
+            torch.le(weights, 0.0, out=weights)  # 1.0 inside the window (inclusive, as sklearn's radius_neighbors)
+            torch.bmm(self.aug_t[start:stop], weights.transpose(1, 2), out=sums_t[start:stop])
+        return sums_t.transpose(1, 2).contiguous()
 
 
-def _compact_walkers(means: torch.Tensor, active: torch.Tensor, rows: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@dataclass
+class _Walkers:
+    """Padded walkers of some blocks: means (r,W,E), still moving (r,W), their blocks (r,) and those blocks' points;
+    centres (r,W,E) and intensity (r,W) record the walkers that stop in the current round."""
+    means: torch.Tensor
+    active: torch.Tensor
+    rows: torch.Tensor
+    points: _BlockPoints
+    centres: torch.Tensor | None = None
+    intensity: torch.Tensor | None = None
+
+
+def _regroup_walkers(groups: list[_Walkers], block_points: _BlockPoints, size_classes: bool) -> list[_Walkers]:
     """Keep the still-moving walkers, one per distinct mean of a block (walkers with bitwise-equal means follow
-    the same path from then on, as in :func:`_climb`) and repack them: -> (means (r',W',E), valid, rows (r',))."""
-    slot_row, _ = torch.nonzero(active, as_tuple=True)
-    moving = means[active]  # (A,E), grouped by row
-    block = rows[slot_row]
+    the same path from then on, as in :func:`_climb`) and repack them by block, blocks with similar walker
+    counts together when ``size_classes`` (padding at most doubles the work), else all in one group."""
+    moving = torch.cat([group.means[group.active] for group in groups])  # (A,E)
+    block = torch.cat([group.rows[:, None].expand_as(group.active)[group.active] for group in groups])  # (A,)
+    if moving.shape[0] == 0:
+        return []
     order = torch.sort(moving[:, 0], stable=True).indices
     order = order[torch.sort(block[order], stable=True).indices]  # by block, then first coordinate
     moving, block = moving[order], block[order]
     starts = torch.ones_like(block, dtype=torch.bool)
     starts[1:] = (block[1:] != block[:-1]) | (moving[1:] != moving[:-1]).any(1)
     moving, block = moving[starts], block[starts]
-    new_rows, row_of_walker = torch.unique_consecutive(block, return_inverse=True)
-    padded, valid = _pad_by_block(moving, row_of_walker, new_rows.numel())
-    return padded, valid, new_rows
+    blocks, walkers_per_block = torch.unique_consecutive(block, return_counts=True)
+    if not size_classes:
+        classes = [np.arange(blocks.numel())]
+    else:
+        classes = _size_classes(walkers_per_block.cpu().numpy())
+    regrouped = []
+    num_blocks = int(block_points.ext_t.shape[0])
+    for members in classes:
+        rows = blocks[torch.from_numpy(members).to(blocks.device)]
+        walker_rows, walker_block = _rows_of_blocks(block, rows, num_blocks)
+        means, valid = _pad_by_block(moving[walker_rows], walker_block, rows.numel())
+        regrouped.append(_Walkers(means, valid, rows, block_points.subset(rows)))
+    return regrouped
 
 
 def _climb_blocks(block_points: _BlockPoints, seeds: torch.Tensor, valid: torch.Tensor, bandwidth: float,
@@ -354,44 +423,45 @@ def _climb_blocks(block_points: _BlockPoints, seeds: torch.Tensor, valid: torch.
     """Flat-kernel mean shift of padded seeds (b,S,E) (``valid`` (b,S) marks real ones) in their blocks.
 
     Every seed stops on its own iteration exactly as in :func:`_climb` (shift <= 1e-3 bandwidth, an empty
-    window, or ``max_iter``), recorded on the device with masks; the host looks every ``check_every``
-    iterations, collects the finished seeds and repacks the moving ones. Returns the seeds whose last window
-    held points: (centres (H,E), intensity (H,) int64, block (H,)), in no particular order.
+    window, or ``max_iter``), recorded on the device with masks; the host looks after 1, 2, 4, then every
+    ``check_every`` iterations, collects the finished seeds and repacks the moving ones (on the CPU in groups
+    of blocks with similar walker counts). Returns the seeds whose last window held points:
+    (centres (H,E), intensity (H,) int64, block (H,)), in no particular order.
     """
-    radius_sq, stop_thresh = bandwidth * bandwidth, 1e-3 * bandwidth
+    radius_sq, stop_sq = bandwidth * bandwidth, (1e-3 * bandwidth) ** 2
     dim = seeds.shape[-1]
-    rows = torch.arange(seeds.shape[0], device=seeds.device)  # (r,) block of each padded row
-    row_points = block_points
-    means, active = seeds, valid
+    size_classes = seeds.device.type != 'cuda'  # a GPU does not mind padding, but each group costs launches
+    groups = [_Walkers(seeds, valid, torch.arange(seeds.shape[0], device=seeds.device), block_points)]
     found_centres, found_intensity, found_block = [], [], []
     iteration = 0
-    while True:
-        centres = means.clone()
-        intensity = torch.zeros(active.shape, dtype=torch.int64, device=means.device)
-        for _ in range(check_every):
-            sums = row_points.windows(means, radius_sq)  # (r,W,E+1)
-            counts = sums[..., dim]
-            new_means = sums[..., :dim] / counts.clamp_min(1)[..., None]
-            empty = counts == 0
-            if iteration == max_iter:
-                finish = active
-            else:
-                finish = active & (empty | (torch.linalg.vector_norm(new_means - means, dim=-1) <= stop_thresh))
-            centres = torch.where((finish & ~empty)[..., None], new_means, centres)
-            intensity = torch.where(finish, counts.round().long(), intensity)  # 0 for an empty window: dropped
-            active = active & ~finish
-            means = torch.where(active[..., None], new_means, means)
+    while groups:
+        for group in groups:
+            group.centres = group.means.clone()
+            group.intensity = torch.zeros(group.active.shape, dtype=torch.int64, device=seeds.device)
+        for _ in range(max(1, min(check_every, iteration))):  # checks after 1, 2, 4, then every check_every
+            for group in groups:
+                sums = group.points.windows(group.means, radius_sq)  # (r,W,E+1)
+                counts = sums[..., dim]
+                new_means = sums[..., :dim] / counts.clamp_min(1)[..., None]
+                empty = counts == 0
+                finish = group.active
+                if iteration < max_iter:
+                    finish = finish & (empty | (((new_means - group.means) ** 2).sum(-1) <= stop_sq))
+                group.centres = torch.where((finish & ~empty)[..., None], new_means, group.centres)
+                group.intensity = torch.where(finish, counts.round().long(), group.intensity)  # 0 if empty
+                group.active = group.active & ~finish
+                group.means = torch.where(group.active[..., None], new_means, group.means)
             iteration += 1
             if iteration > max_iter:
                 break
-        found = intensity > 0  # finished in this round with a non-empty window
-        found_centres.append(centres[found])
-        found_intensity.append(intensity[found])
-        found_block.append(rows[:, None].expand_as(found)[found])
-        if iteration > max_iter or not bool(active.any()):  # the one host sync of the round
+        for group in groups:
+            found = group.intensity > 0  # finished in this round with a non-empty window
+            found_centres.append(group.centres[found])
+            found_intensity.append(group.intensity[found])
+            found_block.append(group.rows[:, None].expand_as(found)[found])
+        if iteration > max_iter:
             break
-        means, active, rows = _compact_walkers(means, active, rows)
-        row_points = block_points.subset(rows)
+        groups = _regroup_walkers(groups, block_points, size_classes)  # the round's host sync
     return torch.cat(found_centres), torch.cat(found_intensity), torch.cat(found_block)
 
 
@@ -427,50 +497,75 @@ def _suppress_batched(centres: torch.Tensor, valid: torch.Tensor, bandwidth: flo
 
 
 def _assign_batched(block_points: _BlockPoints, centres: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Nearest kept centre of every point: centres (b,K,E), kept (b,K) -> (b,N) rank of the centre among the
-    kept ones (0 = strongest), as :func:`_nearest_centre` over the kept centres."""
+    """Nearest kept centre of every point: centres (b,K,E) strongest first, kept (b,K) -> (b,N) rank of the
+    centre among the kept ones (0 = strongest), as :func:`_nearest_centre` over the kept centres."""
+    num_blocks = centres.shape[0]
+    block, slot = torch.nonzero(kept, as_tuple=True)  # by block, strongest first
+    kept_centres, valid = _pad_by_block(centres[block, slot], block, num_blocks)  # (b,K',E): a handful per block
     dim = block_points.dim
-    points = block_points.aug[..., :dim]
+    points = block_points.ext_t[:, :dim, :].transpose(1, 2)  # (b,N,E)
     points_sq = block_points.ext_t[:, dim + 1, :]  # (b,N)
-    centres_sq = (centres * centres).sum(-1)  # (b,K)
-    distances = (points_sq[:, :, None] + centres_sq[:, None, :]
-                 - 2.0 * torch.bmm(points, centres.transpose(1, 2))).clamp_min_(0.0)  # (b,N,K)
-    distances.masked_fill_(~kept[:, None, :], float('inf'))
-    rank = torch.cumsum(kept, 1) - 1  # (b,K)
-    return torch.gather(rank, 1, distances.argmin(-1))
+    centres_sq = (kept_centres * kept_centres).sum(-1).masked_fill_(~valid, float('inf'))  # (b,K')
+    distances = torch.baddbmm(points_sq[:, :, None] + centres_sq[:, None, :], points,
+                              kept_centres.transpose(1, 2), alpha=-2.0)  # (b,N,K')
+    return distances.argmin(-1)
 
 
-def _mean_shift_chunk(points: torch.Tensor, seeds: torch.Tensor, seed_block: torch.Tensor, bandwidth: float,
-                      max_iter: int, check_every: int) -> torch.Tensor:
-    """All steps for one chunk: points (b,N,E), seeds (S,E) of blocks ``seed_block`` (S,) -> labels (b,N)."""
+def _climb_chunk(points: torch.Tensor, weights: torch.Tensor, seeds: torch.Tensor, seed_block: torch.Tensor,
+                 bandwidth: float, max_iter: int, check_every: int, pass_elements: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Climb the seeds (S,E) of blocks ``seed_block`` (S,) in the chunk's distinct points (b,D,E) with their
+    multiplicities (b,D) -> the found centres (H,E), intensity (H,), block in the chunk (H,)."""
     num_blocks = points.shape[0]
-    block_points = _BlockPoints(points)
+    block_points = _BlockPoints(points, weights, pass_elements)
     padded, valid = _pad_by_block(seeds, seed_block, num_blocks)
     centres, intensity, block = _climb_blocks(block_points, padded, valid, bandwidth, max_iter, check_every)
     missing = torch.bincount(block, minlength=num_blocks) == 0  # (b,) every window empty: seed from the points
     if bool(missing.any()):
         rows = torch.nonzero(missing).squeeze(1)
-        retry_points = points[rows]
-        retry = _climb_blocks(_BlockPoints(retry_points), retry_points,
-                              torch.ones(retry_points.shape[:2], dtype=torch.bool, device=points.device),
-                              bandwidth, max_iter, check_every)
+        retry = _climb_blocks(block_points.subset(rows), points[rows], weights[rows] > 0, bandwidth, max_iter,
+                              check_every)
         centres, intensity = torch.cat([centres, retry[0]]), torch.cat([intensity, retry[1]])
         block = torch.cat([block, rows[retry[2]]])
-    order = _sklearn_order(centres, intensity, block)
-    padded_centres, valid = _pad_by_block(centres[order], block[order], num_blocks)
-    kept = _suppress_batched(padded_centres, valid, bandwidth, check_every)
-    return _assign_batched(block_points, padded_centres, kept)
+    return centres, intensity, block
 
 
-def _plan_chunks(seeds_per_block: np.ndarray, num_points: int, max_elements: int) -> list[np.ndarray]:
-    """Blocks sorted by seed count, cut into chunks whose padded window tensor (blocks x most seeds x points)
-    stays within ``max_elements`` (a block alone may exceed it): -> list of block index arrays."""
-    order = np.argsort(seeds_per_block, kind='stable')
+def _rows_of_blocks(row_block: torch.Tensor, blocks: torch.Tensor, num_blocks: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (grouped by block, ``row_block`` (M,)) belonging to ``blocks`` (b,) -> (their indices, in block order
+    of ``blocks`` and then row order; their block's position in ``blocks``)."""
+    position = torch.full((num_blocks,), -1, dtype=torch.int64, device=row_block.device)
+    position[blocks] = torch.arange(blocks.numel(), device=row_block.device)
+    local = position[row_block]
+    rows = torch.nonzero(local >= 0).squeeze(1)
+    rows = rows[torch.sort(local[rows], stable=True).indices]
+    return rows, local[rows]
+
+
+def _size_classes(sizes: np.ndarray) -> list[np.ndarray]:
+    """Block indices grouped by size class (sizes in (2^(k-1), 2^k]), so padding each group to its largest block
+    at most doubles it: -> list of index arrays (blocks of size 0 left out)."""
+    classes = np.ceil(np.log2(np.maximum(sizes, 1))).astype(np.int64)
+    return [np.flatnonzero((classes == k) & (sizes > 0)) for k in np.unique(classes[sizes > 0])]
+
+
+def _plan_chunks(points_per_block: np.ndarray, seeds_per_block: np.ndarray, max_elements: int
+                 ) -> list[np.ndarray]:
+    """Blocks sorted by (distinct points, seeds), cut into chunks whose padded window tensor (blocks x most seeds
+    x most points) stays within ``max_elements`` (a block alone may exceed it): -> list of block index arrays."""
+    order = np.lexsort((seeds_per_block, points_per_block))
     chunks, start = [], 0
-    for stop in range(1, order.size + 1):  # chunk = order[start:stop]; its widest block is the last one
-        if stop == order.size or (stop + 1 - start) * seeds_per_block[order[stop]] * num_points > max_elements:
-            chunks.append(order[start:stop])
-            start = stop
+    widest_seeds = 0
+    for stop in range(1, order.size + 1):  # chunk = order[start:stop]
+        widest_seeds = max(widest_seeds, seeds_per_block[order[stop - 1]])
+        if stop < order.size:
+            next_block = order[stop]
+            padded = ((stop + 1 - start) * max(widest_seeds, seeds_per_block[next_block])
+                      * points_per_block[next_block])
+            if padded <= max_elements:
+                continue
+        chunks.append(order[start:stop])
+        start, widest_seeds = stop, 0
     return chunks
 
 
@@ -485,12 +580,14 @@ def mean_shift_blocks(block_embeddings: torch.Tensor | np.ndarray, bandwidth: fl
     bin seeding, flat kernel, duplicate suppression, nearest centre), so each row equals
     :func:`mean_shift_blocks_reference` up to float rounding in the batched matmuls.
 
-    How: seeds of all blocks are padded to (blocks, seeds, E) with masks; every iteration is two batched
-    matmuls for the flat-kernel windows of all seeds; each seed stops on its own iteration, recorded on the
-    device, and the host checks for convergence every ``check_every`` iterations (then drops finished seeds
-    and merges identical ones). Blocks are processed in chunks whose window tensor holds at most
-    ``max_elements`` elements (default :func:`default_max_elements` of the device). Half precision input is
-    computed in float32 (squared distances by expansion need it).
+    How: equal embeddings of a block (resampled points) become one point weighted by its multiplicity
+    (:func:`_distinct_points`); seeds of all blocks are padded to (blocks, seeds, E) with masks; every
+    iteration is two batched matmuls for the flat-kernel windows of all seeds; each seed stops on its own
+    iteration, recorded on the device, and the host checks for convergence after 1, 2, 4, then every
+    ``check_every`` iterations (then drops finished seeds and merges identical ones). Blocks are processed in
+    chunks of similar size whose window tensor holds at most ``max_elements`` elements (default
+    :func:`default_max_elements` of the device). Half precision input is computed in float32 (squared
+    distances by expansion need it).
     """
     if not bandwidth > 0:
         raise ValueError(f'mean_shift_blocks: bandwidth must be > 0, got {bandwidth!r}')
@@ -505,18 +602,45 @@ def mean_shift_blocks(block_embeddings: torch.Tensor | np.ndarray, bandwidth: fl
     labels = torch.zeros(num_blocks, num_points, dtype=torch.int64, device=points.device)
     if num_blocks and num_points:
         with torch.no_grad():
-            seeds, seed_block = _batched_bin_seeds(points, bandwidth)
-            seeds_per_block = torch.bincount(seed_block, minlength=num_blocks).cpu().numpy()
-            budget = default_max_elements(points.device) if max_elements is None else int(max_elements)
-            position = torch.full((num_blocks,), -1, dtype=torch.int64, device=points.device)
-            for chunk in _plan_chunks(seeds_per_block, num_points, budget):
-                blocks = torch.from_numpy(chunk).to(points.device)
-                position.fill_(-1)
-                position[blocks] = torch.arange(blocks.numel(), device=points.device)
-                chunk_block = position[seed_block]  # (S,) the seed's block within the chunk, -1 if elsewhere
-                in_chunk = chunk_block >= 0
-                chunk_block = chunk_block[in_chunk]
-                order = torch.sort(chunk_block, stable=True).indices
-                labels[blocks] = _mean_shift_chunk(points[blocks], seeds[in_chunk][order], chunk_block[order],
-                                                   bandwidth, max_iter, check_every)
+            labels = _mean_shift_all(points, bandwidth, max_iter, max_elements, check_every)
     return labels.numpy() if isinstance(block_embeddings, np.ndarray) else labels
+
+
+def _mean_shift_all(points: torch.Tensor, bandwidth: float, max_iter: int, max_elements: int | None,
+                    check_every: int) -> torch.Tensor:
+    """The body of :func:`mean_shift_blocks` for a non-empty (B,N,E) float tensor -> (B,N) int64 labels."""
+    num_blocks, num_points, _ = points.shape
+    device = points.device
+    distinct, weights, inverse = _distinct_points(points)  # (B,D,E), (B,D), (B,N)
+    real = weights > 0
+    row_block, _ = torch.nonzero(real, as_tuple=True)
+    seeds, seed_block = _batched_bin_seeds(distinct[real], row_block, num_blocks, num_points, bandwidth)
+    seeds_per_block = torch.bincount(seed_block, minlength=num_blocks)
+    distinct_per_block, seeds_per_block = torch.stack([real.sum(1), seeds_per_block]).cpu().numpy()  # one sync
+    budget = default_max_elements(device) if max_elements is None else int(max_elements)
+    pass_elements = budget if device.type == 'cuda' else min(budget, _CPU_PASS_ELEMENTS)
+    # 1. Climb all seeds, in chunks of blocks of similar size.
+    found = []
+    for chunk in _plan_chunks(distinct_per_block, seeds_per_block, budget):
+        blocks = torch.from_numpy(chunk).to(device)
+        width = int(distinct_per_block[chunk].max())
+        rows, chunk_block = _rows_of_blocks(seed_block, blocks, num_blocks)
+        centres, intensity, block = _climb_chunk(distinct[blocks, :width], weights[blocks, :width], seeds[rows],
+                                                 chunk_block, bandwidth, max_iter, check_every, pass_elements)
+        found.append((centres, intensity, blocks[block]))
+    centres, intensity, block = (torch.cat(parts) for parts in zip(*found))
+    # 2. Sort each block's centres as sklearn, suppress near duplicates and assign the points, in groups of
+    # blocks with similar numbers of centres (a few blocks find 100+ centres, most a few dozen).
+    order = _sklearn_order(centres, intensity, block)
+    centres, block = centres[order], block[order]
+    centres_per_block = torch.bincount(block, minlength=num_blocks).cpu().numpy()
+    distinct_labels = torch.zeros(distinct.shape[:2], dtype=torch.int64, device=device)
+    for group in _size_classes(centres_per_block):
+        blocks = torch.from_numpy(group).to(device)
+        rows, group_block = _rows_of_blocks(block, blocks, num_blocks)
+        padded_centres, valid = _pad_by_block(centres[rows], group_block, blocks.numel())
+        kept = _suppress_batched(padded_centres, valid, bandwidth, check_every)
+        width = int(distinct_per_block[group].max())
+        block_points = _BlockPoints(distinct[blocks, :width], weights[blocks, :width], pass_elements)
+        distinct_labels[blocks, :width] = _assign_batched(block_points, padded_centres, kept)
+    return torch.gather(distinct_labels, 1, inverse)

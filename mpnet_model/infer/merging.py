@@ -39,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 OVERLAP_MIN = 7          # reference: a group adopts an existing id when it overlaps it in >= 7 points
 NEW_GROUP_MIN_POINTS = 30  # reference: a weakly overlapping group gets a new id only if it has >= 30 points
@@ -283,12 +284,13 @@ class BlockMerger:
         return MergedInstances(instances, semantic[keep], sizes[keep])
 
 
-def block_merging(room_xyz, block_indices, block_instances, block_semantic, *, gap: float = 0.005,
+def block_merging_reference(room_xyz, block_indices, block_instances, block_semantic, *, gap: float = 0.005,
                   min_points: int | np.ndarray = 0, overlap_min: int = OVERLAP_MIN,
                   new_group_min_points: int = NEW_GROUP_MIN_POINTS) -> np.ndarray:
-    """Merge all blocks of a room: room_xyz (N,3), block_indices (K,P) rows of room_xyz per block point,
-    block_instances (K,P) local ids (-1 none), block_semantic (K,P) classes -> (N,) int64 scene instance id
-    per room point (-1 = none or never in a block). Blocks are merged in order k = 0..K-1.
+    """The block-by-block reference of :func:`block_merging` (numpy, one :meth:`BlockMerger.add_block` per block):
+    room_xyz (N,3), block_indices (K,P) rows of room_xyz per block point, block_instances (K,P) local ids
+    (-1 none), block_semantic (K,P) classes -> (N,) int64 numpy scene instance id per room point (-1 = none or
+    never in a block). Blocks are merged in order k = 0..K-1.
     """
     room_xyz = np.asarray(room_xyz, dtype=np.float64)
     block_indices = np.asarray(block_indices)
@@ -313,3 +315,214 @@ def block_merging(room_xyz, block_indices, block_instances, block_semantic, *, g
     # A room point sampled in several blocks sits in one voxel, so all its copies carry the same id.
     scene[block_indices.reshape(-1)] = merger.finalize(min_points).instances
     return scene
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole-frame BlockMerging in torch (CPU or CUDA): the same result as the block loop, in "waves" of blocks.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _frame_tensors(room_xyz, block_indices, block_instances, block_semantic, min_points):
+    """Validate the inputs of :func:`block_merging` and bring them to one device as torch tensors.
+
+    -> (xyz (N,3) float64, indices (K,P), instances (K,P), semantic (K,P) int64, min_points, device, as_numpy).
+    """
+    inputs = (room_xyz, block_indices, block_instances, block_semantic)
+    tensors = [value for value in inputs if isinstance(value, torch.Tensor)]
+    device = tensors[0].device if tensors else torch.device('cpu')
+
+    def to_tensor(value, name):
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(device)
+        array = np.asarray(value)
+        if array.dtype == object:
+            raise ValueError(f'block_merging: {name} must be a numeric array, got dtype object')
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    xyz, indices, instances, semantic = (to_tensor(value, name) for value, name in zip(
+        inputs, ('room_xyz', 'block_indices', 'block_instances', 'block_semantic')))
+    if xyz.dim() != 2 or xyz.shape[1] != 3:
+        raise ValueError(f'block_merging: room_xyz must have shape (N, 3), got {tuple(xyz.shape)}')
+    if indices.dim() != 2 or instances.shape != indices.shape or semantic.shape != indices.shape:
+        raise ValueError(f'block_merging: block_indices, block_instances and block_semantic must share a (K, P) '
+                         f'shape, got {tuple(indices.shape)}, {tuple(instances.shape)}, {tuple(semantic.shape)}')
+    for name, values in (('block_indices', indices), ('block_instances', instances), ('block_semantic', semantic)):
+        if values.numel() and (values.is_floating_point() or values.is_complex() or values.dtype == torch.bool):
+            raise ValueError(f'block_merging: {name} must be integers, got dtype {values.dtype}')
+    xyz = xyz.double()
+    if xyz.numel() and not bool(torch.isfinite(xyz).all()):
+        raise ValueError('block_merging: room_xyz contains NaN or inf')
+    indices, instances, semantic = indices.long(), instances.long(), semantic.long()
+    if indices.numel():
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= xyz.shape[0]:
+            raise ValueError(f'block_merging: block_indices must lie in [0, {xyz.shape[0]}), got [{low}, {high}]')
+        if int(instances.min()) < -1:
+            raise ValueError(f'block_merging: block_instances must be >= -1, got {int(instances.min())}')
+        low, high = int(semantic.min()), int(semantic.max())
+        if low < 0 or high >= _CLASS_SPAN:
+            raise ValueError(f'block_merging: block_semantic must lie in [0, {_CLASS_SPAN}), got [{low}, {high}]')
+    threshold = torch.as_tensor(np.asarray(min_points) if not isinstance(min_points, torch.Tensor) else min_points,
+                                device=device)
+    if threshold.dim() > 1:
+        raise ValueError(f'block_merging: min_points must be a scalar or (C,) array, got {tuple(threshold.shape)}')
+    return xyz, indices, instances, semantic, threshold, device, not tensors
+
+
+def _voxel_of_points(xyz: torch.Tensor, gap: float) -> torch.Tensor:
+    """(N,3) float64 -> (N,) int64 index of each point's voxel among the distinct occupied voxels (the voxels of
+    :meth:`BlockMerger.voxel_keys` over the room's bounding box, numbered in key order)."""
+    if not gap > 0:
+        raise ValueError(f'block_merging: gap (voxel size) must be > 0, got {gap!r}')
+    room_min, room_max = xyz.amin(0), xyz.amax(0)
+    grid_shape = torch.floor((room_max - room_min) / gap).long() + 1  # (3,)
+    if float(torch.prod(grid_shape.double())) >= 2.0 ** 62:
+        raise ValueError(f'block_merging: room {(room_max - room_min).tolist()} at gap {gap} has too many voxels '
+                         f'({grid_shape.tolist()}) to index with int64; use a larger gap')
+    cells = torch.floor((xyz - room_min) / gap).long()
+    cells = torch.minimum(cells, grid_shape - 1)
+    keys = (cells[:, 0] * grid_shape[1] + cells[:, 1]) * grid_shape[2] + cells[:, 2]
+    return torch.unique(keys, return_inverse=True)[1]
+
+
+def _majority(owner: torch.Tensor, classes: torch.Tensor, num_owners: int) -> torch.Tensor:
+    """(M,) owner in [0, num_owners), (M,) class -> (num_owners,) most frequent class (smallest on ties)."""
+    num_classes = int(classes.max()) + 1 if classes.numel() else 1
+    votes = torch.bincount(owner * num_classes + classes, minlength=num_owners * num_classes)
+    return votes.reshape(num_owners, num_classes).argmax(1)
+
+
+def _conflict_waves(block: torch.Tensor, voxel: torch.Tensor, num_blocks: int, num_voxels: int) -> np.ndarray:
+    """Wave of every block: 1 + the largest wave of the earlier blocks it shares a voxel with (labelled points).
+
+    Processing the waves in order, all blocks of a wave at once, gives exactly the block-by-block result in
+    block order: a block's earlier neighbours are all in earlier waves and no two blocks of a wave share a
+    voxel, so each block reads and writes what it would in the loop. Host-side DP over the (few thousand)
+    edges between consecutive blocks of a voxel (block order); -> (K,) int64 waves 0..W-1.
+    """
+    pair_keys = torch.unique(voxel * num_blocks + block)  # sorted: by voxel, then block
+    pair_voxel, pair_block = pair_keys // num_blocks, pair_keys % num_blocks
+    consecutive = pair_voxel[1:] == pair_voxel[:-1]
+    edges = torch.unique(pair_block[:-1][consecutive] * num_blocks + pair_block[1:][consecutive]).cpu().numpy()
+    waves = np.zeros(num_blocks, dtype=np.int64)
+    # Edges sorted by source; a block's wave is final once every edge into it is seen, i.e. when it is a source
+    # (edges go from a lower to a higher block), so relax in source order.
+    wave_list = waves.tolist()
+    for source, target in zip((edges // num_blocks).tolist(), (edges % num_blocks).tolist()):
+        if wave_list[source] + 1 > wave_list[target]:
+            wave_list[target] = wave_list[source] + 1
+    return np.asarray(wave_list, dtype=np.int64)
+
+
+def _slices_by_wave(owner_wave: torch.Tensor, num_waves: int) -> tuple[torch.Tensor, list[int]]:
+    """(M,) wave of each item -> (order grouping the items by wave (stable), the W+1 boundaries of the waves in it)."""
+    order = torch.sort(owner_wave, stable=True).indices
+    counts = torch.bincount(owner_wave, minlength=num_waves).cpu().numpy()
+    return order, np.concatenate([[0], np.cumsum(counts)]).tolist()
+
+
+def block_merging(room_xyz, block_indices, block_instances, block_semantic, *, gap: float = 0.005,
+                  min_points: int | np.ndarray | torch.Tensor = 0, overlap_min: int = OVERLAP_MIN,
+                  new_group_min_points: int = NEW_GROUP_MIN_POINTS):
+    """Merge all blocks of a frame: room_xyz (N,3), block_indices (K,P) rows of room_xyz per block point,
+    block_instances (K,P) local ids (-1 none), block_semantic (K,P) classes -> (N,) int64 scene instance id per
+    room point (-1 = none or never in a block), the same ids as merging blocks k = 0..K-1 in order
+    (:func:`block_merging_reference`, see the module docstring), with ids 0..G-1 in order of creation.
+
+    Contract (used by ``infer/scene.py``): numpy inputs -> numpy result computed on the CPU; if any input is a
+    torch tensor, all inputs are moved to the device of the first tensor and the result is an int64 tensor on
+    that device (CUDA tensors stay on the GPU: only a few small plan arrays cross to the host).
+
+    How: everything that does not depend on the merge state is computed for all blocks at once (voxels,
+    groups with their class and size, the point that writes each (block, voxel)); the state is a dense array
+    over the frame's occupied voxels. Blocks that share no voxel with each other and whose earlier neighbours
+    are done form a "wave" (:func:`_conflict_waves`) and are merged together: one vectorised step per wave
+    instead of one per block, with exactly the block-by-block result.
+    """
+    xyz, indices, instances, semantic, threshold, device, as_numpy = _frame_tensors(
+        room_xyz, block_indices, block_instances, block_semantic, min_points)
+    scene = torch.full((xyz.shape[0],), -1, dtype=torch.int64, device=device)
+    if indices.numel() == 0:
+        return scene.cpu().numpy() if as_numpy else scene
+    num_blocks, block_points = indices.shape
+    voxel_of_room = _voxel_of_points(xyz, gap)  # (N,)
+    num_voxels = int(voxel_of_room.max()) + 1
+    voxel = voxel_of_room[indices].reshape(-1)  # (K*P,) block points in block order
+    semantic = semantic.reshape(-1)
+    point_block = torch.arange(num_blocks, device=device).repeat_interleave(block_points)  # (K*P,)
+    labelled = torch.nonzero(instances.reshape(-1) >= 0).squeeze(1)  # (L,) in block order
+    stored_id = torch.full((num_voxels,), -1, dtype=torch.int64, device=device)  # the merge state
+    if labelled.numel():
+        l_block, l_voxel, l_class = point_block[labelled], voxel[labelled], semantic[labelled]
+        # Groups (block, local id), numbered by block then local id: the order the loop creates new ids in, so
+        # a group's index serves as its id (smaller index = older id, as the loop's counter).
+        local = instances.reshape(-1)[labelled]
+        group_keys, l_group = torch.unique(l_block * (int(local.max()) + 1) + local, return_inverse=True)
+        num_groups = group_keys.numel()
+        group_block = group_keys // (int(local.max()) + 1)
+        group_class = _majority(l_group, l_class, num_groups)  # (G,)
+        group_size = torch.bincount(l_group, minlength=num_groups)  # (G,)
+        # The writer of each (block, voxel): its first labelled point in block order.
+        writer_keys = l_block * num_voxels + l_voxel
+        order = torch.sort(writer_keys, stable=True).indices
+        first = torch.ones_like(order, dtype=torch.bool)
+        first[1:] = writer_keys[order[1:]] != writer_keys[order[:-1]]
+        writer = order[first]  # (Wr,) rows of the labelled points
+        waves = torch.from_numpy(_conflict_waves(l_block, l_voxel, num_blocks, num_voxels)).to(device)
+        num_waves = int(waves.max()) + 1
+        point_order, point_bounds = _slices_by_wave(waves[l_block], num_waves)
+        group_order, group_bounds = _slices_by_wave(waves[group_block], num_waves)
+        writer_order, writer_bounds = _slices_by_wave(waves[l_block[writer]], num_waves)
+        p_voxel, p_group = l_voxel[point_order], l_group[point_order]
+        w_voxel, w_group = l_voxel[writer][writer_order], l_group[writer][writer_order]
+        stored_class = torch.full((num_voxels,), -1, dtype=torch.int64, device=device)
+        scene_id = torch.full((num_groups,), -1, dtype=torch.int64, device=device)
+        best = torch.full((num_groups + 1,), -1, dtype=torch.int64, device=device)  # last slot: no overlap
+        span = num_groups  # ids are group indices < G; pair key = group * G + id
+        for wave in range(num_waves):
+            start, stop = point_bounds[wave], point_bounds[wave + 1]
+            voxels, groups = p_voxel[start:stop], p_group[start:stop]
+            ids = stored_id[voxels]
+            overlap = (ids >= 0) & (stored_class[voxels] == group_class[groups])
+            # Count the (group, stored id) pairs of overlapping points with one sort; per group keep the best
+            # count, the smallest id on ties: score = count * G + (G - 1 - id), the largest score wins.
+            pair = torch.sort(torch.where(overlap, groups * span + ids, span * span)).values
+            last = torch.ones_like(pair, dtype=torch.bool)
+            last[:-1] = pair[1:] != pair[:-1]
+            position = torch.arange(pair.numel(), device=device)
+            run_first = torch.cummax(torch.where(torch.cat([last.new_ones(1), last[:-1]]), position, 0), 0).values
+            valid = last & (pair < span * span)
+            score = (position - run_first + 1) * span + (span - 1 - pair % span)
+            best.scatter_reduce_(0, torch.where(valid, pair // span, span), torch.where(valid, score, -1), 'amax')
+            wave_groups = group_order[group_bounds[wave]:group_bounds[wave + 1]]
+            group_best = best[wave_groups]
+            count = torch.where(group_best >= 0, group_best // span, 0)
+            is_new = (count == 0) | ((count < overlap_min) & (group_size[wave_groups] >= new_group_min_points))
+            scene_id[wave_groups] = torch.where(is_new, wave_groups, span - 1 - group_best % span)
+            # Empty voxels take the group of their writer (no two blocks of a wave share a voxel).
+            start, stop = writer_bounds[wave], writer_bounds[wave + 1]
+            voxels, groups = w_voxel[start:stop], w_group[start:stop]
+            empty = stored_id[voxels] < 0
+            stored_id[voxels] = torch.where(empty, scene_id[groups], stored_id[voxels])
+            stored_class[voxels] = torch.where(empty, group_class[groups], stored_class[voxels])
+    # Every block point reads its voxel's id; instances too small are dropped, the rest renumbered in id order.
+    point_id = stored_id[voxel]  # (K*P,)
+    members = torch.nonzero(point_id >= 0).squeeze(1)
+    if members.numel():
+        member_id = point_id[members]
+        num_ids = int(member_id.max()) + 1
+        sizes = torch.bincount(member_id, minlength=num_ids)
+        present = sizes > 0
+        instance_class = _majority(member_id, semantic[members], num_ids)
+        if threshold.dim() == 1:
+            largest = int(instance_class[present].max())
+            if largest >= threshold.numel():
+                raise ValueError(f'block_merging: min_points has {threshold.numel()} classes but an instance '
+                                 f'has class {largest}')
+            threshold = threshold[instance_class]
+        keep = present & (sizes >= threshold)
+        new_id = torch.where(keep, torch.cumsum(keep, 0) - 1, -1)
+        point_id[members] = new_id[member_id]
+    # A room point sampled in several blocks sits in one voxel, so all its copies carry the same id.
+    scene[indices.reshape(-1)] = point_id
+    return scene.cpu().numpy() if as_numpy else scene
