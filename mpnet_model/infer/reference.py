@@ -5,13 +5,14 @@ the reference that proves the new path exact.
 
 * blocks: `partition_blocks` + the per-block draw of `sample_block_indices_legacy` (one `rng.choice` /
   `rng.permutation` per block, numpy generator seeded with `segmenter.seed`) + `block_features`, in numpy;
-* inference: `Backend.run` on batches of `segmenter.batch_size` blocks (8 then), numpy in and out;
+* inference: `Backend.run` on batches of 8 blocks (today's default), numpy in and out;
 * mean shift: `mean_shift_blocks_reference` (one call per block);
-* merging: `block_merging` on numpy arrays; projection: a k-d tree and the old numpy instance filter.
+* merging: `block_merging_reference` (one `BlockMerger.add_block` per block);
+* projection: a k-d tree and the old numpy instance filter.
 
-Two things it shares with the new code, both of which only make it faster than it was (the speed-ups measured
-against it are understated, never inflated): the numpy FPS stops early on blocks whose positions are exhausted
-(bit-identical indices), and `block_merging` / the backends are today's implementations.
+It shares the backends with the new code; their numpy FPS now stops early on blocks whose positions are exhausted
+(bit-identical indices), which only makes this path faster than it was: speed-ups measured against it are
+understated, never inflated.
 
 The new path with ``layout='grid', sampler='legacy'`` draws the same blocks; its answers equal this path's
 (tests/test_frame.py) and the golden outputs made at f5393a0 (label agreement 100 %, instance ARI 1.000).
@@ -50,7 +51,7 @@ def segment_reference(segmenter, xyz: np.ndarray, rgb: np.ndarray | None = None,
                       intensity: np.ndarray | None = None, batch_size: int = REFERENCE_BATCH_SIZE):
     """Today's `SceneSegmenter.segment` (see the module docstring) -> `SceneResult` with the same stage timings."""
     from mpnet_model.infer.meanshift import mean_shift_blocks_reference
-    from mpnet_model.infer.merging import block_merging
+    from mpnet_model.infer.merging import block_merging_reference
     from mpnet_model.infer.scene import SceneResult, _Clock
 
     clock = _Clock()
@@ -83,8 +84,8 @@ def segment_reference(segmenter, xyz: np.ndarray, rgb: np.ndarray | None = None,
     np.add.at(sums, inverse, probabilities.reshape(-1, num_classes))
     counts = np.bincount(inverse, minlength=sampled.size)[:, None]
     sampled_probs = (sums / counts).astype(np.float32)
-    instance_of_point = block_merging(xyz, indices, block_instances, probabilities.argmax(-1),
-                                      gap=segmenter.merge_gap)
+    instance_of_point = block_merging_reference(xyz, indices, block_instances, probabilities.argmax(-1),
+                                                gap=segmenter.merge_gap)
     sampled_instances = np.asarray(instance_of_point)[sampled]
     clock.lap('merging')
     source = np.full(num_input, -1, dtype=np.int64)
