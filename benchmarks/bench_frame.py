@@ -35,14 +35,14 @@ STAGES = ('blocks', 'inference', 'meanshift', 'merging', 'projection', 'total')
 RANGE_M = 15.0
 
 
-def ouster_crops() -> list[tuple[np.ndarray, np.ndarray]]:
-    """(xyz, intensity) of every scan of the shared Ouster bag, cropped to 15 m around the sensor."""
+def ouster_crops(radius: float = RANGE_M) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(xyz, intensity) of every scan of the shared Ouster bag, cropped to `radius` (15 m) around the sensor."""
     from mpnet_ros.accumulate import range_mask
     from mpnet_ros.bag_tool import read_bag_clouds
 
     crops = []
     for frame in read_bag_clouds(DATA / 'ouster_os1_128', '/ouster/points'):
-        keep = range_mask(frame.xyz, 0.0, RANGE_M)
+        keep = range_mask(frame.xyz, 0.0, radius)
         crops.append((frame.xyz[keep], frame.intensity[keep]))
     return crops
 

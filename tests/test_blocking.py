@@ -88,7 +88,7 @@ def test_layouts_cover_every_point_of_the_grid_with_fewer_blocks():
     counts = {}
     for layout in LAYOUTS:
         for use_numpy in (False, True):
-            partition = layout_partition(cloud, layout, 1.0, 0.5, 20, use_numpy)
+            partition = layout_partition(cloud, layout, 1.0, 0.5, 20, use_numpy, dense_points=256)
             counts[layout] = len(partition)
             mine = covered(partition, len(xyz))
             if layout == 'tile':     # no half-block blocks to rescue with: a point may sit in a dropped tile only
@@ -97,6 +97,9 @@ def test_layouts_cover_every_point_of_the_grid_with_fewer_blocks():
             else:
                 np.testing.assert_array_equal(mine, covered(grid, len(xyz)))
     assert counts['tile'] < counts['cover'] < counts['staggered'] < counts['grid']
+    assert counts['adaptive'] == counts['grid']                # every block of this room holds >= 256 points
+    sparse = layout_partition(cloud, 'adaptive', 1.0, 0.5, 20, False, dense_points=10_000)
+    assert len(sparse) == counts['cover']                      # no block is dense: the cover thinning
     staggered = layout_partition(cloud, 'staggered', 1.0, 0.5, 20, use_numpy=False)
     cells = staggered.cells.numpy()
     on_board = (cells.sum(1) % 2) == 0
@@ -121,3 +124,31 @@ def test_bad_layout_or_sampler_is_a_clear_error():
         frame_blocks(cloud, None, 'diagonal')
     with pytest.raises(ValueError, match="sampler='fast'"):
         frame_blocks(cloud, None, sampler='fast')
+
+
+def test_point_buckets_sample_sparse_blocks_to_fewer_points():
+    xyz = room()[:1500]                        # sparse (~90 points per block) with the dense corner (> 256)
+    cloud = torch.from_numpy(xyz)
+    buckets = (64, 128, 256)
+    for sampler in ('numpy', 'torch'):
+        blocks = frame_blocks(cloud, None, 'grid', num_points=256, min_points=20, sampler=sampler,
+                              point_buckets=buckets)
+        counts = blocks.partition.counts.numpy()
+        assert sorted(g.indices.shape[1] for g in blocks.groups) == [64, 128, 256]     # this room uses all three
+        seen = np.zeros(len(blocks), dtype=int)
+        for group in blocks.groups:
+            size = group.indices.shape[1]
+            for row, k in zip(group.indices.numpy(), group.blocks.numpy()):
+                seen[k] += 1
+                members = blocks.partition.point_order[blocks.partition.offsets[k]:blocks.partition.offsets[k + 1]]
+                expected = min(b for b in buckets if b >= counts[k]) if counts[k] <= 256 else 256
+                assert size == expected and set(row) <= set(members.tolist())
+                if counts[k] <= size:
+                    assert set(row) == set(members.tolist())
+            np.testing.assert_array_equal(group.points.numpy()[..., 3:6], 0.0)
+        assert (seen == 1).all()                                                   # every block in one group
+        padded, valid = blocks.padded_indices()
+        assert padded.shape == (len(blocks), 256) and valid.sum(1).tolist() == [
+            min(b for b in buckets if b >= c) if c <= 256 else 256 for c in counts]
+    with pytest.raises(ValueError, match='groups'):
+        _ = blocks.points

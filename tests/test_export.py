@@ -37,6 +37,8 @@ def test_metadata_checker_and_opset(exported):
     assert [o.name for o in model.graph.output] == ['sem_logits', 'ins_embed']
     assert [i.name for i in model.graph.input] == ['points', 'fps_0', 'fps_1', 'fps_2', 'fps_3']
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == 'batch'
+    assert model.graph.input[0].type.tensor_type.shape.dim[1].dim_param == 'points'
+    assert props['dynamic_points'] == 'true'
     assert not list(path.parent.glob('.*.tmp'))      # atomic write left no temp file
 
 
@@ -51,6 +53,20 @@ def test_dynamic_batch_1_and_3(exported):
     assert three[0].shape == (3, 1024, 13) and three[1].shape == (3, 1024, 5)
     np.testing.assert_allclose(one[0][0], three[0][1], atol=1e-5)   # batch items are independent
     np.testing.assert_allclose(one[1][0], three[1][1], atol=1e-5)
+
+
+def test_dynamic_point_axis_matches_torch_on_sparse_blocks(exported):
+    """Blocks of 256 and 512 points (the point buckets of sparse blocks) give the torch model's outputs."""
+    checkpoint, path = exported
+    onnx_backend, torch_backend = make_backend('onnxruntime', path), make_backend('torch', checkpoint)
+    assert onnx_backend.point_buckets() == torch_backend.point_buckets() == (256, 512, 1024)
+    rng = np.random.default_rng(3)
+    for points in (256, 512):
+        blocks = torch.from_numpy(rng.random((2, points, 9), dtype=np.float32))
+        mine, reference = onnx_backend.run_frame(blocks), torch_backend.run_frame(blocks)
+        assert mine[0].shape == (2, points, 13)
+        torch.testing.assert_close(mine[0], reference[0], atol=2e-3, rtol=1e-3)
+        torch.testing.assert_close(mine[1], reference[1], atol=2e-3, rtol=1e-3)
 
 
 def test_export_leaves_model_and_bn_statistics_unchanged(tmp_path):

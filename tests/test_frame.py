@@ -99,7 +99,7 @@ def test_bad_input_keeps_its_clear_errors(crop):
         segmenter.segment(np.zeros((100, 4), np.float32))                             # wrong channel count
     with pytest.raises(ValueError, match=r'rgb has shape \(100, 4\)'):
         segmenter.segment(np.zeros((100, 3), np.float32), np.zeros((100, 4), np.float32))
-    with pytest.raises(BackendError, match=r'blocks must have shape \(K, 1024, 9\)'):
+    with pytest.raises(BackendError, match=r'blocks must have shape \(K, P in \[256, 512, 1024\], 9\)'):
         segmenter.backend.run_frame(torch.zeros(2, 1024, 6))
 
     def cloud(points: np.ndarray) -> PointCloud2:

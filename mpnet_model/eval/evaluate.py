@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--sampler', choices=SAMPLERS, default='auto',
                         help="block sampling; 'legacy' = the per-block draw of the path before issue 12")
     parser.add_argument('--seed', type=int, default=0, help='block sampling seed')
+    parser.add_argument('--no-sparse-points', dest='sparse_points', action='store_false',
+                        help='sample every block to the model\'s full points per block (no smaller buckets)')
     parser.add_argument('--out', required=True, help='folder for the report')
     parser.add_argument('--min-instance-fraction', type=float, default=ASIS_MIN_INSTANCE_FRACTION,
                         help='drop predicted instances under this fraction of the mean training instance size of '
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         layout = {'layout': args.layout} if args.layout else {}
         segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device,
                                                class_min_points=class_min_points(sizes, args.min_instance_fraction),
-                                               sampler=args.sampler, seed=args.seed, **layout)
+                                               sampler=args.sampler, seed=args.seed,
+                                               sparse_points=args.sparse_points, **layout)
         evaluation = evaluate_rooms(segmenter, (split.loader(r) for r in room_dirs),
                                     scannet_ap=d.dataset == 'scannet')
     except (ConfigError, FileNotFoundError, CheckpointError, BackendError, ValueError) as error:

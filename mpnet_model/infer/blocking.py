@@ -18,6 +18,11 @@ Layouts (which blocks of the grid are segmented; `LAYOUTS`):
   in 2 blocks, half the blocks of ``grid``, every tile edge crossed by an overlapping block (instances still merge).
 * ``cover``: the half-block grid thinned greedily: the tiling first, then blocks of the other three parity
   classes only if they hold a point no kept block holds (drops blocks whose points are all covered by others).
+* ``adaptive`` (density-adaptive): ``grid`` where the cloud is dense, ``cover`` where it is sparse. Every block
+  with at least P points (the model's points per block: it is subsampled, never padded with repeats) is kept, as
+  in ``grid``; among the sparse blocks (fewer than P points, every point sampled plus repeats) the tiling and
+  then the blocks holding a point no kept block holds. Dense indoor scans keep their 4-fold overlap (BlockMerging
+  needs it); a lidar frame, whose blocks are mostly a few dozen points, loses most of its redundant blocks.
 
 ``staggered`` and ``cover`` also add the blocks of the remaining parity classes that hold uncovered points
 (the far edge of the grid, points whose tile was dropped for having fewer than ``min_points``), one
@@ -34,12 +39,13 @@ from torch import Tensor
 
 from mpnet_model.data.blocks import NUM_CHANNELS, BlockPartition, partition_blocks, sample_block_indices
 
-LAYOUTS = ('grid', 'tile', 'staggered', 'cover')
+LAYOUTS = ('grid', 'tile', 'staggered', 'cover', 'adaptive')
 SAMPLERS = ('auto', 'numpy', 'torch', 'legacy')
 # Parity classes (i % 2, j % 2) of the half-block grid: taken in full first, then passes that add only the blocks
 # holding a point no kept block holds.
 _LAYOUT_CLASSES = {'staggered': ([(0, 0), (1, 1)], [(1, 0), (0, 1)]),
-                   'cover': ([(0, 0)], [(1, 1), (1, 0), (0, 1)])}
+                   'cover': ([(0, 0)], [(1, 1), (1, 0), (0, 1)]),
+                   'adaptive': ([(0, 0)], [(1, 1), (1, 0), (0, 1)])}
 
 
 @dataclass
@@ -133,14 +139,18 @@ def partition_torch(xyz: Tensor, block_size: float = 1.0, stride: float = 0.5, m
     return FramePartition(point_order, offsets, cells, room_min, room_extent, float(block_size), float(stride))
 
 
-def select_layout(partition: FramePartition, layout: str, num_cloud: int) -> Tensor:
-    """(K,) bool: the blocks of a half-block-grid `partition` that layout ``staggered`` or ``cover`` keeps."""
+def select_layout(partition: FramePartition, layout: str, num_cloud: int, dense_points: int | None = None
+                  ) -> Tensor:
+    """(K,) bool: the blocks of a half-block-grid `partition` that layout ``staggered``, ``cover`` or ``adaptive``
+    keeps (``adaptive``: every block of >= `dense_points` points, the ``cover`` thinning among the others)."""
     full_classes, rescue_classes = _LAYOUT_CLASSES[layout]
     parity = partition.cells % 2                                                       # (K, 2)
     klass = parity[:, 0] * 2 + parity[:, 1]
     keep = torch.zeros(len(partition), dtype=torch.bool, device=klass.device)
     for i, j in full_classes:
         keep |= klass == i * 2 + j
+    if layout == 'adaptive':
+        keep |= partition.counts >= dense_points
     pair_blocks = partition.pair_blocks()
     for i, j in rescue_classes:
         covered = torch.zeros(num_cloud, dtype=torch.bool, device=klass.device)
@@ -202,22 +212,61 @@ def block_channels(xyz: Tensor, colours: Tensor | None, indices: Tensor, partiti
 
 
 @dataclass
-class FrameBlocks:
-    """The blocks of one frame, ready for a backend (tensors on the frame's device)."""
+class BlockGroup:
+    """Blocks of one frame sampled to the same number of points P (tensors on the frame's device)."""
 
-    points: Tensor          # (K, P, 9) float32
-    indices: Tensor         # (K, P) int64 into the cloud
+    points: Tensor          # (Kg, P, 9) float32
+    indices: Tensor         # (Kg, P) int64 into the cloud
+    blocks: Tensor          # (Kg,) int64 position of each block in the frame's block order
+
+    def to(self, device: torch.device | str) -> BlockGroup:
+        return BlockGroup(self.points.to(device), self.indices.to(device), self.blocks.to(device))
+
+
+@dataclass
+class FrameBlocks:
+    """The blocks of one frame, ready for a backend: one `BlockGroup` per points-per-block bucket."""
+
+    groups: list[BlockGroup]
     partition: FramePartition
 
     def __len__(self) -> int:
-        return int(self.points.shape[0])
+        return len(self.partition)
+
+    @property
+    def points(self) -> Tensor:
+        """(K, P, 9) of a frame whose blocks all have the same P (a single group)."""
+        return self._single().points
+
+    @property
+    def indices(self) -> Tensor:
+        return self._single().indices
+
+    def _single(self) -> BlockGroup:
+        if len(self.groups) != 1:
+            raise ValueError(f'the frame has {len(self.groups)} groups of blocks of different sizes; use .groups')
+        return self.groups[0]
+
+    def padded_indices(self) -> tuple[Tensor, Tensor]:
+        """(K, P_max) cloud indices of every block in frame order, and (K, P_max) bool: a real sample (padding
+        repeats the block's first sample)."""
+        width = max(group.indices.shape[1] for group in self.groups)
+        device = self.groups[0].indices.device
+        indices = torch.zeros(len(self), width, dtype=torch.int64, device=device)
+        valid = torch.zeros(len(self), width, dtype=torch.bool, device=device)
+        for group in self.groups:
+            size = group.indices.shape[1]
+            indices[group.blocks] = group.indices[:, :1].expand(-1, width)
+            indices[group.blocks, :size] = group.indices
+            valid[group.blocks, :size] = True
+        return indices, valid
 
     def to(self, device: torch.device | str) -> FrameBlocks:
-        return FrameBlocks(self.points.to(device), self.indices.to(device), self.partition.to(device))
+        return FrameBlocks([group.to(device) for group in self.groups], self.partition.to(device))
 
 
 def layout_partition(xyz: Tensor, layout: str, block_size: float, stride: float, min_points: int,
-                     use_numpy: bool) -> FramePartition:
+                     use_numpy: bool, dense_points: int | None = None) -> FramePartition:
     """The kept blocks of `layout` for the cloud `xyz` (N, 3) (see the module docstring)."""
     if layout not in LAYOUTS:
         raise ValueError(f'layout={layout!r}: choose one of {LAYOUTS}')
@@ -227,31 +276,46 @@ def layout_partition(xyz: Tensor, layout: str, block_size: float, stride: float,
     else:
         partition = partition_torch(xyz, block_size, grid_stride, min_points)
     if layout in _LAYOUT_CLASSES and len(partition):
-        partition = partition.subset(select_layout(partition, layout, xyz.shape[0]))
+        partition = partition.subset(select_layout(partition, layout, xyz.shape[0], dense_points))
     return partition
 
 
 def frame_blocks(xyz: Tensor, colours: Tensor | None, layout: str = 'grid', block_size: float = 1.0,
                  stride: float = 0.5, num_points: int = 1024, min_points: int = 20, seed: int = 0,
-                 sampler: str = 'auto') -> FrameBlocks:
+                 sampler: str = 'auto', point_buckets: tuple[int, ...] | None = None) -> FrameBlocks:
     """Cut a frame (xyz (N, 3) float32 tensor, colours (N, 3) or None, same device) into the blocks of `layout`.
 
     sampler: 'numpy' (CPU tensors only), 'torch', 'auto' = numpy on the CPU, torch elsewhere, or 'legacy' (CPU:
     the per-block draw of the path before issue 12, `mpnet_model.infer.reference`, same stream for the same seed).
-    Deterministic for a given seed and sampler (and device: CPU and CUDA generators differ).
+    point_buckets: points per block the backend takes, ascending (default: `num_points` only). A block of c points
+    is sampled to the smallest bucket >= c (the largest when c exceeds them all): sparse blocks carry fewer
+    repeats. One `BlockGroup` per bucket used. Deterministic for a given seed and sampler (and device: CPU and
+    CUDA generators differ).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f'sampler={sampler!r}: choose one of {SAMPLERS}')
     use_numpy = sampler in ('numpy', 'legacy') or (sampler == 'auto' and xyz.device.type == 'cpu')
     if use_numpy and xyz.device.type != 'cpu':
         raise ValueError(f'sampler={sampler!r} needs CPU tensors, got {xyz.device}')
-    partition = layout_partition(xyz, layout, block_size, stride, min_points, use_numpy)
-    if use_numpy:
-        draw = sample_block_indices
-        if sampler == 'legacy':
-            from mpnet_model.infer.reference import sample_block_indices_legacy as draw
-        indices = torch.from_numpy(draw(partition.to_numpy(), num_points, np.random.default_rng(seed)))
-    else:
-        generator = torch.Generator(device=xyz.device).manual_seed(seed)
-        indices = sample_rows_torch(partition, num_points, generator)
-    return FrameBlocks(block_channels(xyz, colours, indices, partition), indices, partition)
+    buckets = sorted(point_buckets or (num_points,))
+    partition = layout_partition(xyz, layout, block_size, stride, min_points, use_numpy, buckets[-1])
+    bucket_sizes = torch.tensor(buckets, device=xyz.device)
+    bucket = torch.searchsorted(bucket_sizes, partition.counts).clamp_(max=len(buckets) - 1)     # (K,)
+    present = torch.unique(bucket).tolist() if len(buckets) > 1 else [0]
+    rng = np.random.default_rng(seed) if use_numpy else None
+    generator = None if use_numpy else torch.Generator(device=xyz.device).manual_seed(seed)
+    groups = []
+    for level in present:                                           # at most 3 sizes: a loop over sizes, not blocks
+        members = bucket == level
+        blocks = torch.nonzero(members).reshape(-1)
+        part = partition if len(present) == 1 else partition.subset(members)
+        size = buckets[level]
+        if use_numpy:
+            draw = sample_block_indices
+            if sampler == 'legacy':
+                from mpnet_model.infer.reference import sample_block_indices_legacy as draw
+            indices = torch.from_numpy(draw(part.to_numpy(), size, rng))
+        else:
+            indices = sample_rows_torch(part, size, generator)
+        groups.append(BlockGroup(block_channels(xyz, colours, indices, part), indices, blocks))
+    return FrameBlocks(groups, partition)

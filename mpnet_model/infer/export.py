@@ -2,8 +2,9 @@
 
 Graph: inputs `points` (B,P,in_channels) float32 and `fps_0..fps_{L-1}` (B,npoint_l) int64 (nested farthest point
 sample indices, see `mpnet_model.infer.backends.base.nested_sample_indices`); outputs `sem_logits` (B,P,C) and
-`ins_embed` (B,P,E). The batch axis is dynamic. metadata_props: class_names (JSON), in_channels, num_points,
-embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version.
+`ins_embed` (B,P,E). The batch axis is dynamic, and so is the point axis P (metadata `dynamic_points`: sparse
+blocks run with fewer points, see `ModelMetadata.point_buckets`). metadata_props: class_names (JSON), in_channels,
+num_points, embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version, dynamic_points.
 
 Exporter: torch 2.13 still ships the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, deprecated);
 it is used here because it handles this model's gathers / top-k with a dynamic batch axis in ~2 s and gives a
@@ -77,6 +78,9 @@ def export_onnx(model: nn.Module, metadata: ModelMetadata, output: str | Path, o
         inputs += tuple(indices)
         input_names += [fps_input_name(level) for level in range(len(indices))]
     dynamic_axes = {name: {0: 'batch'} for name in input_names + list(OUTPUT_NAMES)}
+    if metadata.dynamic_points:                # blocks of fewer points (sparse blocks, `point_buckets`)
+        for name in (INPUT_POINTS, *OUTPUT_NAMES):
+            dynamic_axes[name][1] = 'points'
 
     # The exporters write to a file name, so the raw graph goes to a scratch folder; only the finished,
     # checked model is written (atomically) to `output`.
@@ -91,19 +95,20 @@ def export_onnx(model: nn.Module, metadata: ModelMetadata, output: str | Path, o
     del proto.metadata_props[:]
     for key, value in metadata.to_props().items():
         proto.metadata_props.add(key=key, value=value)
-    _freeze_topk_k(proto, inputs)
+    _freeze_topk_k(proto, inputs, metadata.point_buckets()[0] if metadata.dynamic_points else None)
     onnx.checker.check_model(proto)
     with atomic_write(output) as stream:      # (onnx.save wants a named stream; this one is an fd)
         stream.write(proto.SerializeToString())
     return output
 
 
-def _freeze_topk_k(proto, inputs: tuple[torch.Tensor, ...]) -> None:
+def _freeze_topk_k(proto, inputs: tuple[torch.Tensor, ...], fewest_points: int | None = None) -> None:
     """Replace TopK `K` inputs computed from shapes by constants (TensorRT needs K as a build-time constant).
 
     The tracer records `min(nsample, num_points)` as shape arithmetic when a level has fewer points than
     `nsample` (small configs). K depends only on the static point counts, so it is evaluated with onnxruntime
-    for the example batch and checked to be the same for a batch of 1 before it is frozen.
+    for the example batch and checked to be the same for a batch of 1 (and, with a dynamic point axis, for
+    blocks of `fewest_points`) before it is frozen.
     """
     import onnx
     import onnxruntime as ort
@@ -120,13 +125,19 @@ def _freeze_topk_k(proto, inputs: tuple[torch.Tensor, ...]) -> None:
         probe.graph.output.add(name=node.input[1])
     session = ort.InferenceSession(probe.SerializeToString(), providers=['CPUExecutionProvider'])
     names = [item.name for item in session.get_inputs()]
-    values = []
-    for batch in (inputs[0].shape[0], 1):
-        feeds = {name: tensor[:batch].numpy() for name, tensor in zip(names, inputs)}
-        values.append(session.run([node.input[1] for node in pending], feeds))
-    for node, k_full, k_one in zip(pending, *values):
-        if not (k_full == k_one).all():
-            raise ExportError(f'TopK {node.name}: K depends on the batch size ({k_full} vs {k_one})')
+    probes = [{name: tensor[:batch].numpy() for name, tensor in zip(names, inputs)}
+              for batch in (inputs[0].shape[0], 1)]
+    if fewest_points is not None:
+        from mpnet_model.infer.fps import nested_sample_indices
+        points = inputs[0][:1, :fewest_points].numpy()
+        npoints = [tensor.shape[1] for tensor in inputs[1:]]
+        probes.append(dict(zip(names, [points, *nested_sample_indices(points[..., :3], npoints)])))
+    values = [session.run([node.input[1] for node in pending], feeds) for feeds in probes]
+    for node, k_full, *k_others in zip(pending, *values):
+        for k_other in k_others:
+            if not (k_full == k_other).all():
+                raise ExportError(f'TopK {node.name}: K depends on the batch size or point count '
+                                  f'({k_full} vs {k_other})')
         name = f'{node.name}/frozen_k'
         proto.graph.initializer.append(numpy_helper.from_array(k_full.astype('int64'), name))
         node.input[1] = name

@@ -35,6 +35,7 @@ DEFAULT_MIN_BLOCK_POINTS = 20      # sparse lidar blocks still get a prediction 
 DEFAULT_MIN_INSTANCE_POINTS = 50
 DEFAULT_MERGE_GAP = 0.005          # BlockMerging voxel edge [m]
 DEFAULT_LAYOUT = 'grid'            # block layout (see mpnet_model.infer.blocking and docs/frame_layouts.md)
+DEFAULT_SPARSE_POINTS = True       # sparse blocks sampled to fewer points when the backend takes them
 # Nearest sampled point on CUDA: brute force in chunks of at most this many query x reference distances.
 _NEAREST_CHUNK_ELEMENTS = 1 << 26
 @dataclass
@@ -77,6 +78,8 @@ class SceneSegmenter:
     call; None = the backend's chunk policy (`Backend.frame_chunk`: measured best batch on the CPU, sized from
     free memory on CUDA). sampler: block sampling with 'numpy' (CPU only) or 'torch'; 'auto' = numpy on the CPU;
     'legacy' = the per-block draw of the path before issue 12 (its answers, for references and tests).
+    sparse_points: sample blocks of fewer points than the model's P to a smaller P (`point_buckets`) when the
+    backend takes it (fewer repeated points: less inference and mean-shift work on sparse lidar blocks).
     """
 
     def __init__(self, backend: Backend, block_size: float = 1.0, stride: float = 0.5, num_points: int | None = None,
@@ -84,7 +87,7 @@ class SceneSegmenter:
                  min_instance_points: int = DEFAULT_MIN_INSTANCE_POINTS, seed: int = 0,
                  min_block_points: int = DEFAULT_MIN_BLOCK_POINTS, lidar_colour: str = 'intensity',
                  merge_gap: float = DEFAULT_MERGE_GAP, class_min_points: np.ndarray | None = None,
-                 layout: str = DEFAULT_LAYOUT, sampler: str = 'auto'):
+                 layout: str = DEFAULT_LAYOUT, sampler: str = 'auto', sparse_points: bool = DEFAULT_SPARSE_POINTS):
         if num_points is not None and num_points != backend.num_points:
             raise ValueError(f'num_points={num_points} but the model ({backend.source}) takes {backend.num_points} '
                              'points per block')
@@ -107,6 +110,7 @@ class SceneSegmenter:
         self.seed, self.lidar_colour = int(seed), lidar_colour
         self.merge_gap = float(merge_gap)
         self.layout, self.sampler = layout, sampler
+        self.sparse_points = bool(sparse_points)
         # Optional per-class minimum instance size (points), e.g. ASIS's 0.25 x the training set's mean instance
         # size of the class: evaluation uses it; on a robot the density differs, so min_instance_points rules.
         self.class_min_points = None
@@ -121,6 +125,14 @@ class SceneSegmenter:
         return self.backend.class_names
 
     @property
+    def point_buckets(self) -> tuple[int, ...]:
+        """Points per block the blocks are sampled to: the backend's buckets with `sparse_points` (sparse blocks
+        get fewer repeats), else the model's num_points only. The legacy draw always uses num_points."""
+        if not self.sparse_points or self.sampler == 'legacy':
+            return (self.num_points,)
+        return self.backend.point_buckets()
+
+    @property
     def device(self) -> torch.device:
         return torch.device(self.backend.device)
 
@@ -130,7 +142,7 @@ class SceneSegmenter:
                     bandwidth=self.bandwidth, min_instance_points=self.min_instance_points, seed=self.seed,
                     min_block_points=self.min_block_points, lidar_colour=self.lidar_colour,
                     merge_gap=self.merge_gap, class_min_points=self.class_min_points, layout=self.layout,
-                    sampler=self.sampler)
+                    sampler=self.sampler, sparse_points=self.sparse_points)
 
     def replace(self, **changes) -> SceneSegmenter:
         """A segmenter on the same backend with some options changed."""
@@ -180,7 +192,7 @@ class SceneSegmenter:
         cloud = torch.from_numpy(np.ascontiguousarray(xyz)).to(device)                 # host -> device, once
         cloud_colours = torch.from_numpy(np.ascontiguousarray(colours)).to(device)
         blocks = frame_blocks(cloud, cloud_colours, self.layout, self.block_size, self.stride, self.num_points,
-                              self.min_block_points, self.seed, self.sampler)
+                              self.min_block_points, self.seed, self.sampler, self.point_buckets)
         clock.lap('blocks')
         if len(blocks) == 0:
             return SceneResult.empty(num_input, clock.finish())
@@ -190,12 +202,12 @@ class SceneSegmenter:
     def segment_blocks(self, cloud: torch.Tensor, blocks: FrameBlocks, clock: _Clock | None = None) -> SceneResult:
         """The stages after blocking, for a cloud (N,3) tensor and its `FrameBlocks` on the backend's device."""
         clock = clock or _Clock(cloud.device)
-        logits, embeddings = self.backend.run_frame(blocks.points, self.batch_size)     # (K,P,C), (K,P,E)
-        clock.lap('inference')
-        block_instances = self._cluster_blocks(embeddings)                              # (K,P) local ids
+        outputs = [self.backend.run_frame(group.points, self.batch_size) for group in blocks.groups]
+        clock.lap('inference')                                          # per group: (K,P,C) logits, (K,P,E)
+        block_instances = [self._cluster_blocks(embeddings) for _, embeddings in outputs]    # (K,P) local ids
         clock.lap('meanshift')
-        probabilities = torch.softmax(logits.float(), dim=-1)                          # (K,P,C)
-        point_probs, point_instances = self._merge(cloud, blocks.indices, probabilities, block_instances)
+        probabilities = [torch.softmax(logits.float(), dim=-1) for logits, _ in outputs]      # (K,P,C)
+        point_probs, point_instances = self._merge(cloud, blocks, probabilities, block_instances)
         clock.lap('merging')
         labels, scores, instances, boxes = self._project(cloud, point_probs, point_instances)
         clock.lap('projection')
@@ -210,18 +222,30 @@ class SceneSegmenter:
         return torch.as_tensor(mean_shift_blocks(embeddings.float().contiguous(), self.bandwidth),
                                device=embeddings.device)
 
-    def _merge(self, cloud: torch.Tensor, indices: torch.Tensor, probabilities: torch.Tensor,
-               block_instances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> class probabilities (N,C) averaged over the samples of each point (NaN rows: never sampled), scene
-        instance ids (N,) (-1 none)."""
-        num_points, num_classes = cloud.shape[0], probabilities.shape[-1]
-        flat_index = indices.reshape(-1)                                                # (K*P,)
+    def _merge(self, cloud: torch.Tensor, blocks: FrameBlocks, probabilities: list[torch.Tensor],
+               block_instances: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per group (K,P,C) probabilities and (K,P) local instance ids -> class probabilities (N,C) averaged over
+        the samples of each point (NaN rows: never sampled), scene instance ids (N,) (-1 none)."""
+        num_points, num_classes = cloud.shape[0], probabilities[0].shape[-1]
         sums = torch.zeros(num_points, num_classes, dtype=torch.float64, device=cloud.device)
-        sums.index_add_(0, flat_index, probabilities.reshape(-1, num_classes).double())
-        counts = torch.bincount(flat_index, minlength=num_points)
+        counts = torch.zeros(num_points, dtype=torch.int64, device=cloud.device)
+        for group, probs in zip(blocks.groups, probabilities):
+            flat_index = group.indices.reshape(-1)                                      # (K*P,)
+            sums.index_add_(0, flat_index, probs.reshape(-1, num_classes).double())
+            counts += torch.bincount(flat_index, minlength=num_points)
         point_probs = (sums / counts[:, None]).float()                                  # NaN where count 0
-        block_labels = probabilities.argmax(-1)                                         # (K,P)
-        instance_of_point = block_merging(cloud, indices, block_instances, block_labels, gap=self.merge_gap)
+        if len(blocks.groups) == 1:
+            indices, instances = blocks.groups[0].indices, block_instances[0]
+            labels = probabilities[0].argmax(-1)
+        else:   # blocks of different sizes: frame order, padded (padding: instance -1, i.e. not in any group)
+            indices, valid = blocks.padded_indices()
+            instances = torch.full(indices.shape, -1, dtype=torch.int64, device=cloud.device)
+            labels = torch.zeros(indices.shape, dtype=torch.int64, device=cloud.device)
+            for group, probs, group_instances in zip(blocks.groups, probabilities, block_instances):
+                size = group.indices.shape[1]
+                instances[group.blocks, :size] = group_instances
+                labels[group.blocks, :size] = probs.argmax(-1)
+        instance_of_point = block_merging(cloud, indices, instances, labels, gap=self.merge_gap)
         return point_probs, torch.as_tensor(instance_of_point, device=cloud.device)
 
     def _nearest(self, references: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

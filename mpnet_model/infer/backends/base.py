@@ -56,10 +56,22 @@ class ModelMetadata:
     fps_in_graph: bool = False
     version: str = ''
     extra: dict[str, str] = field(default_factory=dict)
+    # The graph takes blocks of fewer points too (point axis dynamic; sparse blocks run at `point_buckets()`).
+    dynamic_points: bool = False
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def point_buckets(self) -> tuple[int, ...]:
+        """Points per block the model can take, ascending: num_points, and when the point axis is dynamic also
+        num_points / 2, / 4 while >= the first SA level's samples (a block is never resampled below them)."""
+        if not self.dynamic_points:
+            return (self.num_points,)
+        buckets = [self.num_points]
+        while buckets[-1] % 2 == 0 and buckets[-1] // 2 >= self.sa_npoints[0] and len(buckets) < 3:
+            buckets.append(buckets[-1] // 2)
+        return tuple(sorted(buckets))
 
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for onnx metadata_props (lists as JSON)."""
@@ -78,6 +90,7 @@ class ModelMetadata:
                        embed_dim=int(props['embed_dim']), block_size=float(props['block_size']),
                        stride=float(props['stride']), sa_npoints=tuple(json.loads(props['sa_npoints'])),
                        fps_in_graph=props['fps_in_graph'].lower() == 'true', version=props.get('version', ''),
+                       dynamic_points=props.get('dynamic_points', 'false').lower() == 'true',
                        extra={k: v for k, v in props.items() if k not in {f for f in cls.__dataclass_fields__}})
         except KeyError as error:
             raise BackendError(f'{source}: model metadata lacks key {error}; re-export with mpnet-export') from error
@@ -90,6 +103,7 @@ class Backend(ABC):
 
     name: str = 'backend'
     chunk_blocks: int | None = None     # blocks per call in run_frame; None = the chunk policy of frame_chunk
+    dynamic_points_supported: bool = False   # this runtime runs graphs with a dynamic point axis
 
     def __init__(self, metadata: ModelMetadata, device: str, source: str):
         self.metadata = metadata
@@ -117,12 +131,15 @@ class Backend(ABC):
         return self._device
 
     def check_blocks(self, blocks: np.ndarray) -> np.ndarray:
-        """Validate shape (B, num_points, in_channels) and return a C-contiguous float32 array."""
+        """Validate shape (B, P, in_channels), P one of `point_buckets()` (normally num_points), and return a
+        C-contiguous float32 array."""
         blocks = np.asarray(blocks)
-        expected = (self.num_points, self.in_channels)
-        if blocks.ndim != 3 or blocks.shape[1:] != expected or blocks.shape[0] < 1:
-            raise BackendError(f'{self.name} backend ({self.source}): blocks must have shape (B>=1, {expected[0]}, '
-                               f'{expected[1]}), got {blocks.shape}')
+        buckets = self.point_buckets()
+        if blocks.ndim != 3 or blocks.shape[1] not in buckets or blocks.shape[2] != self.in_channels \
+                or blocks.shape[0] < 1:
+            points = buckets[0] if len(buckets) == 1 else f'P in {list(buckets)}'
+            raise BackendError(f'{self.name} backend ({self.source}): blocks must have shape (B>=1, {points}, '
+                               f'{self.in_channels}), got {blocks.shape}')
         return np.ascontiguousarray(blocks, dtype=np.float32)
 
     def run(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +158,11 @@ class Backend(ABC):
         """
         sem_logits, embeddings = self.run(blocks.detach().cpu().numpy())
         return torch.from_numpy(sem_logits).to(blocks.device), torch.from_numpy(embeddings).to(blocks.device)
+
+    def point_buckets(self) -> tuple[int, ...]:
+        """Points per block `run_frame` accepts (`ModelMetadata.point_buckets` when this runtime handles a dynamic
+        point axis, else the model's fixed count)."""
+        return self.metadata.point_buckets() if self.dynamic_points_supported else (self.num_points,)
 
     def bytes_per_block(self) -> int:
         """Device memory one block needs during a forward: an upper estimate from the model's sizes (the (S,P)
@@ -166,14 +188,15 @@ class Backend(ABC):
         stays on its device (the backend's); numpy input is taken as a CPU tensor."""
         if not isinstance(blocks, torch.Tensor):
             blocks = torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.float32))
-        expected = (self.num_points, self.in_channels)
-        if blocks.dim() != 3 or tuple(blocks.shape[1:]) != expected:
-            raise BackendError(f'{self.name} backend ({self.source}): blocks must have shape (K, {expected[0]}, '
-                               f'{expected[1]}), got {tuple(blocks.shape)}')
+        buckets = self.point_buckets()
+        if blocks.dim() != 3 or blocks.shape[1] not in buckets or blocks.shape[2] != self.in_channels:
+            points = buckets[0] if len(buckets) == 1 else f'P in {list(buckets)}'
+            raise BackendError(f'{self.name} backend ({self.source}): blocks must have shape (K, {points}, '
+                               f'{self.in_channels}), got {tuple(blocks.shape)}')
         blocks = blocks.float()
         if blocks.shape[0] == 0:
-            return (blocks.new_zeros(0, expected[0], self.metadata.num_classes),
-                    blocks.new_zeros(0, expected[0], self.embed_dim))
+            return (blocks.new_zeros(0, blocks.shape[1], self.metadata.num_classes),
+                    blocks.new_zeros(0, blocks.shape[1], self.embed_dim))
         chunk = int(chunk) if chunk else self.frame_chunk()
         outputs = [self.run_tensor(blocks[start:start + chunk]) for start in range(0, blocks.shape[0], chunk)]
         if len(outputs) == 1:

@@ -35,6 +35,7 @@ class OnnxRuntimeBackend(Backend):
     """
 
     name = 'onnxruntime'
+    dynamic_points_supported = True      # graphs exported with a dynamic point axis say so in their metadata
 
     def __init__(self, model_path: str | Path, device: str = 'cpu', precision: str = 'fp32',
                  intra_op_threads: int | None = None):

@@ -18,7 +18,7 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float = 1.0, stride: f
     return ModelMetadata(class_names=tuple(cfg.class_names), in_channels=cfg.in_channels, num_points=cfg.num_points,
                          embed_dim=cfg.embed_dim, block_size=float(extra.get('block_size', block_size)),
                          stride=float(extra.get('stride', stride)), sa_npoints=tuple(cfg.sa_npoints),
-                         fps_in_graph=True, version=str(meta.get('version', __version__)))
+                         fps_in_graph=True, version=str(meta.get('version', __version__)), dynamic_points=True)
 
 
 class TorchBackend(Backend):
@@ -30,6 +30,7 @@ class TorchBackend(Backend):
     """
 
     name = 'torch'
+    dynamic_points_supported = True      # eager PyTorch takes any number of points per block
 
     def __init__(self, model_path: str | Path, device: str = 'cpu', precision: str = 'fp32', fps: str = 'auto',
                  num_threads: int | None = None):
