@@ -43,9 +43,15 @@ def _frame_cloud(name: str, scan: int = 0):
     return frame.xyz[keep], None, frame.intensity[keep]
 
 
-def frame_blocks(name: str = 'ouster0', batch_size: int = 32) -> FrameBlocks:
-    """The shipped model's block outputs for frame ``name`` ('ouster0'..'ouster2', 'office'), cached in cache/."""
-    path = CACHE / f'frame_blocks_{name}.npz'
+FRAMES = ('ouster0', 'ouster1', 'ouster2', 'office')
+
+
+def frame_blocks(name: str = 'ouster0', batch_size: int = 32, backend: str = 'onnxruntime',
+                 device: str = 'cpu') -> FrameBlocks:
+    """The shipped model's block outputs for frame ``name`` ('ouster0'..'ouster2', 'office'), cached in cache/
+    (per backend; ``device`` only says where the model runs, e.g. the torch backend on 'cuda')."""
+    suffix = '' if backend == 'onnxruntime' else f'_{backend}'
+    path = CACHE / f'frame_blocks_{name}{suffix}.npz'
     if path.is_file():
         data = np.load(path)
         return FrameBlocks(name, data['xyz'], data['indices'], data['embeddings'], data['semantic'])
@@ -55,14 +61,14 @@ def frame_blocks(name: str = 'ouster0', batch_size: int = 32) -> FrameBlocks:
 
     scan = int(name[len('ouster'):]) if name.startswith('ouster') else 0
     xyz, rgb, intensity = _frame_cloud(name if name == 'office' else 'ouster', scan)
-    segmenter = SceneSegmenter.from_config('onnxruntime', '')
+    segmenter = SceneSegmenter.from_config(backend, '', device=device)
     xyz = np.asarray(xyz, dtype=np.float32)
     colours = segmenter.colours(xyz.shape[0], rgb, intensity)
     blocks = room_to_blocks(xyz, colours, block_size=segmenter.block_size, stride=segmenter.stride,
                             num_points=segmenter.num_points, min_points=segmenter.min_block_points,
                             rng=np.random.default_rng(segmenter.seed))
     embeddings, semantic = [], []
-    for start in tqdm(range(0, len(blocks), batch_size), desc=f'shipped model on {name}'):
+    for start in tqdm(range(0, len(blocks), batch_size), desc=f'shipped model ({backend}, {device}) on {name}'):
         logits, embed = segmenter.backend.run(blocks.points[start:start + batch_size])
         embeddings.append(np.asarray(embed, dtype=np.float32))
         semantic.append(np.asarray(logits).argmax(-1).astype(np.int64))
@@ -75,6 +81,6 @@ def frame_blocks(name: str = 'ouster0', batch_size: int = 32) -> FrameBlocks:
 
 
 if __name__ == '__main__':
-    for frame_name in ('ouster0', 'ouster1', 'ouster2', 'office'):
+    for frame_name in FRAMES:
         blocks = frame_blocks(frame_name)
         print(frame_name, blocks.embeddings.shape, blocks.xyz.shape)

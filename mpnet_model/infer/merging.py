@@ -369,9 +369,9 @@ def _frame_tensors(room_xyz, block_indices, block_instances, block_semantic, min
     return xyz, indices, instances, semantic, threshold, device, not tensors
 
 
-def _voxel_of_points(xyz: torch.Tensor, gap: float) -> torch.Tensor:
-    """(N,3) float64 -> (N,) int64 index of each point's voxel among the distinct occupied voxels (the voxels of
-    :meth:`BlockMerger.voxel_keys` over the room's bounding box, numbered in key order)."""
+def _voxel_of_points(xyz: torch.Tensor, rows: torch.Tensor, gap: float) -> torch.Tensor:
+    """Room (N,3) float64, rows (M,) of it -> (M,) int64 index of each row's voxel among the distinct voxels of
+    ``rows`` (the voxels of :meth:`BlockMerger.voxel_keys` over the room's bounding box, numbered in key order)."""
     if not gap > 0:
         raise ValueError(f'block_merging: gap (voxel size) must be > 0, got {gap!r}')
     room_min, room_max = xyz.amin(0), xyz.amax(0)
@@ -379,8 +379,7 @@ def _voxel_of_points(xyz: torch.Tensor, gap: float) -> torch.Tensor:
     if float(torch.prod(grid_shape.double())) >= 2.0 ** 62:
         raise ValueError(f'block_merging: room {(room_max - room_min).tolist()} at gap {gap} has too many voxels '
                          f'({grid_shape.tolist()}) to index with int64; use a larger gap')
-    cells = torch.floor((xyz - room_min) / gap).long()
-    cells = torch.minimum(cells, grid_shape - 1)
+    cells = torch.minimum(torch.floor((xyz[rows] - room_min) / gap).long(), grid_shape - 1)
     keys = (cells[:, 0] * grid_shape[1] + cells[:, 1]) * grid_shape[2] + cells[:, 2]
     return torch.unique(keys, return_inverse=True)[1]
 
@@ -491,11 +490,10 @@ def block_merging(room_xyz, block_indices, block_instances, block_semantic, *, g
     if indices.numel() == 0:
         return scene.cpu().numpy() if as_numpy else scene
     num_blocks = indices.shape[0]
-    voxel_of_room = _voxel_of_points(xyz, gap)  # (N,)
-    num_voxels = int(voxel_of_room.max()) + 1
     # Entries: the distinct points of each block in block order, weighted by their copies.
     entry_block, _, copies, entry_room, local, semantic = _block_entries(indices, instances, semantic)  # (M,) each
-    voxel = voxel_of_room[entry_room]
+    voxel = _voxel_of_points(xyz, entry_room, gap)  # (M,)
+    num_voxels = int(voxel.max()) + 1
     stored_id = torch.full((num_voxels,), -1, dtype=torch.int64, device=device)  # the merge state
     labelled = torch.nonzero(local >= 0).squeeze(1)  # (L,)
     if labelled.numel():
