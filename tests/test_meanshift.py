@@ -154,6 +154,15 @@ def test_batched_matches_sklearn_on_varied_blocks():
     np.testing.assert_array_equal(labels[2], mean_shift(blocks[2]))  # cluster 0 = strongest, as per block
 
 
+@pytest.mark.parametrize('max_iter', [0, 1, 3, 9])
+def test_batched_stops_each_seed_like_per_block_with_few_iterations(max_iter):
+    """With the iteration cap hit by most seeds, the per-seed stop bookkeeping decides the result."""
+    blocks = np.stack([_blobs(300, 6, 0.3, 2.0, seed=s) for s in range(3)])
+    expected = mean_shift_blocks_reference(blocks, max_iter=max_iter)
+    np.testing.assert_array_equal(mean_shift_blocks(blocks, max_iter=max_iter), expected)
+    np.testing.assert_array_equal(mean_shift_blocks(blocks, max_iter=max_iter, check_every=2), expected)
+
+
 def test_batched_seeds_from_points_like_sklearn():
     """Every point in its own bin: sklearn seeds from the points; a block whose windows are all empty falls back
     to point seeds too (as :func:`mean_shift`)."""

@@ -12,6 +12,13 @@ Reproduces ``sklearn.cluster.MeanShift(bandwidth, bin_seeding=True)`` as ASIS/MP
    at the last step), ties broken by the centre coordinates, both descending (as sklearn);
 4. greedy suppression: a centre within ``bandwidth`` of a stronger kept centre is removed;
 5. every point takes the nearest remaining centre (``cluster_all=True``).
+
+Entry points: :func:`mean_shift` (one point set), :func:`mean_shift_blocks` (every block of a frame in one
+batched computation on the input's device: what the frame path uses) and :func:`mean_shift_blocks_reference`
+(one :func:`mean_shift` per block: the reference of tests and benchmarks). The batched version adds, with the
+same result: equal points of a block (resampled lidar columns) counted once with their multiplicity; padded
+seeds with masks and batched matmuls for the windows; each seed's stop recorded on the device and checked by
+the host only every few iterations; chunks of blocks of similar size bounded by memory.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""BlockMerging of SGPN/ASIS: block-local instance ids -> scene instance ids, vectorised, with a sparse voxel map.
+"""BlockMerging of SGPN/ASIS: block-local instance ids -> scene instance ids, for a whole frame in torch.
 
 The reference (``BlockMerging`` in ASIS ``utils/test_utils.py``, same as SGPN) keeps a dense voxel volume of
 scene instance ids (and their class) over the room and, block after block:
@@ -26,9 +26,16 @@ Known defects of the reference, fixed here:
 (c) ``curr_max = max(volume)`` can hand out an id twice when a new group's voxels were all occupied (the id
     was never written). Here new ids come from a counter and are never reused.
 
-Memory: the dense volume is replaced by a sparse map (sorted int64 keys of the occupied voxels, linearised
-over the room grid, looked up with ``searchsorted``): memory grows with the number of occupied voxels, not with
-the room volume (a 40 m x 40 m x 4 m window at 5 mm would be 5e10 dense cells).
+Two implementations, same ids:
+
+- :func:`block_merging` (the frame path): all blocks of a frame at once, in torch on the input's device. The
+  state is a dense array over the frame's occupied voxels only; each block's distinct points are counted once
+  with their number of copies; blocks are merged in "waves" (:func:`_conflict_waves`), each wave one vectorised
+  step over many blocks that share no voxel, which gives exactly the block-by-block result in block order.
+- :class:`BlockMerger` (incremental, ``add_block`` per block, numpy) and :func:`block_merging_reference` over it:
+  the reference. Its dense volume is replaced by a sparse map (sorted int64 keys of the occupied voxels,
+  linearised over the room grid, looked up with ``searchsorted``): memory grows with the number of occupied
+  voxels, not with the room volume (a 40 m x 40 m x 4 m window at 5 mm would be 5e10 dense cells).
 
 Voxel size: ASIS works in room coordinates normalised to [0, 1] with ``gap = 5e-3``, i.e. a voxel of
 0.5 % of the room extent per axis. Here ``gap`` is a length in the units of ``xyz`` (metres; 5 mm by default);
