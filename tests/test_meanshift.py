@@ -206,6 +206,18 @@ def test_batched_bad_input_raises(bad, kwargs, message):
             function(bad, **kwargs)
 
 
+@needs_data
+def test_batched_gpu_strategy_on_the_cpu(monkeypatch):
+    """The GPU code path (torch sorts, one window pass per chunk, no walker regrouping), run on CPU tensors."""
+    import mpnet_model.infer.meanshift as meanshift
+
+    embeddings = shipped_block_embeddings()
+    expected = mean_shift_blocks(embeddings)
+    monkeypatch.setattr(meanshift, '_cpu_strategy', lambda device: False)
+    _assert_blocks_agree(mean_shift_blocks(embeddings), expected, 1.0)
+    _assert_blocks_agree(mean_shift_blocks(embeddings, max_elements=1 << 18), expected, 1.0)
+
+
 @needs_cuda
 def test_batched_on_cuda_stays_on_device_and_matches_cpu():
     blocks = torch.from_numpy(np.stack([_blobs(512, k, 0.15, 3.0, seed=k) for k in (3, 6, 9)]))

@@ -279,6 +279,17 @@ def test_frame_merge_torch_input_returns_tensor():
     np.testing.assert_array_equal(result.numpy(), expected)
 
 
+def test_frame_merge_gpu_strategy_on_the_cpu(monkeypatch):
+    """The GPU code path (torch sorts instead of numpy's), run on CPU tensors."""
+    import mpnet_model.infer.merging as merging
+
+    monkeypatch.setattr(merging, '_cpu_strategy', lambda device: False)
+    room, indices, instances, semantic = _shared_point_room(2)
+    expected = block_merging_reference(room, indices, instances, semantic, gap=0.1, min_points=20)
+    np.testing.assert_array_equal(block_merging(room, indices, instances, semantic, gap=0.1, min_points=20),
+                                  expected)
+
+
 @needs_cuda
 def test_frame_merge_on_cuda_stays_on_device_and_matches():
     room, indices, instances, semantic = _shared_point_room(1)

@@ -249,6 +249,12 @@ CHECK_EVERY = 4  # iterations between two convergence checks (each check is one 
 _CPU_PASS_ELEMENTS = 1 << 19  # CPU: window elements per matmul pass, 2 MiB: the 0/1 weights stay in cache
 
 
+def _cpu_strategy(device: torch.device) -> bool:
+    """True on the CPU: numpy row sorts, cache-sized window passes, walkers regrouped by size (a GPU does not mind
+    padding, but every extra group costs kernel launches). Tests switch it off to run the GPU strategy on a CPU."""
+    return device.type == 'cpu'
+
+
 def default_max_elements(device: torch.device) -> int:
     """Seed slots x points of one chunk of blocks (the padded (blocks, seeds, points) window): the memory bound.
 
@@ -275,7 +281,7 @@ def _distinct_points(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     """
     num_blocks, num_points, dim = points.shape
     device = points.device
-    if device.type == 'cpu':  # numpy's row sort is ~2x faster than torch's on the CPU
+    if _cpu_strategy(device) and device.type == 'cpu':  # numpy's row sort is ~2x faster than torch's on the CPU
         order = torch.from_numpy(np.argsort(points[..., 0].numpy(), axis=1))
     else:
         order = torch.sort(points[..., 0], dim=1).indices  # (B,N)
@@ -447,7 +453,7 @@ def _climb_blocks(block_points: _BlockPoints, seeds: torch.Tensor, valid: torch.
     """
     radius_sq, stop_sq = bandwidth * bandwidth, (1e-3 * bandwidth) ** 2
     dim = seeds.shape[-1]
-    size_classes = seeds.device.type != 'cuda'  # a GPU does not mind padding, but each group costs launches
+    size_classes = _cpu_strategy(seeds.device)
     groups = [_Walkers(seeds, valid, torch.arange(seeds.shape[0], device=seeds.device), block_points)]
     found_centres, found_intensity, found_block = [], [], []
     iteration = 0
@@ -632,7 +638,7 @@ def _mean_shift_all(points: torch.Tensor, bandwidth: float, max_iter: int, max_e
     seeds_per_block = torch.bincount(seed_block, minlength=num_blocks)
     distinct_per_block, seeds_per_block = torch.stack([real.sum(1), seeds_per_block]).cpu().numpy()  # one sync
     budget = default_max_elements(device) if max_elements is None else int(max_elements)
-    pass_elements = budget if device.type == 'cuda' else min(budget, _CPU_PASS_ELEMENTS)
+    pass_elements = min(budget, _CPU_PASS_ELEMENTS) if _cpu_strategy(device) else budget
     # 1. Climb all seeds, in chunks of blocks of similar size.
     found = []
     for chunk in _plan_chunks(distinct_per_block, seeds_per_block, budget):
