@@ -28,10 +28,11 @@ Known defects of the reference, fixed here:
 
 Two implementations, same ids:
 
-- :func:`block_merging` (the frame path): all blocks of a frame at once, in torch on the input's device. The
-  state is a dense array over the frame's occupied voxels only; each block's distinct points are counted once
-  with their number of copies; blocks are merged in "waves" (:func:`_conflict_waves`), each wave one vectorised
-  step over many blocks that share no voxel, which gives exactly the block-by-block result in block order.
+- :func:`block_merging` (the frame path): all blocks of a frame at once, in torch on the input's device. Each
+  block's distinct points are counted once with their number of copies. Since a voxel is written once, by the
+  first labelled point reaching it, who writes what and what each group reads are known up front; only the
+  scene ids are decided in order, in "waves" of groups whose writers are decided (:func:`_merge_in_waves`),
+  each wave one small vectorised step: exactly the block-by-block result, in ~100 steps for ~1900 blocks.
 - :class:`BlockMerger` (incremental, ``add_block`` per block, numpy) and :func:`block_merging_reference` over it:
   the reference. Its dense volume is replaced by a sparse map (sorted int64 keys of the occupied voxels,
   linearised over the room grid, looked up with ``searchsorted``): memory grows with the number of occupied
@@ -450,24 +451,16 @@ def _block_entries(indices: torch.Tensor, instances: torch.Tensor, semantic: tor
     return first // block_points, first, copies, label_keys // num_classes, instance, label_keys % num_classes
 
 
-def _conflict_waves(block: torch.Tensor, voxel: torch.Tensor, num_blocks: int) -> np.ndarray:
-    """Wave of every block: 1 + the largest wave of the earlier blocks it shares a voxel with (labelled points).
-
-    Processing the waves in order, all blocks of a wave at once, gives exactly the block-by-block result in
-    block order: a block's earlier neighbours are all in earlier waves and no two blocks of a wave share a
-    voxel, so each block reads and writes what it would in the loop. Host-side DP over the (few thousand)
-    edges between consecutive blocks of a voxel (in block order); -> (K,) int64 waves 0..W-1.
-    """
-    pair_keys = torch.unique(voxel * num_blocks + block)  # sorted: by voxel, then block
-    pair_voxel, pair_block = pair_keys // num_blocks, pair_keys % num_blocks
-    consecutive = pair_voxel[1:] == pair_voxel[:-1]
-    edges = torch.unique(pair_block[:-1][consecutive] * num_blocks + pair_block[1:][consecutive]).cpu().numpy()
-    # Edges sorted by source; a block's wave is final once every edge into it is seen, i.e. when it is a source
-    # (edges go from a lower to a higher block), so relax in source order.
+def _dependency_waves(source: torch.Tensor, target: torch.Tensor, num_blocks: int) -> np.ndarray:
+    """Wave of every block in the DAG of edges source -> target (source < target): 0 for a block that depends on
+    none, else 1 + the largest wave of the blocks it depends on. Host-side DP over the distinct edges (a few
+    thousand for a lidar frame), relaxed in source order: a block's wave is final once it is a source, since
+    every edge into it comes from a smaller block. -> (K,) int64."""
+    edges = torch.unique(source * num_blocks + target).cpu().numpy()
     waves = [0] * num_blocks
-    for source, target in zip((edges // num_blocks).tolist(), (edges % num_blocks).tolist()):
-        if waves[source] + 1 > waves[target]:
-            waves[target] = waves[source] + 1
+    for edge_source, edge_target in zip((edges // num_blocks).tolist(), (edges % num_blocks).tolist()):
+        if waves[edge_source] + 1 > waves[edge_target]:
+            waves[edge_target] = waves[edge_source] + 1
     return np.asarray(waves, dtype=np.int64)
 
 
@@ -490,11 +483,10 @@ def block_merging(room_xyz, block_indices, block_instances, block_semantic, *, g
     torch tensor, all inputs are moved to the device of the first tensor and the result is an int64 tensor on
     that device (CUDA tensors stay on the GPU: only a few small plan arrays cross to the host).
 
-    How: everything that does not depend on the merge state is computed for all blocks at once (voxels,
-    groups with their class and size, the point that writes each (block, voxel)); the state is a dense array
-    over the frame's occupied voxels. Blocks that share no voxel with each other and whose earlier neighbours
-    are done form a "wave" (:func:`_conflict_waves`) and are merged together: one vectorised step per wave
-    instead of one per block, with exactly the block-by-block result.
+    How: everything that does not depend on the scene ids is computed for all blocks at once (voxels, groups
+    with their class and size, the writer of each voxel, the overlaps each group will count); the ids are then
+    decided in waves of groups whose overlaps are decided (:func:`_merge_in_waves`): one vectorised step per
+    wave instead of one per block, with exactly the block-by-block result.
     """
     xyz, indices, instances, semantic, threshold, device, as_numpy = _frame_tensors(
         room_xyz, block_indices, block_instances, block_semantic, min_points)
@@ -539,57 +531,70 @@ def _merge_in_waves(stored_id: torch.Tensor, block: torch.Tensor, voxel: torch.T
                     new_group_min_points: int) -> None:
     """The merge proper, on the labelled entries (L,) in block order: fills ``stored_id`` (V,) in place.
 
-    Groups (block, local id) are numbered by block, then local id: the order in which the loop creates new
-    ids, so a group's index serves as its id (a smaller index is an older id, as the loop's counter).
+    Everything but the scene ids is known before merging: a voxel is written once, by the first labelled point
+    that falls in it (the first block reaching it finds it empty, and a written voxel never changes), so the
+    voxel's writer group and class are fixed, and so is what every group reads: (group g, writer group h,
+    points) wherever g meets a voxel written by an earlier block in g's class. Only the scene id of each
+    writer group is unknown, and a group depends only on groups of earlier blocks. Groups are numbered by
+    block, then local id: the order in which the loop creates new ids, so a group's index serves as its id (a
+    smaller index is an older id, as the loop's counter). The groups are then decided wave by wave
+    (:func:`_dependency_waves`), each wave one small vectorised step without host syncs, which gives exactly
+    the block-by-block result.
     """
     device = stored_id.device
-    num_voxels = stored_id.numel()
+    num_entries, num_voxels = block.numel(), stored_id.numel()
     local_span = int(local.max()) + 1
     group_keys, group = torch.unique(block * local_span + local, return_inverse=True)
     num_groups = group_keys.numel()
+    group_block = group_keys // local_span
     group_class = _majority(group, semantic, copies.double(), num_groups)  # (G,)
-    group_size = torch.bincount(group, weights=copies.double(), minlength=num_groups).long()  # (G,)
-    # The writer of each (block, voxel): its first labelled point in block order.
-    writer_keys = block * num_voxels + voxel
-    order = torch.sort(writer_keys, stable=True).indices
-    first = torch.ones_like(order, dtype=torch.bool)
-    first[1:] = writer_keys[order[1:]] != writer_keys[order[:-1]]
-    writer = order[first]  # (Wr,) entries
-    waves = torch.from_numpy(_conflict_waves(block, voxel, num_blocks)).to(device)
+    group_size = torch.bincount(group, weights=copies.double(), minlength=num_groups)  # (G,)
+    # The writer of each voxel: its first labelled entry (entries are in block order, then first appearance).
+    writer = torch.full((num_voxels,), num_entries, dtype=torch.int64, device=device)
+    writer.scatter_reduce_(0, voxel, torch.arange(num_entries, device=device), 'amin')
+    writer_group = group[writer[voxel]]  # (L,) the group whose id the entry's voxel will hold
+    reads = torch.nonzero((group_block[writer_group] < block)
+                          & (group_class[writer_group] == group_class[group])).squeeze(1)
+    # Static overlaps: (group, writer group) pairs with their point counts, grouped by group.
+    pair_keys, pair_of_read = torch.unique(group[reads] * num_groups + writer_group[reads], return_inverse=True)
+    pair_points = torch.zeros(pair_keys.numel(), dtype=torch.float64, device=device).index_add_(
+        0, pair_of_read, copies[reads].double())
+    pair_group, pair_writer = pair_keys // num_groups, pair_keys % num_groups
+    waves = torch.from_numpy(_dependency_waves(group_block[pair_writer], group_block[pair_group],
+                                               num_blocks)).to(device)
+    # Pairs padded per group: (G, H) writer groups and counts (count 0 = padding).
+    writers, valid = _pad_rows(pair_writer, pair_group, num_groups)
+    counts = torch.zeros(writers.shape, dtype=torch.float64, device=device)
+    counts[valid] = pair_points
     num_waves = int(waves.max()) + 1
-    entry_order, entry_bounds = _slices_by_wave(waves[block], num_waves)
-    group_order, group_bounds = _slices_by_wave(waves[group_keys // local_span], num_waves)
-    writer_order, writer_bounds = _slices_by_wave(waves[block[writer]], num_waves)
-    e_voxel, e_group, e_copies = voxel[entry_order], group[entry_order], copies[entry_order]
-    w_voxel, w_group = voxel[writer][writer_order], group[writer][writer_order]
-    stored_class = torch.full((num_voxels,), -1, dtype=torch.int64, device=device)
+    group_order, bounds = _slices_by_wave(waves[group_block], num_waves)
+    # Per-wave inputs as contiguous slices (views): few kernels per wave, no host sync inside the loop.
+    writers, counts = writers[group_order], counts[group_order]
+    may_start_new = group_size[group_order] >= new_group_min_points  # a weak overlap gives such a group a new id
     scene_id = torch.full((num_groups,), -1, dtype=torch.int64, device=device)
-    best = torch.full((num_groups + 1,), -1, dtype=torch.int64, device=device)  # last slot: no overlap
-    span = num_groups  # ids are group indices < G; pair key = group * G + id
     for wave in range(num_waves):
-        start, stop = entry_bounds[wave], entry_bounds[wave + 1]
-        voxels, groups = e_voxel[start:stop], e_group[start:stop]
-        ids = stored_id[voxels]
-        overlap = (ids >= 0) & (stored_class[voxels] == group_class[groups])
-        # Count the copies of each (group, stored id) pair with one sort; per group keep the best count, the
-        # smallest id on ties: score = count * G + (G - 1 - id), the largest score wins.
-        pair, pair_order = torch.sort(torch.where(overlap, groups * span + ids, span * span))
-        total = torch.cumsum(e_copies[start:stop][pair_order], 0)
-        last = torch.ones_like(pair, dtype=torch.bool)
-        last[:-1] = pair[1:] != pair[:-1]
-        before = torch.cat([total.new_zeros(1), total[:-1]])  # copies before each entry
-        run_before = torch.cummax(torch.where(torch.cat([last.new_ones(1), last[:-1]]), before, 0), 0).values
-        valid = last & (pair < span * span)
-        score = (total - run_before) * span + (span - 1 - pair % span)
-        best.scatter_reduce_(0, torch.where(valid, pair // span, span), torch.where(valid, score, -1), 'amax')
-        wave_groups = group_order[group_bounds[wave]:group_bounds[wave + 1]]
-        group_best = best[wave_groups]
-        count = torch.where(group_best >= 0, group_best // span, 0)
-        is_new = (count == 0) | ((count < overlap_min) & (group_size[wave_groups] >= new_group_min_points))
-        scene_id[wave_groups] = torch.where(is_new, wave_groups, span - 1 - group_best % span)
-        # Empty voxels take the group of their writer (no two blocks of a wave share a voxel).
-        start, stop = writer_bounds[wave], writer_bounds[wave + 1]
-        voxels, groups = w_voxel[start:stop], w_group[start:stop]
-        empty = stored_id[voxels] < 0
-        stored_id[voxels] = torch.where(empty, scene_id[groups], stored_id[voxels])
-        stored_class[voxels] = torch.where(empty, group_class[groups], stored_class[voxels])
+        start, stop = bounds[wave], bounds[wave + 1]
+        ids = scene_id[writers[start:stop]]  # (n,H): the writers are in earlier waves
+        wave_counts = counts[start:stop]
+        # Points per distinct stored id: sum the counts of the writer groups that share the id.
+        per_id = ((ids[:, :, None] == ids[:, None, :]) * wave_counts[:, None, :]).sum(-1)  # (n,H)
+        # Largest count wins, the smallest id on ties: score = count * G + (G - 1 - id), the largest wins.
+        score = torch.where(wave_counts > 0, per_id.long() * num_groups + (num_groups - 1 - ids), -1).amax(1)
+        count = score.clamp_min(0) // num_groups  # 0 without overlap
+        is_new = (count == 0) | ((count < overlap_min) & may_start_new[start:stop])
+        groups = group_order[start:stop]
+        scene_id[groups] = torch.where(is_new, groups, num_groups - 1 - score % num_groups)
+    has_writer = writer < num_entries
+    stored_id[has_writer] = scene_id[group[writer[has_writer]]]
+
+
+def _pad_rows(values: torch.Tensor, row: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values grouped by row ((M,), ``row`` (M,) non-decreasing) -> padded (num_rows, W) (0 fill) and its mask."""
+    counts = torch.bincount(row, minlength=num_rows)
+    width = max(int(counts.max()), 1) if row.numel() else 1
+    slot = torch.arange(row.numel(), device=row.device) - (torch.cumsum(counts, 0) - counts)[row]
+    padded = values.new_zeros(num_rows, width)
+    valid = torch.zeros(num_rows, width, dtype=torch.bool, device=row.device)
+    padded[row, slot] = values
+    valid[row, slot] = True
+    return padded, valid
