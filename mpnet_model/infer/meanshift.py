@@ -258,14 +258,15 @@ def _cpu_strategy(device: torch.device) -> bool:
 def default_max_elements(device: torch.device) -> int:
     """Seed slots x points of one chunk of blocks (the padded (blocks, seeds, points) window): the memory bound.
 
-    CUDA: the window tensor is computed in one pass, so a sixteenth of the free device memory in float32
-    elements, clipped to [2^22, 2^28]. CPU: 2^23 (the window is computed in cache-sized passes of 2^19 elements
+    CUDA: the window tensor is computed in one pass, so an eighth of the free device memory in float32
+    elements, clipped to [2^22, 2^30] (4 GiB: a 15 m lidar frame in one chunk, whose padding costs a GPU less
+    than repeating the iterations per chunk). CPU: 2^23 (the window is computed in cache-sized passes of 2^19 elements
     into one reused buffer, so the chunk bounds the padded bookkeeping; smaller chunks pad less but loop more,
     2^23 was the fastest on the shared Ouster frames).
     """
     if device.type == 'cuda':
         free_bytes, _ = torch.cuda.mem_get_info(device)
-        return int(min(max(free_bytes // 64, 1 << 22), 1 << 28))
+        return int(min(max(free_bytes // 32, 1 << 22), 1 << 30))
     return 1 << 23
 
 
@@ -427,10 +428,7 @@ def _regroup_walkers(groups: list[_Walkers], block_points: _BlockPoints, size_cl
     starts[1:] = (block[1:] != block[:-1]) | (moving[1:] != moving[:-1]).any(1)
     moving, block = moving[starts], block[starts]
     blocks, walkers_per_block = torch.unique_consecutive(block, return_counts=True)
-    if not size_classes:
-        classes = [np.arange(blocks.numel())]
-    else:
-        classes = _size_classes(walkers_per_block.cpu().numpy())
+    classes = _size_classes(walkers_per_block.cpu().numpy(), size_classes)
     regrouped = []
     num_blocks = int(block_points.ext_t.shape[0])
     for members in classes:
@@ -562,9 +560,12 @@ def _rows_of_blocks(row_block: torch.Tensor, blocks: torch.Tensor, num_blocks: i
     return rows, local[rows]
 
 
-def _size_classes(sizes: np.ndarray) -> list[np.ndarray]:
+def _size_classes(sizes: np.ndarray, split: bool = True) -> list[np.ndarray]:
     """Block indices grouped by size class (sizes in (2^(k-1), 2^k]), so padding each group to its largest block
-    at most doubles it: -> list of index arrays (blocks of size 0 left out)."""
+    at most doubles it; one group when not ``split`` (the GPU strategy: padding is cheap there, launches are
+    not): -> list of index arrays (blocks of size 0 left out)."""
+    if not split:
+        return [np.flatnonzero(sizes > 0)] if np.any(sizes > 0) else []
     classes = np.ceil(np.log2(np.maximum(sizes, 1))).astype(np.int64)
     return [np.flatnonzero((classes == k) & (sizes > 0)) for k in np.unique(classes[sizes > 0])]
 
@@ -655,7 +656,8 @@ def _mean_shift_all(points: torch.Tensor, bandwidth: float, max_iter: int, max_e
     centres, block = centres[order], block[order]
     centres_per_block = torch.bincount(block, minlength=num_blocks).cpu().numpy()
     kept_centres, kept_block = [], []
-    for group in _size_classes(centres_per_block):
+    split = _cpu_strategy(device)
+    for group in _size_classes(centres_per_block, split):
         blocks = torch.from_numpy(group).to(device)
         rows, group_block = _rows_of_blocks(block, blocks, num_blocks)
         padded_centres, valid = _pad_by_block(centres[rows], group_block, blocks.numel())
@@ -667,7 +669,7 @@ def _mean_shift_all(points: torch.Tensor, bandwidth: float, max_iter: int, max_e
     order = torch.sort(kept_block, stable=True).indices  # by block, each strongest first
     kept_centres, kept_block = kept_centres[order], kept_block[order]
     distinct_labels = torch.zeros(distinct.shape[:2], dtype=torch.int64, device=device)
-    for group in _size_classes(distinct_per_block):
+    for group in _size_classes(distinct_per_block, split):
         blocks = torch.from_numpy(group).to(device)
         rows, group_block = _rows_of_blocks(kept_block, blocks, num_blocks)
         padded_centres, valid = _pad_by_block(kept_centres[rows], group_block, blocks.numel())
