@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import platform
 import sys
 import time
@@ -234,15 +235,17 @@ def main() -> None:
     torch.set_num_threads(1)
     device = torch.device(args.device)
     frames = [name for name in args.frames.split(',') if name]
+    load_before = os.getloadavg()[0]
     real_rows = bench_real_frames(frames, args.repeats, device, args.backend)
-    header = ['# Post-processing benchmark', '',
-              f'{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, '
-              f'{time.strftime("%Y-%m-%d %H:%M")}. Baselines measured in the same run. The machine was shared with '
-              'other jobs (2 cores, load average ~8-14 during the run): wall times are noisy, CPU times less so.',
-              '']
-    lines = header + real_frame_lines(real_rows, device)
+    lines = real_frame_lines(real_rows, device)
     if not args.real_only:
         lines += synthetic_lines(args)
+    load = f'{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end'
+    lines = ['# Post-processing benchmark', '',
+             f'{platform.processor() or platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, '
+             f'1 thread, {time.strftime("%Y-%m-%d %H:%M")}. Baselines measured in the same run. The machine was '
+             f'shared with other jobs (1-minute load average {load}): wall times are noisy, CPU times less so.',
+             ''] + lines
     text = '\n'.join(lines)
     print(text)
     results = RESULTS if device.type == 'cpu' else RESULTS.with_name(f'postprocess_{device.type}.md')
