@@ -43,38 +43,92 @@ def _frame_cloud(name: str, scan: int = 0):
     return frame.xyz[keep], None, frame.intensity[keep]
 
 
-def frame_blocks(name: str = 'ouster0', batch_size: int = 32) -> FrameBlocks:
-    """The shipped model's block outputs for frame ``name`` ('ouster0'..'ouster2', 'office'), cached in cache/."""
-    path = CACHE / f'frame_blocks_{name}.npz'
+FRAMES = ('ouster0', 'ouster1', 'ouster2', 'office')
+
+
+def frame_blocks(name: str = 'ouster0', batch_size: int = 32, backend: str = 'onnxruntime',
+                 device: str = 'cpu') -> FrameBlocks:
+    """The shipped model's block outputs for frame ``name`` ('ouster0'..'ouster2', 'office'), cached in cache/
+    (per backend; ``device`` only says where the model runs, e.g. the torch backend on 'cuda')."""
+    suffix = '' if backend == 'onnxruntime' else f'_{backend}'
+    path = CACHE / f'frame_blocks_{name}{suffix}.npz'
     if path.is_file():
-        data = np.load(path)
-        return FrameBlocks(name, data['xyz'], data['indices'], data['embeddings'], data['semantic'])
+        return _load(name, path)
     from mpnet_model.data.blocks import room_to_blocks
     from mpnet_model.infer.scene import SceneSegmenter
-    from mpnet_model.io.atomic import atomic_write
 
     scan = int(name[len('ouster'):]) if name.startswith('ouster') else 0
     xyz, rgb, intensity = _frame_cloud(name if name == 'office' else 'ouster', scan)
-    segmenter = SceneSegmenter.from_config('onnxruntime', '')
+    segmenter = SceneSegmenter.from_config(backend, '', device=device)
     xyz = np.asarray(xyz, dtype=np.float32)
     colours = segmenter.colours(xyz.shape[0], rgb, intensity)
     blocks = room_to_blocks(xyz, colours, block_size=segmenter.block_size, stride=segmenter.stride,
                             num_points=segmenter.num_points, min_points=segmenter.min_block_points,
                             rng=np.random.default_rng(segmenter.seed))
     embeddings, semantic = [], []
-    for start in tqdm(range(0, len(blocks), batch_size), desc=f'shipped model on {name}'):
+    for start in tqdm(range(0, len(blocks), batch_size), desc=f'shipped model ({backend}, {device}) on {name}'):
         logits, embed = segmenter.backend.run(blocks.points[start:start + batch_size])
         embeddings.append(np.asarray(embed, dtype=np.float32))
         semantic.append(np.asarray(logits).argmax(-1).astype(np.int64))
     result = FrameBlocks(name, xyz, blocks.indices.astype(np.int64), np.concatenate(embeddings),
                          np.concatenate(semantic))
-    with atomic_write(path, suffix='.tmp.npz') as stream:
-        np.savez(stream, xyz=result.xyz, indices=result.indices, embeddings=result.embeddings,
-                 semantic=result.semantic)
+    _save(result, path)
     return result
 
 
+def _first_copies(indices: np.ndarray) -> np.ndarray:
+    """(K,P) room indices -> (K,P) position in its block of the first copy of each point's room index."""
+    order = np.argsort(indices, axis=1, kind='stable')
+    sorted_indices = np.take_along_axis(indices, order, 1)
+    starts = np.ones(indices.shape, dtype=bool)
+    starts[:, 1:] = sorted_indices[:, 1:] != sorted_indices[:, :-1]
+    run = np.cumsum(starts, axis=1) - 1  # run of each sorted position
+    run_first = np.zeros(indices.shape, dtype=np.int64)
+    rows = np.nonzero(starts)
+    run_first[rows[0], run[starts]] = order[starts]
+    first = np.empty(indices.shape, dtype=np.int64)
+    np.put_along_axis(first, order, np.take_along_axis(run_first, run, 1), 1)
+    return first
+
+
+def _save(frame: FrameBlocks, path: Path) -> None:
+    """Compact cache (~10 MB for an Ouster frame instead of 70): the model's outputs are stored once per distinct
+    point of a block when every copy of a point has the same outputs (as with ONNX Runtime), else in full."""
+    from mpnet_model.io.atomic import atomic_write
+
+    first = _first_copies(frame.indices)
+    copy_rows = first.reshape(-1) + np.repeat(np.arange(len(first)) * first.shape[1], first.shape[1])
+    flat_embeddings = frame.embeddings.reshape(-1, frame.embeddings.shape[-1])
+    flat_semantic = frame.semantic.reshape(-1)
+    compact = (np.array_equal(flat_embeddings[copy_rows], flat_embeddings)
+               and np.array_equal(flat_semantic[copy_rows], flat_semantic))
+    arrays = dict(xyz=frame.xyz, indices=frame.indices.astype(np.int32))
+    if compact:
+        own = first.reshape(-1) == np.tile(np.arange(first.shape[1]), len(first))
+        arrays.update(first=first.astype(np.uint16), distinct_embeddings=flat_embeddings[own],
+                      distinct_semantic=flat_semantic[own].astype(np.uint8))
+    else:
+        arrays.update(embeddings=frame.embeddings, semantic=frame.semantic)
+    with atomic_write(path, suffix='.tmp.npz') as stream:
+        np.savez_compressed(stream, **arrays)
+
+
+def _load(name: str, path: Path) -> FrameBlocks:
+    data = np.load(path)
+    indices = data['indices'].astype(np.int64)
+    if 'embeddings' in data:
+        return FrameBlocks(name, data['xyz'], indices, data['embeddings'], data['semantic'].astype(np.int64))
+    first = data['first'].astype(np.int64)
+    num_blocks, block_points = first.shape
+    own = (first == np.arange(block_points)).reshape(-1)
+    entry = np.cumsum(own) - 1  # (K*P,) row of each first copy in the distinct arrays
+    copy_rows = (first + np.arange(num_blocks)[:, None] * block_points).reshape(-1)
+    embeddings = data['distinct_embeddings'][entry[copy_rows]].reshape(num_blocks, block_points, -1)
+    semantic = data['distinct_semantic'][entry[copy_rows]].astype(np.int64).reshape(num_blocks, block_points)
+    return FrameBlocks(name, data['xyz'], indices, embeddings, semantic)
+
+
 if __name__ == '__main__':
-    for frame_name in ('ouster0', 'ouster1', 'ouster2', 'office'):
+    for frame_name in FRAMES:
         blocks = frame_blocks(frame_name)
         print(frame_name, blocks.embeddings.shape, blocks.xyz.shape)

@@ -6,8 +6,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
-from mpnet_model.infer.merging import BlockMerger, block_merging
+from mpnet_model.infer.merging import BlockMerger, block_merging, block_merging_reference
+from tests.postprocess_fixtures import lidar_merge_case, needs_cuda, needs_data
 
 
 def reference_block_merging(blocks, room_min, gap, min_points=0, overlap_min=7, new_group_min_points=30):
@@ -220,6 +222,103 @@ def test_functional_block_merging_scatters_to_room_points():
     assert len(set(scene[np.unique(np.r_[left, right])].tolist())) == 1
     assert len(set(scene[lamp_idx[:600]].tolist())) == 1 and scene[lamp_idx[0]] != scene[left[0]]
     assert (scene[lamp_idx[600:]] == -1).all()  # never sampled
+
+
+def _shared_point_room(seed, num_blocks=12, points_per_block=800, gap=0.1):
+    """`_random_room` as a room cloud whose blocks sample shared room points (with repeats), as room_to_blocks."""
+    rng = np.random.default_rng(seed)
+    blocks = _random_room(num_blocks, points_per_block, rng)
+    room = np.concatenate([xyz for xyz, _, _ in blocks])
+    indices = np.arange(room.shape[0]).reshape(num_blocks, points_per_block)
+    instances = np.stack([instance for _, instance, _ in blocks])
+    semantic = np.stack([semantic for _, _, semantic in blocks])
+    # Each block also resamples 10 % of its points (repeats, as a sparse block drawn up to P points).
+    repeat = rng.random(indices.shape) < 0.1
+    source = rng.integers(0, points_per_block, indices.shape)
+    rows = np.arange(num_blocks)[:, None].repeat(points_per_block, 1)
+    for array in (indices, instances, semantic):
+        array[repeat] = array[rows[repeat], source[repeat]]
+    return room, indices, instances, semantic
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('gap', [0.1, 0.03])
+def test_frame_merge_equals_block_loop_on_random_rooms(seed, gap):
+    room, indices, instances, semantic = _shared_point_room(seed)
+    expected = block_merging_reference(room, indices, instances, semantic, gap=gap, min_points=20)
+    result = block_merging(room, indices, instances, semantic, gap=gap, min_points=20)
+    assert isinstance(result, np.ndarray) and result.dtype == np.int64
+    np.testing.assert_array_equal(result, expected)
+    assert len(set(expected.tolist()) - {-1}) > 3
+
+
+def test_frame_merge_equals_block_loop_when_copies_disagree():
+    """Copies of a room point with different labels in one block (a non-deterministic model) stay separate."""
+    room, indices, instances, semantic = _shared_point_room(3)
+    indices[:, 1::2] = indices[:, ::2]  # every point twice, the copy with its own (random) labels
+    expected = block_merging_reference(room, indices, instances, semantic, gap=0.1)
+    np.testing.assert_array_equal(block_merging(room, indices, instances, semantic, gap=0.1), expected)
+
+
+@needs_data
+@pytest.mark.parametrize(('gap', 'min_points'), [(0.005, 0), (0.05, 30), (0.2, np.array([10, 20, 30, 40, 50]))])
+def test_frame_merge_equals_block_loop_on_a_real_block_layout(gap, min_points):
+    """400 blocks of the Ouster frame, cut as the node cuts it (overlaps, sparse resampled blocks)."""
+    xyz, indices, instances, semantic = lidar_merge_case()
+    expected = block_merging_reference(xyz, indices, instances, semantic, gap=gap, min_points=min_points)
+    result = block_merging(xyz, indices, instances, semantic, gap=gap, min_points=min_points)
+    np.testing.assert_array_equal(result, expected)
+    assert len(set(expected.tolist())) > 50
+
+
+def test_frame_merge_torch_input_returns_tensor():
+    room, indices, instances, semantic = _shared_point_room(0)
+    expected = block_merging(room, indices, instances, semantic, gap=0.1)
+    result = block_merging(torch.from_numpy(room), torch.from_numpy(indices), instances, semantic, gap=0.1)
+    assert isinstance(result, torch.Tensor) and result.dtype == torch.int64
+    np.testing.assert_array_equal(result.numpy(), expected)
+
+
+def test_frame_merge_gpu_strategy_on_the_cpu(monkeypatch):
+    """The GPU code path (torch sorts instead of numpy's), run on CPU tensors."""
+    import mpnet_model.infer.merging as merging
+
+    monkeypatch.setattr(merging, '_cpu_strategy', lambda device: False)
+    room, indices, instances, semantic = _shared_point_room(2)
+    expected = block_merging_reference(room, indices, instances, semantic, gap=0.1, min_points=20)
+    np.testing.assert_array_equal(block_merging(room, indices, instances, semantic, gap=0.1, min_points=20),
+                                  expected)
+
+
+@needs_cuda
+def test_frame_merge_on_cuda_stays_on_device_and_matches():
+    room, indices, instances, semantic = _shared_point_room(1)
+    expected = block_merging_reference(room, indices, instances, semantic, gap=0.1, min_points=20)
+    result = block_merging(*(torch.from_numpy(a).cuda() for a in (room, indices, instances, semantic)), gap=0.1,
+                           min_points=20)
+    assert result.device.type == 'cuda'
+    np.testing.assert_array_equal(result.cpu().numpy(), expected)
+
+
+@pytest.mark.parametrize(('change', 'message'), [
+    (lambda a: a.update(room_xyz=a['room_xyz'][:, :2]), r'room_xyz must have shape \(N, 3\)'),
+    (lambda a: a.update(block_instances=a['block_instances'][:, :5]), 'share a'),
+    (lambda a: a['room_xyz'].__setitem__((0, 0), np.nan), 'NaN'),
+    (lambda a: a['block_indices'].__setitem__((0, 0), 10 ** 6), 'block_indices must lie in'),
+    (lambda a: a.update(block_instances=a['block_instances'].astype(float)), 'integers'),
+    (lambda a: a['block_instances'].__setitem__((0, 0), -2), 'block_instances must be >= -1'),
+    (lambda a: a['block_semantic'].__setitem__((0, 0), -1), 'block_semantic must lie in'),
+    (lambda a: a.update(gap=0.0), 'gap'),
+    (lambda a: a.update(min_points=np.array([5])), 'min_points has 1 classes'),
+    (lambda a: a.update(min_points=np.zeros((2, 2))), 'scalar or'),
+])
+def test_frame_merge_bad_input_raises(change, message):
+    room, indices, instances, semantic = _shared_point_room(0, num_blocks=2, points_per_block=100)
+    arguments = dict(room_xyz=room, block_indices=indices, block_instances=instances, block_semantic=semantic,
+                     gap=0.1)
+    change(arguments)
+    with pytest.raises(ValueError, match=message):
+        block_merging(**arguments)
 
 
 def test_sparse_map_handles_a_large_window():

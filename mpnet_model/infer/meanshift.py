@@ -12,6 +12,13 @@ Reproduces ``sklearn.cluster.MeanShift(bandwidth, bin_seeding=True)`` as ASIS/MP
    at the last step), ties broken by the centre coordinates, both descending (as sklearn);
 4. greedy suppression: a centre within ``bandwidth`` of a stronger kept centre is removed;
 5. every point takes the nearest remaining centre (``cluster_all=True``).
+
+Entry points: :func:`mean_shift` (one point set), :func:`mean_shift_blocks` (every block of a frame in one
+batched computation on the input's device: what the frame path uses) and :func:`mean_shift_blocks_reference`
+(one :func:`mean_shift` per block: the reference of tests and benchmarks). The batched version adds, with the
+same result: equal points of a block (resampled lidar columns) counted once with their multiplicity; padded
+seeds with masks and batched matmuls for the windows; each seed's stop recorded on the device and checked by
+the host only every few iterations; chunks of blocks of similar size bounded by memory.
 """
 from __future__ import annotations
 
@@ -242,17 +249,25 @@ CHECK_EVERY = 4  # iterations between two convergence checks (each check is one 
 _CPU_PASS_ELEMENTS = 1 << 19  # CPU: window elements per matmul pass, 2 MiB: the 0/1 weights stay in cache
 
 
+def _cpu_strategy(device: torch.device) -> bool:
+    """True on the CPU: numpy row sorts, cache-sized window passes, walkers regrouped by size (a GPU does not mind
+    padding, but every extra group costs kernel launches). Tests switch it off to run the GPU strategy on a CPU."""
+    return device.type == 'cpu'
+
+
 def default_max_elements(device: torch.device) -> int:
     """Seed slots x points of one chunk of blocks (the padded (blocks, seeds, points) window): the memory bound.
 
-    CUDA: the window tensor is computed in one pass, so a sixteenth of the free device memory in float32
-    elements, clipped to [2^22, 2^28]. CPU: 2^24 (the window is computed in cache-sized passes of 2^19 elements
-    into one reused buffer, so the chunk only bounds the padded bookkeeping).
+    CUDA: the window tensor is computed in one pass, so an eighth of the free device memory in float32
+    elements, clipped to [2^22, 2^30] (4 GiB: a 15 m lidar frame in one chunk, whose padding costs a GPU less
+    than repeating the iterations per chunk). CPU: 2^23 (the window is computed in cache-sized passes of 2^19 elements
+    into one reused buffer, so the chunk bounds the padded bookkeeping; smaller chunks pad less but loop more,
+    2^23 was the fastest on the shared Ouster frames).
     """
     if device.type == 'cuda':
         free_bytes, _ = torch.cuda.mem_get_info(device)
-        return int(min(max(free_bytes // 64, 1 << 22), 1 << 28))
-    return 1 << 24
+        return int(min(max(free_bytes // 32, 1 << 22), 1 << 30))
+    return 1 << 23
 
 
 def _distinct_points(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -266,17 +281,26 @@ def _distinct_points(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     different row with the same first coordinate separates stay apart: only a missed merge, never a wrong one).
     """
     num_blocks, num_points, dim = points.shape
-    order = torch.sort(points[..., 0], dim=1, stable=True).indices  # (B,N)
-    sorted_points = torch.gather(points, 1, order[..., None].expand(-1, -1, dim))
-    starts = torch.ones(num_blocks, num_points, dtype=torch.bool, device=points.device)
+    device = points.device
+    if _cpu_strategy(device) and device.type == 'cpu':  # numpy's row sort is ~2x faster than torch's on the CPU
+        order = torch.from_numpy(np.argsort(points[..., 0].numpy(), axis=1))
+    else:
+        order = torch.sort(points[..., 0], dim=1).indices  # (B,N)
+    flat_order = (order + torch.arange(num_blocks, device=device)[:, None] * num_points).reshape(-1)
+    sorted_points = points.reshape(-1, dim).index_select(0, flat_order).view(num_blocks, num_points, dim)
+    starts = torch.ones(num_blocks, num_points, dtype=torch.bool, device=device)
     starts[:, 1:] = (sorted_points[:, 1:] != sorted_points[:, :-1]).any(-1)
     distinct_of_sorted = torch.cumsum(starts, 1) - 1  # (B,N)
-    inverse = torch.empty_like(order).scatter_(1, order, distinct_of_sorted)
     width = int(distinct_of_sorted[:, -1].max()) + 1
-    distinct = points.new_zeros(num_blocks, width, dim)
-    distinct.scatter_(1, distinct_of_sorted[..., None].expand(-1, -1, dim), sorted_points)
-    multiplicity = points.new_zeros(num_blocks, width).scatter_add_(1, inverse, torch.ones_like(points[..., 0]))
-    return distinct, multiplicity, inverse
+    target = (distinct_of_sorted + torch.arange(num_blocks, device=device)[:, None] * width).reshape(-1)
+    starts = starts.reshape(-1)
+    distinct = points.new_zeros(num_blocks * width, dim)
+    distinct[target[starts]] = sorted_points.reshape(-1, dim)[starts]
+    multiplicity = torch.bincount(target, minlength=num_blocks * width).to(points.dtype)
+    inverse = torch.empty_like(flat_order)
+    inverse[flat_order] = distinct_of_sorted.reshape(-1)
+    return (distinct.view(num_blocks, width, dim), multiplicity.view(num_blocks, width),
+            inverse.view(num_blocks, num_points))
 
 
 def _batched_bin_seeds(rows: torch.Tensor, row_block: torch.Tensor, num_blocks: int, num_points: int,
@@ -404,10 +428,7 @@ def _regroup_walkers(groups: list[_Walkers], block_points: _BlockPoints, size_cl
     starts[1:] = (block[1:] != block[:-1]) | (moving[1:] != moving[:-1]).any(1)
     moving, block = moving[starts], block[starts]
     blocks, walkers_per_block = torch.unique_consecutive(block, return_counts=True)
-    if not size_classes:
-        classes = [np.arange(blocks.numel())]
-    else:
-        classes = _size_classes(walkers_per_block.cpu().numpy())
+    classes = _size_classes(walkers_per_block.cpu().numpy(), size_classes)
     regrouped = []
     num_blocks = int(block_points.ext_t.shape[0])
     for members in classes:
@@ -430,7 +451,7 @@ def _climb_blocks(block_points: _BlockPoints, seeds: torch.Tensor, valid: torch.
     """
     radius_sq, stop_sq = bandwidth * bandwidth, (1e-3 * bandwidth) ** 2
     dim = seeds.shape[-1]
-    size_classes = seeds.device.type != 'cuda'  # a GPU does not mind padding, but each group costs launches
+    size_classes = _cpu_strategy(seeds.device)
     groups = [_Walkers(seeds, valid, torch.arange(seeds.shape[0], device=seeds.device), block_points)]
     found_centres, found_intensity, found_block = [], [], []
     iteration = 0
@@ -489,25 +510,22 @@ def _suppress_batched(centres: torch.Tensor, valid: torch.Tensor, bandwidth: flo
     rows = torch.arange(valid.shape[0], device=valid.device)
     while bool(alive.any()):
         for _ in range(check_every):
-            first = alive.to(torch.uint8).argmax(1)  # (b,) first alive centre (0 when none is)
+            first = alive.to(centres.dtype).argmax(1)  # (b,) first alive centre (0 when none is)
             pick = (slots[None, :] == first[:, None]) & alive.any(1, keepdim=True)  # (b,K) one-hot or nothing
             kept |= pick
             alive &= ~(pick | (near[rows, first] & pick.any(1, keepdim=True)))
     return kept
 
 
-def _assign_batched(block_points: _BlockPoints, centres: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Nearest kept centre of every point: centres (b,K,E) strongest first, kept (b,K) -> (b,N) rank of the
-    centre among the kept ones (0 = strongest), as :func:`_nearest_centre` over the kept centres."""
-    num_blocks = centres.shape[0]
-    block, slot = torch.nonzero(kept, as_tuple=True)  # by block, strongest first
-    kept_centres, valid = _pad_by_block(centres[block, slot], block, num_blocks)  # (b,K',E): a handful per block
+def _assign_batched(block_points: _BlockPoints, centres: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Nearest centre of every point: centres (b,K,E) strongest first, ``valid`` (b,K) -> (b,N) index of the
+    nearest valid centre (0 = strongest), as :func:`_nearest_centre`."""
     dim = block_points.dim
     points = block_points.ext_t[:, :dim, :].transpose(1, 2)  # (b,N,E)
     points_sq = block_points.ext_t[:, dim + 1, :]  # (b,N)
-    centres_sq = (kept_centres * kept_centres).sum(-1).masked_fill_(~valid, float('inf'))  # (b,K')
-    distances = torch.baddbmm(points_sq[:, :, None] + centres_sq[:, None, :], points,
-                              kept_centres.transpose(1, 2), alpha=-2.0)  # (b,N,K')
+    centres_sq = (centres * centres).sum(-1).masked_fill_(~valid, float('inf'))  # (b,K)
+    distances = torch.baddbmm(points_sq[:, :, None] + centres_sq[:, None, :], points, centres.transpose(1, 2),
+                              alpha=-2.0)  # (b,N,K)
     return distances.argmin(-1)
 
 
@@ -542,9 +560,12 @@ def _rows_of_blocks(row_block: torch.Tensor, blocks: torch.Tensor, num_blocks: i
     return rows, local[rows]
 
 
-def _size_classes(sizes: np.ndarray) -> list[np.ndarray]:
+def _size_classes(sizes: np.ndarray, split: bool = True) -> list[np.ndarray]:
     """Block indices grouped by size class (sizes in (2^(k-1), 2^k]), so padding each group to its largest block
-    at most doubles it: -> list of index arrays (blocks of size 0 left out)."""
+    at most doubles it; one group when not ``split`` (the GPU strategy: padding is cheap there, launches are
+    not): -> list of index arrays (blocks of size 0 left out)."""
+    if not split:
+        return [np.flatnonzero(sizes > 0)] if np.any(sizes > 0) else []
     classes = np.ceil(np.log2(np.maximum(sizes, 1))).astype(np.int64)
     return [np.flatnonzero((classes == k) & (sizes > 0)) for k in np.unique(classes[sizes > 0])]
 
@@ -618,7 +639,7 @@ def _mean_shift_all(points: torch.Tensor, bandwidth: float, max_iter: int, max_e
     seeds_per_block = torch.bincount(seed_block, minlength=num_blocks)
     distinct_per_block, seeds_per_block = torch.stack([real.sum(1), seeds_per_block]).cpu().numpy()  # one sync
     budget = default_max_elements(device) if max_elements is None else int(max_elements)
-    pass_elements = budget if device.type == 'cuda' else min(budget, _CPU_PASS_ELEMENTS)
+    pass_elements = min(budget, _CPU_PASS_ELEMENTS) if _cpu_strategy(device) else budget
     # 1. Climb all seeds, in chunks of blocks of similar size.
     found = []
     for chunk in _plan_chunks(distinct_per_block, seeds_per_block, budget):
@@ -629,18 +650,30 @@ def _mean_shift_all(points: torch.Tensor, bandwidth: float, max_iter: int, max_e
                                                  chunk_block, bandwidth, max_iter, check_every, pass_elements)
         found.append((centres, intensity, blocks[block]))
     centres, intensity, block = (torch.cat(parts) for parts in zip(*found))
-    # 2. Sort each block's centres as sklearn, suppress near duplicates and assign the points, in groups of
-    # blocks with similar numbers of centres (a few blocks find 100+ centres, most a few dozen).
+    # 2. Sort each block's centres as sklearn and suppress near duplicates, in groups of blocks with similar
+    # numbers of centres (a few blocks find 100+ centres, most a few dozen).
     order = _sklearn_order(centres, intensity, block)
     centres, block = centres[order], block[order]
     centres_per_block = torch.bincount(block, minlength=num_blocks).cpu().numpy()
-    distinct_labels = torch.zeros(distinct.shape[:2], dtype=torch.int64, device=device)
-    for group in _size_classes(centres_per_block):
+    kept_centres, kept_block = [], []
+    split = _cpu_strategy(device)
+    for group in _size_classes(centres_per_block, split):
         blocks = torch.from_numpy(group).to(device)
         rows, group_block = _rows_of_blocks(block, blocks, num_blocks)
         padded_centres, valid = _pad_by_block(centres[rows], group_block, blocks.numel())
         kept = _suppress_batched(padded_centres, valid, bandwidth, check_every)
+        kept_centres.append(padded_centres[kept])  # by block, strongest first
+        kept_block.append(blocks[torch.nonzero(kept, as_tuple=True)[0]])
+    kept_centres, kept_block = torch.cat(kept_centres), torch.cat(kept_block)
+    # 3. Every distinct point takes its nearest kept centre, in groups of blocks with similar point counts.
+    order = torch.sort(kept_block, stable=True).indices  # by block, each strongest first
+    kept_centres, kept_block = kept_centres[order], kept_block[order]
+    distinct_labels = torch.zeros(distinct.shape[:2], dtype=torch.int64, device=device)
+    for group in _size_classes(distinct_per_block, split):
+        blocks = torch.from_numpy(group).to(device)
+        rows, group_block = _rows_of_blocks(kept_block, blocks, num_blocks)
+        padded_centres, valid = _pad_by_block(kept_centres[rows], group_block, blocks.numel())
         width = int(distinct_per_block[group].max())
         block_points = _BlockPoints(distinct[blocks, :width], weights[blocks, :width], pass_elements)
-        distinct_labels[blocks, :width] = _assign_batched(block_points, padded_centres, kept)
+        distinct_labels[blocks, :width] = _assign_batched(block_points, padded_centres, valid)
     return torch.gather(distinct_labels, 1, inverse)
