@@ -60,6 +60,12 @@ def make_segmenter(threads: int, **options):
     return SceneSegmenter.from_config('onnxruntime', '', backend_options={'intra_op_threads': threads}, **options)
 
 
+def save_reference(scan: int, seed: int, result) -> None:
+    CACHE.mkdir(exist_ok=True)
+    with atomic_write(CACHE / f'frame_reference_{scan}_seed{seed}.npz', suffix='.tmp.npz') as stream:
+        np.savez(stream, labels=result.labels, instances=result.instances)
+
+
 def reference_answers(scan: int, segmenter, xyz, intensity, seed: int = 0) -> np.ndarray:
     """Per-point labels and instances of today's path for a scan (cached, they take minutes)."""
     from mpnet_model.infer.reference import segment_reference
@@ -70,9 +76,7 @@ def reference_answers(scan: int, segmenter, xyz, intensity, seed: int = 0) -> np
         if data['labels'].shape[0] == xyz.shape[0]:
             return data['labels'], data['instances']
     result = segment_reference(segmenter.replace(seed=seed), xyz, None, intensity)
-    CACHE.mkdir(exist_ok=True)
-    with atomic_write(path, suffix='.tmp.npz') as stream:
-        np.savez(stream, labels=result.labels, instances=result.instances)
+    save_reference(scan, seed, result)
     return result.labels, result.instances
 
 
@@ -97,6 +101,7 @@ def compare(args) -> str:
     for repeat in range(args.repeats):
         for scan, (xyz, intensity) in enumerate(crops):
             old = segment_reference(new, xyz, None, intensity)
+            save_reference(scan, 0, old)
             result = new.segment(xyz, None, intensity)
             for name, res in zip(rows, (old, result)):
                 rows[name].append({**res.timings, 'num_blocks': res.num_blocks})
@@ -134,8 +139,10 @@ def layouts(args) -> str:
         other_labels, other_instances = reference_answers(scan, base, xyz, intensity, seed=1)
         references.append((labels, instances))
         floor.append(((labels == other_labels).mean(), adjusted_rand_score(instances, other_instances)))
-    variants = [(layout, base.replace(layout=layout)) for layout in LAYOUTS]
-    variants.append(('grid, legacy draw (= today)', base.replace(layout='grid', sampler='legacy')))
+    variants = [('grid, legacy draw (= today)', base.replace(layout='grid', sampler='legacy')),
+                ('grid', base.replace(layout='grid', sparse_points=False)),
+                ('adaptive', base.replace(layout='adaptive', sparse_points=False))]
+    variants += [(f'{layout} + sparse points', base.replace(layout=layout, sparse_points=True)) for layout in LAYOUTS]
     rows, quality = {}, {}
     for name, segmenter in variants:
         rows[name], quality[name] = [], []
@@ -158,6 +165,53 @@ def layouts(args) -> str:
     for name, values in quality.items():
         lines.append(f'| {name} | {np.mean([v[0] for v in values]) * 100:.1f} % | '
                      f'{np.mean([v[1] for v in values]):.3f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def accuracy(args) -> str:
+    """Layouts on the synthetic hold-out with ground truth, at full density (= mpnet-eval) or thinned to lidar-like
+    density (every block sparse: the density-adaptive parts at work)."""
+    from dataclasses import replace
+
+    from mpnet_model.eval.evaluate import class_min_points, evaluate_rooms
+    from mpnet_model.infer.scene import SceneSegmenter
+    from mpnet_model.model.checkpoint import read_checkpoint
+    from mpnet_model.train.config import load_config
+
+    checkpoint = ROOT / 'mpnet_model' / 'assets' / 'mpnet_synthetic.pt'
+    split = load_config(str(ROOT / 'config' / 'train_synthetic.yaml'), [f'data.root={args.synthetic}']).data.split()
+    sizes = read_checkpoint(checkpoint)['extra'].get('class_mean_instance_points')
+    minimum = class_min_points(sizes)
+    rng = np.random.default_rng(0)
+    rooms = []
+    for room_dir in split.test:
+        room = split.loader(room_dir)
+        if args.keep < 1.0:
+            keep = np.sort(rng.choice(len(room.xyz), int(len(room.xyz) * args.keep), replace=False))
+            room = replace(room, xyz=room.xyz[keep], rgb=room.rgb[keep], sem=room.sem[keep], ins=room.ins[keep])
+        rooms.append(room)
+    base = SceneSegmenter.from_config('torch', checkpoint, class_min_points=None if minimum is None
+                                      else minimum * args.keep)
+    variants = [('today (grid, legacy draw)', dict(layout='grid', sampler='legacy')),
+                ('grid', dict(layout='grid', sparse_points=False)), ('grid + sparse points', dict(layout='grid')),
+                ('adaptive, full points', dict(layout='adaptive', sparse_points=False)),
+                ('adaptive + sparse points', dict(layout='adaptive')), ('cover', dict(layout='cover')),
+                ('staggered', dict(layout='staggered')), ('tile', dict(layout='tile'))]
+    lines = ['# Block layouts on the synthetic hold-out (ground truth)', '',
+             f'Machine: {machine_note(args.threads)}.', f'Area 5 of `mpnet-synth --areas 5 --rooms-per-area 4 '
+             f'--seed 0` ({len(rooms)} rooms), {"every point" if args.keep >= 1 else f"{args.keep:.0%} of the points"}'
+             f' ({np.mean([len(r.xyz) for r in rooms]):.0f} per room), shipped model, torch backend, ASIS size filter '
+             f'scaled by the density; sampling seed 0.', '',
+             '| variant | mIoU | mPrec | mRec | oAcc | mCov | blocks/room | s/room |', '|---' * 8 + '|']
+    for name, options in variants:
+        segmenter = base.replace(**options)
+        blocks: list[int] = []
+        evaluation = evaluate_rooms(segmenter, rooms, progress=False,
+                                    on_room=lambda room, result, counts=blocks: counts.append(result.num_blocks))
+        m = evaluation.summary()
+        lines.append(f'| {name} | {m["mIoU"]:.4f} | {m["mPrec"]:.4f} | {m["mRec"]:.4f} | {m["oAcc"]:.4f} | '
+                     f'{m["mCov"]:.4f} | {np.mean(blocks):.0f} | {evaluation.seconds_per_room:.1f} |')
+        print(lines[-1], flush=True)
     return '\n'.join(lines) + '\n'
 
 
@@ -195,11 +249,16 @@ def batch_sweep(args) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--repeats', type=int, default=1, help='passes over the 3 scans')
-    parser.add_argument('--threads', type=int, default=2, help='ONNX Runtime and torch intra-op threads')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='ONNX Runtime and torch intra-op threads (1: the shared machine stalls with more)')
     parser.add_argument('--rounds', type=int, default=5, help='--batch-sweep rounds')
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--layouts', action='store_true', help='latency and real-frame agreement of every layout')
     mode.add_argument('--batch-sweep', action='store_true', help='ONNX Runtime ms/block against the batch size')
+    mode.add_argument('--accuracy', action='store_true', help='layouts on the synthetic hold-out (ground truth)')
+    parser.add_argument('--synthetic', default=str(ROOT / 'data' / 'synthetic'),
+                        help='rooms written by mpnet-synth --areas 5 --rooms-per-area 4 --seed 0')
+    parser.add_argument('--keep', type=float, default=1.0, help='--accuracy: fraction of each room\'s points kept')
     args = parser.parse_args(argv)
     if not (DATA / 'ouster_os1_128').is_dir():
         print(f'bench_frame: shared data not found at {DATA}')
@@ -207,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.layouts:
         report, name = layouts(args), 'frame_layouts.md'
+    elif args.accuracy:
+        report, name = accuracy(args), f'frame_accuracy_{"full" if args.keep >= 1 else f"keep{args.keep:g}"}.md'
     elif args.batch_sweep:
         report, name = batch_sweep(args), 'frame_batch.md'
     else:

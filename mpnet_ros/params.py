@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mpnet_model.default_model import default_model_path
+from mpnet_model.infer.blocking import LAYOUTS
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 PRECISIONS = ('fp32', 'fp16')
@@ -59,6 +60,9 @@ SPECS: dict[str, ParamSpec] = {
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'."),
     'cluster_bandwidth': ParamSpec(0.6, 'Mean-shift bandwidth on instance embeddings.', 0.01, 10.0),
     'min_instance_points': ParamSpec(50, 'Instances with fewer points are dropped (instance -1).', 1, 10_000_000),
+    'block_layout': ParamSpec('grid', 'Which 1 m blocks are segmented (docs/frame_layouts.md): adaptive = all '
+                              'overlapping blocks where the cloud is dense, redundant sparse ones dropped; grid = '
+                              'all (stride 0.5 m).', choices=LAYOUTS),
     'max_points': ParamSpec(2_000_000, 'Reject clouds (and windows) with more points than this.', 1, 100_000_000),
     'processing_budget_ms': ParamSpec(1000.0, 'Per-cloud processing time budget; diagnostics warn above it.',
                                       1.0, 3_600_000.0),
@@ -85,6 +89,7 @@ class SegmentParams:
     device: str
     cluster_bandwidth: float
     min_instance_points: int
+    block_layout: str
     max_points: int
     processing_budget_ms: float
     diagnostics_period: float

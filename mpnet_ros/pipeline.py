@@ -47,7 +47,7 @@ def make_segmenter(params: SegmentParams) -> Any:
     return SceneSegmenter.from_config(params.backend, params.model_path, device=params.device,
                                       precision=params.precision, backend_options=backend_options,
                                       bandwidth=params.cluster_bandwidth,
-                                      min_instance_points=params.min_instance_points)
+                                      min_instance_points=params.min_instance_points, layout=params.block_layout)
 
 
 class ScenePipeline:
