@@ -96,14 +96,17 @@ def compare(args) -> str:
     crops = ouster_crops()
     new = make_segmenter(args.threads)
     new.segment(*crops[0][:1], None, crops[0][1])                         # warm-up (sessions, allocations)
-    rows = {'reference (today)': [], f'new default ({new.layout})': []}
+    others = [(f'new, layout {layout}', new.replace(layout=layout)) for layout in args.also]
+    rows = {'reference (today)': [], f'new default ({new.layout}{", sparse points" if new.sparse_points else ""})': [],
+            **{name: [] for name, _ in others}}
     agreement = []
     for repeat in range(args.repeats):
         for scan, (xyz, intensity) in enumerate(crops):
             old = segment_reference(new, xyz, None, intensity)
             save_reference(scan, 0, old)
             result = new.segment(xyz, None, intensity)
-            for name, res in zip(rows, (old, result)):
+            extra = [segmenter.segment(xyz, None, intensity) for _, segmenter in others]
+            for name, res in zip(rows, (old, result, *extra)):
                 rows[name].append({**res.timings, 'num_blocks': res.num_blocks})
             agreement.append(((result.labels == old.labels).mean(),
                               adjusted_rand_score(old.instances, result.instances)))
@@ -117,7 +120,9 @@ def compare(args) -> str:
              'shipped model (mpnet_synthetic.onnx), ONNX Runtime on the CPU. The reference and the new path run '
              'interleaved on the same clouds. Median ms per stage:', '', *stage_table(rows), '',
              f'**p50 per frame: reference {p50[0] / 1e3:.2f} s, new default {p50[1] / 1e3:.2f} s: '
-             f'{p50[0] / p50[1]:.1f}x faster.**', '',
+             f'{p50[0] / p50[1]:.1f}x faster.**',
+             *[f'p50 {name}: {value / 1e3:.2f} s, {p50[0] / value:.1f}x faster than the reference.'
+               for name, value in zip(list(rows)[2:], p50[2:])], '',
              f'Answers of the new default against today\'s on these frames: label agreement '
              f'{np.mean([a[0] for a in agreement]) * 100:.1f} %, instance ARI {np.mean([a[1] for a in agreement]):.3f} '
              '(the noise floor, today\'s path with sampling seed 1 vs 0, is in docs/frame_layouts.md).']
@@ -216,7 +221,6 @@ def accuracy(args) -> str:
 
 
 def batch_sweep(args) -> str:
-    from mpnet_model.infer.backends.onnx_backend import graph_feeds
     from mpnet_model.infer.blocking import frame_blocks
 
     segmenter = make_segmenter(args.threads)
@@ -224,20 +228,20 @@ def batch_sweep(args) -> str:
     colours = torch.from_numpy(segmenter.colours(len(xyz), None, intensity))
     blocks = frame_blocks(torch.from_numpy(xyz), colours, 'grid', num_points=segmenter.num_points).points.numpy()
     blocks = blocks[np.random.default_rng(0).choice(len(blocks), 128, replace=False)]
-    feeds = graph_feeds(blocks, segmenter.backend.metadata)
-    session = segmenter.backend.session
+    backend = segmenter.backend
     sizes = (1, 4, 8, 16, 32, 64, 128)
     times = {size: [] for size in sizes}
     for size in sizes:
-        session.run(None, {k: v[:size] for k, v in feeds.items()})
+        backend.run(blocks[:size])
     for _ in range(args.rounds):                                        # round robin: load changes hit every size
         for size in sizes:
             start = time.perf_counter()
             for first in range(0, 128, size):
-                session.run(None, {k: v[first:first + size] for k, v in feeds.items()})
+                backend.run(blocks[first:first + size])                 # FPS (numpy) + graph, as run_frame does
             times[size].append((time.perf_counter() - start) / 128 * 1e3)
     best = min(sizes, key=lambda s: np.median(times[s]))
-    lines = ['# ONNX Runtime: ms per block against the batch size (shipped model, real Ouster blocks)', '',
+    lines = ['# ONNX Runtime: ms per block against the batch size (shipped model, real Ouster blocks, FPS included)',
+             '',
              f'Machine: {machine_note(args.threads)}. 128 blocks of the first scan\'s 15 m crop, {args.rounds} '
              'rounds, sizes interleaved (round robin).', '', '| batch | median ms/block | min ms/block |',
              '|---|---|---|']
@@ -252,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--threads', type=int, default=1,
                         help='ONNX Runtime and torch intra-op threads (1: the shared machine stalls with more)')
     parser.add_argument('--rounds', type=int, default=5, help='--batch-sweep rounds')
+    parser.add_argument('--also', nargs='*', default=[], help='default mode: other layouts timed in the same run')
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--layouts', action='store_true', help='latency and real-frame agreement of every layout')
     mode.add_argument('--batch-sweep', action='store_true', help='ONNX Runtime ms/block against the batch size')

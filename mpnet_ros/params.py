@@ -60,7 +60,7 @@ SPECS: dict[str, ParamSpec] = {
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'."),
     'cluster_bandwidth': ParamSpec(0.6, 'Mean-shift bandwidth on instance embeddings.', 0.01, 10.0),
     'min_instance_points': ParamSpec(50, 'Instances with fewer points are dropped (instance -1).', 1, 10_000_000),
-    'block_layout': ParamSpec('grid', 'Which 1 m blocks are segmented (docs/frame_layouts.md): adaptive = all '
+    'block_layout': ParamSpec('adaptive', 'Which 1 m blocks are segmented (docs/frame_layouts.md): adaptive = all '
                               'overlapping blocks where the cloud is dense, redundant sparse ones dropped; grid = '
                               'all (stride 0.5 m).', choices=LAYOUTS),
     'max_points': ParamSpec(2_000_000, 'Reject clouds (and windows) with more points than this.', 1, 100_000_000),

@@ -34,7 +34,7 @@ from mpnet_model.infer.merging import block_merging
 DEFAULT_MIN_BLOCK_POINTS = 20      # sparse lidar blocks still get a prediction (training uses 100)
 DEFAULT_MIN_INSTANCE_POINTS = 50
 DEFAULT_MERGE_GAP = 0.005          # BlockMerging voxel edge [m]
-DEFAULT_LAYOUT = 'grid'            # block layout (see mpnet_model.infer.blocking and docs/frame_layouts.md)
+DEFAULT_LAYOUT = 'adaptive'        # block layout (see mpnet_model.infer.blocking and docs/frame_layouts.md)
 DEFAULT_SPARSE_POINTS = True       # sparse blocks sampled to fewer points when the backend takes them
 # Nearest sampled point on CUDA: brute force in chunks of at most this many query x reference distances.
 _NEAREST_CHUNK_ELEMENTS = 1 << 26

@@ -24,9 +24,10 @@ from mpnet_model.infer.fps import farthest_point_sample_np, nested_sample_indice
 
 BACKEND_KINDS = ('torch', 'onnxruntime', 'tensorrt')
 # Frame chunking (`Backend.run_frame`). CPU: blocks per backend call, the best batch measured with ONNX Runtime on
-# the shipped model (benchmarks/results/frame.md: ms/block flat from ~32 blocks up, worse below 16). CUDA: a chunk
-# may use this fraction of the free device memory, at most MAX_CHUNK_BLOCKS blocks.
-CPU_CHUNK_BLOCKS = 64
+# the shipped model, numpy FPS included (benchmarks/results/frame_batch.md: ms/block flat within noise from 4 to 16
+# blocks, ~10 % worse at 32-64 (cache), ~20 % worse at 1 and 128). CUDA: a chunk may use this fraction of the free
+# device memory, at most MAX_CHUNK_BLOCKS blocks.
+CPU_CHUNK_BLOCKS = 8
 CUDA_MEMORY_FRACTION = 0.5
 MAX_CHUNK_BLOCKS = 4096
 INPUT_POINTS = 'points'
