@@ -82,7 +82,9 @@ def test_torch_sampler_keeps_the_per_block_semantics():
 
 
 def test_layouts_cover_every_point_of_the_grid_with_fewer_blocks():
+    """Thinned layouts leave no half-grid block with >= min_points points that no kept block holds."""
     xyz = room()
+    xyz = np.concatenate([xyz, xyz[:300] + [0.0, 3.3, 0.0]])     # a strip that only off-tile blocks reach fully
     cloud = torch.from_numpy(xyz)
     grid = layout_partition(cloud, 'grid', 1.0, 0.5, 20, use_numpy=False)
     counts = {}
@@ -94,10 +96,17 @@ def test_layouts_cover_every_point_of_the_grid_with_fewer_blocks():
             if layout == 'tile':     # no half-block blocks to rescue with: a point may sit in a dropped tile only
                 np.testing.assert_array_equal(partition.point_order.numpy(),
                                               partition_blocks(xyz, 1.0, 1.0, 20).point_order)
-            else:
-                np.testing.assert_array_equal(mine, covered(grid, len(xyz)))
+                continue
+            assert not (mine & ~covered(grid, len(xyz))).any()
+            kept = {tuple(c) for c in partition.cells.tolist()}
+            for k, cell in enumerate(grid.cells.tolist()):
+                members = grid.point_order[grid.offsets[k]:grid.offsets[k + 1]].numpy()
+                if tuple(cell) not in kept:
+                    assert (~mine[members]).sum() < 20, (layout, cell)
     assert counts['tile'] < counts['cover'] < counts['staggered'] < counts['grid']
-    assert counts['adaptive'] == counts['grid']                # every block of this room holds >= 256 points
+    adaptive = {tuple(c) for c in layout_partition(cloud, 'adaptive', 1.0, 0.5, 20, False, 256).cells.tolist()}
+    dense = {tuple(c) for c, n in zip(grid.cells.tolist(), grid.counts.tolist()) if n >= 256}
+    assert dense <= adaptive and len(dense) < len(adaptive) < counts['grid']     # dense blocks all kept
     sparse = layout_partition(cloud, 'adaptive', 1.0, 0.5, 20, False, dense_points=10_000)
     assert len(sparse) == counts['cover']                      # no block is dense: the cover thinning
     staggered = layout_partition(cloud, 'staggered', 1.0, 0.5, 20, use_numpy=False)

@@ -24,9 +24,10 @@ Layouts (which blocks of the grid are segmented; `LAYOUTS`):
   then the blocks holding a point no kept block holds. Dense indoor scans keep their 4-fold overlap (BlockMerging
   needs it); a lidar frame, whose blocks are mostly a few dozen points, loses most of its redundant blocks.
 
-``staggered`` and ``cover`` also add the blocks of the remaining parity classes that hold uncovered points
-(the far edge of the grid, points whose tile was dropped for having fewer than ``min_points``), one
-vectorised pass per parity class.
+``staggered``, ``cover`` and ``adaptive`` add back the blocks of the remaining parity classes that hold at least
+``min_points`` points no kept block holds (the far edge of the grid, points whose tile was dropped for having
+fewer than ``min_points``), one vectorised pass per parity class; rarer uncovered points take the labels of their
+nearest sampled point, as the points of dropped small blocks always did.
 """
 from __future__ import annotations
 
@@ -139,10 +140,12 @@ def partition_torch(xyz: Tensor, block_size: float = 1.0, stride: float = 0.5, m
     return FramePartition(point_order, offsets, cells, room_min, room_extent, float(block_size), float(stride))
 
 
-def select_layout(partition: FramePartition, layout: str, num_cloud: int, dense_points: int | None = None
-                  ) -> Tensor:
+def select_layout(partition: FramePartition, layout: str, num_cloud: int, dense_points: int | None = None,
+                  min_points: int = 1) -> Tensor:
     """(K,) bool: the blocks of a half-block-grid `partition` that layout ``staggered``, ``cover`` or ``adaptive``
-    keeps (``adaptive``: every block of >= `dense_points` points, the ``cover`` thinning among the others)."""
+    keeps (``adaptive``: every block of >= `dense_points` points, the ``cover`` thinning among the others). A block
+    of a rescue pass is added when it holds >= `min_points` points that no kept block holds (the threshold a block
+    needs to be segmented at all); fewer take their labels from the nearest sampled point."""
     full_classes, rescue_classes = _LAYOUT_CLASSES[layout]
     parity = partition.cells % 2                                                       # (K, 2)
     klass = parity[:, 0] * 2 + parity[:, 1]
@@ -157,7 +160,7 @@ def select_layout(partition: FramePartition, layout: str, num_cloud: int, dense_
         covered[partition.point_order[keep[pair_blocks]]] = True
         uncovered = torch.zeros(len(partition), dtype=torch.int64, device=klass.device)
         uncovered.index_add_(0, pair_blocks, (~covered[partition.point_order]).long())
-        keep |= (klass == i * 2 + j) & (uncovered > 0)
+        keep |= (klass == i * 2 + j) & (uncovered >= min_points)
     return keep
 
 
@@ -276,7 +279,7 @@ def layout_partition(xyz: Tensor, layout: str, block_size: float, stride: float,
     else:
         partition = partition_torch(xyz, block_size, grid_stride, min_points)
     if layout in _LAYOUT_CLASSES and len(partition):
-        partition = partition.subset(select_layout(partition, layout, xyz.shape[0], dense_points))
+        partition = partition.subset(select_layout(partition, layout, xyz.shape[0], dense_points, min_points))
     return partition
 
 
