@@ -73,10 +73,7 @@ def demo_generated_room(segmenter: SceneSegmenter, out: Path, seed: int, density
                         class_min_points: np.ndarray | None = None) -> SourceSummary:
     xyz, rgb, sem, ins, meta = generate_room(np.random.default_rng([seed, 99]), density=density)
     if class_min_points is not None:
-        segmenter = SceneSegmenter(segmenter.backend, segmenter.block_size, segmenter.stride,
-                                   batch_size=segmenter.batch_size, bandwidth=segmenter.bandwidth,
-                                   min_instance_points=segmenter.min_instance_points,
-                                   class_min_points=class_min_points)
+        segmenter = segmenter.replace(class_min_points=class_min_points)
     start = time.perf_counter()
     result = segmenter.segment(xyz, rgb / np.float32(255.0))
     latency = (time.perf_counter() - start) * 1e3

@@ -15,14 +15,17 @@ Layouts (which blocks of the grid are segmented; `LAYOUTS`):
 * ``tile``: stride = block size: each point in one block; no overlap, so BlockMerging can only join instances
   across a block edge through points that share a merging voxel.
 * ``staggered``: the half-block grid (stride = block size / 2) thinned to a checkerboard (i + j even): each point
-  in 2 blocks, half the blocks of ``grid``, every tile edge crossed by an overlapping block (instances still merge).
+  in 2 blocks, half the blocks of ``grid``, every tile edge crossed by an overlapping block.
 * ``cover``: the half-block grid thinned greedily: the tiling first, then blocks of the other three parity
   classes only if they hold a point no kept block holds (drops blocks whose points are all covered by others).
 * ``adaptive`` (density-adaptive): ``grid`` where the cloud is dense, ``cover`` where it is sparse. Every block
   with at least P points (the model's points per block: it is subsampled, never padded with repeats) is kept, as
   in ``grid``; among the sparse blocks (fewer than P points, every point sampled plus repeats) the tiling and
-  then the blocks holding a point no kept block holds. Dense indoor scans keep their 4-fold overlap (BlockMerging
-  needs it); a lidar frame, whose blocks are mostly a few dozen points, loses most of its redundant blocks.
+  then the rescue blocks below. Dense indoor scans keep their 4-fold overlap; a lidar frame, whose blocks are
+  mostly a few dozen points, loses most of its redundant blocks.
+
+Every thinned layout costs instances where it thins: BlockMerging chains an object's pieces only through blocks
+that overlap earlier ones by half, as the stride-0.5 grid's do (docs/frame_layouts.md has the measurements).
 
 ``staggered``, ``cover`` and ``adaptive`` add back the blocks of the remaining parity classes that hold at least
 ``min_points`` points no kept block holds (the far edge of the grid, points whose tile was dropped for having

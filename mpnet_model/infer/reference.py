@@ -55,13 +55,8 @@ def segment_reference(segmenter, xyz: np.ndarray, rgb: np.ndarray | None = None,
     from mpnet_model.infer.scene import SceneResult, _Clock
 
     clock = _Clock()
-    xyz = np.asarray(xyz, dtype=np.float32)
-    if xyz.ndim != 2 or xyz.shape[1] != 3:
-        raise ValueError(f'xyz must have shape (N, 3), got {xyz.shape}')
-    if not np.isfinite(xyz).all():
-        raise ValueError('xyz contains NaN/inf points; drop invalid points before segmenting')
+    xyz, colours = segmenter.check_cloud(xyz, rgb, intensity)
     num_input = xyz.shape[0]
-    colours = segmenter.colours(num_input, rgb, intensity)
     if num_input < segmenter.min_block_points:
         return SceneResult.empty(num_input, clock.finish())
     partition = partition_blocks(xyz, segmenter.block_size, segmenter.stride, segmenter.min_block_points)

@@ -174,19 +174,24 @@ class SceneSegmenter:
             return intensity_to_grey(intensity)
         return np.full((num_points, 3), 0.5, dtype=np.float32)
 
+    def check_cloud(self, xyz: np.ndarray, rgb: np.ndarray | None, intensity: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Validate a cloud -> (xyz (N,3) float32, colour channels (N,3)); ValueError naming the defect."""
+        xyz = np.asarray(xyz, dtype=np.float32)
+        if xyz.ndim != 2 or xyz.shape[1] != 3:
+            raise ValueError(f'xyz must have shape (N, 3), got {xyz.shape}')
+        if not np.isfinite(xyz).all():
+            raise ValueError('xyz contains NaN/inf points; drop invalid points before segmenting')
+        return xyz, self.colours(xyz.shape[0], rgb, intensity)
+
     @torch.inference_mode()
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None = None, intensity: np.ndarray | None = None
                 ) -> SceneResult:
         """xyz (N,3), rgb (N,3) in [0,1] or None, intensity (N,) or None -> SceneResult for every input point."""
         device = self.device
         clock = _Clock(device)
-        xyz = np.asarray(xyz, dtype=np.float32)
-        if xyz.ndim != 2 or xyz.shape[1] != 3:
-            raise ValueError(f'xyz must have shape (N, 3), got {xyz.shape}')
-        if not np.isfinite(xyz).all():
-            raise ValueError('xyz contains NaN/inf points; drop invalid points before segmenting')
+        xyz, colours = self.check_cloud(xyz, rgb, intensity)
         num_input = xyz.shape[0]
-        colours = self.colours(num_input, rgb, intensity)
         if num_input < self.min_block_points:
             return SceneResult.empty(num_input, clock.finish())
         cloud = torch.from_numpy(np.ascontiguousarray(xyz)).to(device)                 # host -> device, once
