@@ -49,7 +49,13 @@ def test_frame_path_end_to_end(device, crop):
     backends = ['torch'] + (['onnxruntime'] if device == 'cpu' else [])
     for backend in backends:
         segmenter = SceneSegmenter.from_config(backend, '', device=device, min_instance_points=20)
-        first = segmenter.segment(xyz, None, intensity)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)               # the stages around the network run on one thread, then restore it
+        try:
+            first = segmenter.segment(xyz, None, intensity)
+            assert torch.get_num_threads() == 2
+        finally:
+            torch.set_num_threads(threads)
         check_result(first, xyz, len(segmenter.class_names), 20)
         again = segmenter.segment(xyz, None, intensity)
         np.testing.assert_array_equal(first.labels, again.labels)                    # deterministic for a seed

@@ -60,6 +60,9 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads or os.cpu_count() or 1
+        # Idle pool threads must not spin: the frame path's torch stages run right after each call on the same
+        # cores, and spinning ORT workers slowed them ~50x on 2 cores (mean shift of a dense office scan).
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         options.log_severity_level = 3   # warnings about unused initialisers etc. are noise at runtime
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
