@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,47 @@ def accuracy(args) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def fps_costs(args) -> str:
+    """FPS per block: numpy with and without the early exit, torch eager (the model's loop) and the batched torch
+    FPS of `NestedFps` on the CPU, on the real blocks of the first scan's 15 m crop (sparse and dense ones)."""
+    from mpnet_model.infer.blocking import frame_blocks
+    from mpnet_model.infer.fps import NestedFps, nested_sample_indices
+
+    segmenter = make_segmenter(args.threads)
+    xyz, intensity = ouster_crops()[0]
+    blocks = frame_blocks(torch.from_numpy(xyz), None, 'grid', num_points=segmenter.num_points)
+    counts = blocks.partition.counts.numpy()
+    rng = np.random.default_rng(0)
+    sets = {'sparse blocks (< 64 points, resampled to 1024)': rng.choice(np.flatnonzero(counts < 64), 64, False),
+            'dense blocks (>= 1024 points)': rng.choice(np.flatnonzero(counts >= 1024), 16, False)}
+    npoints = segmenter.backend.metadata.sa_npoints
+    lines = ['# Nested FPS per block (shipped model: 1024 points, levels 256/64/16/4), CPU', '',
+             f'Machine: {machine_note(args.threads)}. Best of {args.rounds} runs per case.', '',
+             '| blocks | numpy, no early exit (before) | numpy, early exit (CPU path) | torch (`NestedFps`, CPU) |',
+             '|---|---|---|---|']
+    for name, chosen in sets.items():
+        points = blocks.points[torch.from_numpy(np.sort(chosen))][..., :3].contiguous()
+        array = points.numpy()
+        cases = [partial(nested_sample_indices, array, npoints, early_exit=False),
+                 partial(nested_sample_indices, array, npoints), partial(NestedFps(npoints), points)]
+        reference = [i.numpy() for i in NestedFps(npoints)(points)]
+        assert all(np.array_equal(a, b) for a, b in zip(nested_sample_indices(array, npoints), reference))
+        cells = []
+        for case in cases:
+            best = min(_timed(case) for _ in range(args.rounds))
+            cells.append(f'{best / len(chosen) * 1e3:.2f} ms')
+        lines.append(f'| {name} ({len(chosen)}) | ' + ' | '.join(cells) + ' |')
+    lines += ['', 'All give the same indices (checked). On the CPU `NestedFps` is the model\'s own loop in torch '
+              'eager; on CUDA it replays a captured CUDA graph (not measured here).']
+    return '\n'.join(lines) + '\n'
+
+
+def _timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
 def batch_sweep(args) -> str:
     from mpnet_model.infer.blocking import frame_blocks
 
@@ -261,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument('--layouts', action='store_true', help='latency and real-frame agreement of every layout')
     mode.add_argument('--batch-sweep', action='store_true', help='ONNX Runtime ms/block against the batch size')
     mode.add_argument('--accuracy', action='store_true', help='layouts on the synthetic hold-out (ground truth)')
+    mode.add_argument('--fps', action='store_true', help='FPS per block: numpy with/without early exit, torch')
     parser.add_argument('--synthetic', default=str(ROOT / 'data' / 'synthetic'),
                         help='rooms written by mpnet-synth --areas 5 --rooms-per-area 4 --seed 0')
     parser.add_argument('--keep', type=float, default=1.0, help='--accuracy: fraction of each room\'s points kept')
@@ -273,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         report, name = layouts(args), 'frame_layouts.md'
     elif args.accuracy:
         report, name = accuracy(args), f'frame_accuracy_{"full" if args.keep >= 1 else f"keep{args.keep:g}"}.md'
+    elif args.fps:
+        report, name = fps_costs(args), 'frame_fps.md'
     elif args.batch_sweep:
         report, name = batch_sweep(args), 'frame_batch.md'
     else:

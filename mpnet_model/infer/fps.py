@@ -93,7 +93,7 @@ class NestedFps:
         return graph, static_in, static_out
 
 
-def farthest_point_sample_np(xyz: np.ndarray, npoint: int) -> np.ndarray:
+def farthest_point_sample_np(xyz: np.ndarray, npoint: int, early_exit: bool = True) -> np.ndarray:
     """Farthest point sampling (B, N, 3) -> (B, npoint) int64, bit-identical to the torch reference.
 
     Start at index 0, keep every point's squared distance to the chosen set (init 1e10, float32), pick the first
@@ -121,7 +121,7 @@ def farthest_point_sample_np(xyz: np.ndarray, npoint: int) -> np.ndarray:
             np.add(dist, scratch, out=dist)
         np.minimum(min_dist, dist, out=min_dist)
         farthest = min_dist.argmax(axis=1)
-        if step % _EXIT_CHECK_EVERY == _EXIT_CHECK_EVERY - 1:
+        if early_exit and step % _EXIT_CHECK_EVERY == _EXIT_CHECK_EVERY - 1:
             going = min_dist[rows, farthest] > 0                 # the row maxima: 0 once every position is chosen
             if not going.all():
                 active, farthest, min_dist = active[going], farthest[going], min_dist[going]
@@ -133,11 +133,13 @@ def farthest_point_sample_np(xyz: np.ndarray, npoint: int) -> np.ndarray:
     return chosen
 
 
-def nested_sample_indices(xyz: np.ndarray, sa_npoints: Sequence[int]) -> list[np.ndarray]:
-    """numpy nested FPS (B, N, 3) -> [(B, npoint_l)], as `nested_fps_torch`, with the early exit."""
+def nested_sample_indices(xyz: np.ndarray, sa_npoints: Sequence[int], early_exit: bool = True
+                          ) -> list[np.ndarray]:
+    """numpy nested FPS (B, N, 3) -> [(B, npoint_l)], as `nested_fps_torch` (early exit: see the module docstring;
+    off only to measure it)."""
     indices = []
     for npoint in sa_npoints:
-        index = farthest_point_sample_np(xyz, int(npoint))
+        index = farthest_point_sample_np(xyz, int(npoint), early_exit)
         indices.append(index)
         xyz = np.take_along_axis(xyz, index[..., None], axis=1)
     return indices
