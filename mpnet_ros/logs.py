@@ -87,6 +87,12 @@ def forward_library_logs(ros_logger: Any, level: int = logging.INFO) -> Callable
         logger.addHandler(handler)
         logger.setLevel(min(level, logger.level) if logger.level else level)
         logger.propagate = False          # one copy only: the ROS logger already prints to the console
+    # Their module loggers must propagate up to these. `launch` (imported by launch_pytest, say) makes every logger
+    # created after it non-propagating, so switch propagation on for the package's loggers that exist now.
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.startswith(tuple(f'{n}.' for n in FORWARDED_LOGGERS)):
+            previous.append((logger, logger.level, logger.propagate))
+            logger.propagate = True
     logging.captureWarnings(True)
 
     def undo() -> None:

@@ -292,6 +292,9 @@ def main(args: list[str] | None = None) -> None:
     rclpy.init(args=argv)
     try:
         node = SegmentNode(argv=argv)
+    except KeyboardInterrupt:              # Ctrl-C while starting: a normal end
+        rclpy.try_shutdown()
+        return
     except Exception as exc:  # noqa: BLE001 - any startup failure: log it and exit non-zero, never half-run
         rclpy.logging.get_logger(NODE_NAME).error(f'refusing to start: {type(exc).__name__}: {exc}')
         rclpy.try_shutdown()
