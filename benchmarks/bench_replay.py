@@ -105,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--duration', type=float, default=60.0)
     parser.add_argument('--budgets', type=float, nargs='+', default=[1000.0, 3000.0])
+    parser.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='another node parameter for every run, e.g. device:=cuda (repeatable)')
+    parser.add_argument('--results', type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    extra = [item for value in args.param for item in ('-p', value)]
     rows = []
     for budget in args.budgets:
         print(f'== processing_budget_ms {budget:g}: {args.duration:g} s of replay', flush=True)
-        f = replay_run(['-p', f'processing_budget_ms:={budget}'], args.duration)
+        f = replay_run(['-p', f'processing_budget_ms:={budget}', *extra], args.duration)
         f.pop('latency_ms', None)
         output = f.pop('node_output')
         cropped = [line for line in output.splitlines() if 'cropped a frame' in line][:1]
@@ -119,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
              f'The shared Ouster OS-1-128 bag (3 scans, ~107k valid points each) played by `mpnet-replay` at its '
              f'recorded 10 Hz, looped for {args.duration:g} s, restamped at send, to the segment node in another '
              'process over Fast DDS (shared-memory profile `config/fastdds_large_data.xml`); the shipped default '
-             'model (onnxruntime, CPU, 1 intra-op thread per process default), default parameters except '
+             'model (onnxruntime on the CPU unless the extra parameters say otherwise), default parameters except '
              '`processing_budget_ms`. Frames over the block cap are cropped to the nearest range that fits. '
-             f'Measured on a 2-core machine shared with other jobs ({time.strftime("%Y-%m-%d")}); GPU: not measured.',
+             f'Extra parameters: {" ".join(args.param) or "none"}. Measured {time.strftime("%Y-%m-%d")} on '
+             f'{os.cpu_count()} CPU cores' + (' (a 2-core machine shared with other jobs)' if os.cpu_count() <= 2
+                                              else '') + '.',
              '', '| budget ms | ms/block | cap (blocks) | sent (Hz) | node received | processed | dropped | cropped | '
              'out / in | latency p50 ms | p95 ms | RSS start / max / end MB |', '|' + '---|' * 12]
     for budget, f in rows:
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
               'for the worker, cropping and segmentation, and the transport both ways.', '']
     from mpnet_model.io.atomic import atomic_write_text
 
-    atomic_write_text(RESULTS, '\n'.join(lines))
+    atomic_write_text(args.results, '\n'.join(lines))
     print('\n'.join(lines))
     return 0
 

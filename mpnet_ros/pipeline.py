@@ -260,7 +260,8 @@ class ScenePipeline:
         prepared = time.perf_counter()
         result = segmenter.segment(xyz, rgb, intensity)
         segmented = time.perf_counter()
-        self.cost.update(blocks, (segmented - prepared) * 1e3)
+        # A crop can leave no full block; counting it as one keeps the cost measured (and the cap able to grow back).
+        self.cost.update(max(blocks, 1), (segmented - prepared) * 1e3)
         labels, scores = np.asarray(result.labels, dtype=np.int32), np.asarray(result.scores, dtype=np.float32)
         instances, infos = np.asarray(result.instances, dtype=np.int64), list(result.instances_info)
         if self.tracker is not None:
