@@ -181,7 +181,7 @@ def calibrate(segmenter, cost: BlockCost | None = None, runs: int = 2) -> BlockC
     fastest of `runs` runs, since on a shared machine other work only ever adds time."""
     cost = cost or BlockCost()
     segmenter.segment(calibration_cloud(segmenter.num_points, side=0.9, seed=1))     # warm-up: lazy inits
-    xyz = calibration_cloud(segmenter.num_points)
+    xyz = calibration_cloud(segmenter.num_points, side=1.5)                          # 2 x 2 = 4 blocks
     blocks = estimate_blocks(xyz, segmenter.block_size, segmenter.stride, segmenter.min_block_points)
     timings = []
     for _ in range(max(1, runs)):
