@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 SHARED ?= ../shared
 WHEELS := $(SHARED)/wheels
 LAUNCH_WHEELS := launch launch_xml launch_yaml launch_testing launch_pytest launch_ros \
-	launch_testing_ros ros2cli ros2launch ros2pkg ros2run sensor_msgs_py composition_interfaces_placeholder
+	launch_testing_ros ros2cli ros2launch ros2pkg ros2run ros2topic ros2node rosidl_runtime_py sensor_msgs_py \
+	composition_interfaces_placeholder
 # launch_ros finds packages and executables through the ament index under the venv prefix.
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -25,14 +26,18 @@ $(VENV)/.installed: requirements-dev.txt setup.py package.xml
 	$(MAKE) --no-print-directory ament-links
 	touch $@
 
-# setuptools' editable install skips data_files, so link the ament index marker, package.xml, launch/,
-# config/ and the node executable into the venv prefix (what `colcon build --symlink-install` does).
+# setuptools' editable install skips data_files, so link the ament index marker, package.xml, the launch and
+# config files and the node executable into the venv prefix (what `colcon build --symlink-install` does). Files are
+# linked one by one into real folders: `ros2 launch` finds launch files with os.walk, which skips folder symlinks.
+# The globs are setup.py's data_files; rerun `make ament-links` after adding a launch or config file.
+SHARE := $(VENV)/share/mpnet_ros
 ament-links:
-	mkdir -p $(VENV)/share/ament_index/resource_index/packages $(VENV)/share/mpnet_ros $(VENV)/lib/mpnet_ros
+	mkdir -p $(VENV)/share/ament_index/resource_index/packages $(SHARE) $(VENV)/lib/mpnet_ros
+	for d in launch config; do if [ -L $(SHARE)/$$d ]; then rm $(SHARE)/$$d; fi; mkdir -p $(SHARE)/$$d; done
 	ln -sfn $(CURDIR)/resource/mpnet_ros $(VENV)/share/ament_index/resource_index/packages/mpnet_ros
-	ln -sfn $(CURDIR)/package.xml $(VENV)/share/mpnet_ros/package.xml
-	ln -sfn $(CURDIR)/launch $(VENV)/share/mpnet_ros/launch
-	ln -sfn $(CURDIR)/config $(VENV)/share/mpnet_ros/config
+	ln -sfn $(CURDIR)/package.xml $(SHARE)/package.xml
+	ln -sf $(CURDIR)/launch/*.launch.py $(SHARE)/launch/
+	ln -sf $(CURDIR)/config/*.yaml $(CURDIR)/config/*.rviz $(CURDIR)/config/*.xml $(SHARE)/config/
 	ln -sfn $(CURDIR)/scripts/segment $(VENV)/lib/mpnet_ros/segment
 
 venv: $(VENV)/.installed

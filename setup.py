@@ -37,6 +37,7 @@ setup(
             'mpnet-eval = mpnet_model.eval.evaluate:main',
             'mpnet-export = mpnet_model.infer.export:main',
             'mpnet-bag = mpnet_ros.bag_tool:main',
+            'mpnet-replay = mpnet_ros.replay:main',
             'mpnet-demo = mpnet_ros.demo:main',
             'mpnet-synth = mpnet_model.data.synthetic:main',
             'mpnet-analyse = mpnet_model.analysis.cli:main',

@@ -177,7 +177,8 @@ def _parse_cloud(msg: Any, max_points: int, drop_zero: bool, datatypes: dict[int
     raw = _point_records(_message_bytes(msg.data), height, width, point_step, row_step)
     points = np.frombuffer(raw, dtype=dtype, count=height * width)  # (H*W,) structured view
 
-    xyz = np.stack([points[axis].astype(np.float32) for axis in 'xyz'], axis=1)  # (H*W, 3)
+    with np.errstate(over='ignore'):    # float64 beyond float32's range becomes inf: dropped as invalid just below
+        xyz = np.stack([points[axis].astype(np.float32) for axis in 'xyz'], axis=1)  # (H*W, 3)
     valid = np.isfinite(xyz).all(axis=1)
     if drop_zero:
         valid &= (xyz != 0).any(axis=1)
@@ -196,7 +197,8 @@ def _parse_cloud(msg: Any, max_points: int, drop_zero: bool, datatypes: dict[int
     elif 'intensity' in by_name:
         if dtype['intensity'].shape:
             raise CloudError(f"field 'intensity' has count {by_name['intensity'].count} (expected 1)")
-        intensity = points['intensity'][source_index].astype(np.float32)
+        with np.errstate(over='ignore'):    # out-of-range values become inf, set to 0 just below
+            intensity = points['intensity'][source_index].astype(np.float32)
         intensity[~np.isfinite(intensity)] = 0.0
     return ParsedCloud(xyz=np.ascontiguousarray(xyz[source_index]), rgb=rgb, intensity=intensity,
                        source_index=source_index, frame_id=str(msg.header.frame_id),
