@@ -1,10 +1,16 @@
-"""`mpnet-synth`: write a synthetic S3DIS-layout dataset of static scans."""
+"""`mpnet-synth`: write synthetic labelled indoor data: static scans (S3DIS layout) or virtual sensor frames.
+
+    mpnet-synth --out data/synthetic --areas 5 --rooms-per-area 4                 # static scans (default)
+    mpnet-synth --out data/sim_lidar --sensor os1-128 --areas 5 --sequences-per-area 2 --frames 6 --bags
+    mpnet-synth --out data/sim_rgbd --sensor kinect,realsense --scenes room,floor --areas 5
+"""
 from __future__ import annotations
 
 import argparse
 
 import numpy as np
 
+from mpnet_model.data.synthetic.frames import SCENE_KINDS, SENSORS, generate_frames
 from mpnet_model.data.synthetic.io import generate_dataset
 from mpnet_model.data.synthetic.sampling import DEFAULT_DENSITY, DEFAULT_NOISE, DEFAULT_RARE_PROB
 
@@ -37,7 +43,19 @@ def main(argv: list[str] | None = None) -> int:
                         help='probability that a room gets 1-2 rare arrangements')
     parser.add_argument('--preview', action='store_true', help='also write a top-view preview.png per room')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    sensors = parser.add_argument_group('virtual sensors (docs/simulated_sensors.md)')
+    sensors.add_argument('--sensor', default='static',
+                         help=f"'static' (S3DIS-like scans) or a comma list of {', '.join(SENSORS)}")
+    sensors.add_argument('--scenes', default=','.join(SCENE_KINDS),
+                         help='comma list of room, floor (rooms along a corridor); sequences alternate them')
+    sensors.add_argument('--sequences-per-area', type=int, default=2, help='drives per sensor and area')
+    sensors.add_argument('--frames', type=int, default=8, help='frames per drive, --spacing metres apart')
+    sensors.add_argument('--spacing', type=float, default=1.0)
+    sensors.add_argument('--columns', type=int, default=1024, choices=(512, 1024, 2048), help='lidar columns')
+    sensors.add_argument('--bags', action='store_true', help='also write each drive as a rosbag2 (mcap) in bags/')
     args = parser.parse_args(argv)
+    if args.sensor != 'static':
+        return _sensor_main(parser, args)
     if args.rooms_per_area < 1:
         parser.error(f'--rooms-per-area must be >= 1, got {args.rooms_per_area}')
     try:
@@ -49,6 +67,34 @@ def main(argv: list[str] | None = None) -> int:
     points = [r['points'] for r in summary['rooms']]
     print(f"wrote {len(points)} rooms to {args.out}: {int(np.mean(points))} points/room on average, "
           f"{summary['seconds_per_room']} s/room")
+    return 0
+
+
+def _sensor_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mpnet_model.data.synthetic.bags import write_sequence_bag
+
+    wanted = tuple(s.strip().lower() for s in args.sensor.split(',') if s.strip())
+    scenes = tuple(s.strip() for s in args.scenes.split(',') if s.strip())
+    if args.sequences_per_area < 1 or args.frames < 1 or args.spacing <= 0:
+        parser.error('--sequences-per-area and --frames must be >= 1, --spacing > 0')
+    try:
+        summary = generate_frames(args.out, {a: args.sequences_per_area for a in args.areas}, wanted, scenes,
+                                  args.frames, args.spacing, args.columns, args.seed, progress=not args.quiet)
+    except (ValueError, ImportError) as exc:
+        parser.error(str(exc))
+    if args.bags:
+        for seq in summary['sequences']:
+            bag = Path(args.out) / 'bags' / seq['sequence']
+            if bag.exists():
+                import shutil
+
+                shutil.rmtree(bag)
+            write_sequence_bag(Path(args.out) / f"Area_{seq['area']}" / seq['sequence'], bag)
+    frames = sum(s['frames'] for s in summary['sequences'])
+    print(f"wrote {len(summary['sequences'])} sequences ({frames} frames) to {args.out} in {summary['seconds']} s"
+          + (f"; bags in {Path(args.out) / 'bags'}" if args.bags else ''))
     return 0
 
 
