@@ -1,7 +1,8 @@
 """The core path shared by the node and the bag tool (ROS-free): filter -> accumulate -> segment -> results.
 
 parsed cloud ──► range filter (sensor frame) ──► transform to the fixed frame ──► crop box ──► CloudWindow
-window ──► optional voxel down-sampling ──► SceneSegmenter.segment ──► labels copied back to every window point
+window ──► optional voxel down-sampling ──► (no tf: gravity alignment) ──► SceneSegmenter.segment
+       ──► labels copied back to every window point
 """
 from __future__ import annotations
 
@@ -99,7 +100,13 @@ class ScenePipeline:
             rgb = None if rgb is None else rgb[keep]
             intensity = None if intensity is None else intensity[keep]
         prepared = time.perf_counter()
-        result = self.segmenter.segment(xyz, rgb, intensity)
+        if self.params.gravity_align == 'auto' and not self.params.fixed_frame:    # no tf: level it ourselves
+            from mpnet_model.infer.gravity import prior_up_for_frame, segment_gravity_aligned
+
+            result, _ = segment_gravity_aligned(self.segmenter, xyz, rgb, intensity,
+                                                prior_up_for_frame(window.frame_id))
+        else:
+            result = self.segmenter.segment(xyz, rgb, intensity)
         segmented = time.perf_counter()
         labels, instances, scores = (np.asarray(result.labels, dtype=np.int32),
                                      np.asarray(result.instances, dtype=np.int32),
