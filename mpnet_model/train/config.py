@@ -46,6 +46,7 @@ class RunConfig:
     resume: bool = True                      # continue from out_dir/last.pt when present
     val_blocks: int = 0                      # 0 = all validation blocks
     curve_blocks: int = 64                   # validation blocks clustered for per-class instance curves (0 = off)
+    init_from: str = ''                      # start from these weights (e.g. the shipped model) unless resuming
 
 
 @dataclass

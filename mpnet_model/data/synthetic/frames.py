@@ -134,8 +134,8 @@ def sequence_rng(seed: int, area: int, index: int, sensor: str) -> np.random.Gen
 def generate_frames(root: str | os.PathLike, areas: dict[int, int], sensors: tuple[str, ...] = ('os1-128',),
                     scenes: tuple[str, ...] = SCENE_KINDS, frames: int = 8, spacing: float = 1.0,
                     columns: int = 1024, seed: int = 0, progress: bool = True) -> dict:
-    """`areas[a]` sequences per sensor in each Area_<a>, alternating the scene kinds; returns (and writes to
-    `<root>/sensor_frames.json`) a summary."""
+    """`areas[a]` sequences per sensor in each Area_<a>, scene kinds alternating over areas and drives; returns
+    (and writes to `<root>/sensor_frames.json`) a summary."""
     from tqdm import tqdm
 
     from mpnet_model.data.synthetic.floors import floor_scene, room_scene
@@ -154,7 +154,7 @@ def generate_frames(root: str | os.PathLike, areas: dict[int, int], sensors: tup
     start = time.perf_counter()
     for area, index, sensor in tqdm(jobs, desc='sensor sequences', unit='seq', disable=not progress):
         rng = sequence_rng(seed, area, index, sensor)
-        kind = scenes[index % len(scenes)]
+        kind = scenes[(area + index) % len(scenes)]            # alternate over areas and drives
         name = f'{sensor}_{kind}_{area}_{index + 1}'
         scene = (floor_scene if kind == 'floor' else room_scene)(rng, name=f'{kind}_{area}_{index + 1}')
         result = simulate_sequence(scene, SequenceSpec(sensor, kind, frames, spacing, columns), rng)
