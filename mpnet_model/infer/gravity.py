@@ -4,8 +4,9 @@ the results back in the input frame.
 A pitched camera makes the floor look like a wall to a model trained with z up. Indoors the dominant surface
 whose normal lies within `max_tilt` of the frame's nominal up is the floor (or, equally useful, the ceiling or a
 table top: all share the up axis), so the estimator is a plane RANSAC restricted to that cone, vectorised in
-numpy (hypotheses x points in one pass; each hypothesis a seed point and two of its nearest neighbours), refined
-by least-squares fits (SVD) of the winning plane's inliers.
+numpy (hypotheses x points in one pass; each hypothesis a seed point and two of its nearest neighbours), the best
+supported refined by least-squares fits (SVD) on a narrowing inlier band; a refit that leaves the cone (a wall
+dragging the plane over) is rejected.
 Walls, 90 deg away from up, cannot win for tilts under `max_tilt` (45 deg); clutter is outvoted by the floor.
 When no plane holds `min_inlier_fraction` of the points (a camera facing a wall), the cloud is left as it is.
 
@@ -21,7 +22,7 @@ import numpy as np
 
 DEFAULT_MAX_TILT_DEG = 45.0
 DEFAULT_INLIER_DISTANCE = 0.03       # m
-DEFAULT_MIN_INLIER_FRACTION = 0.05
+DEFAULT_MIN_INLIER_FRACTION = 0.03
 GRAVITY_MODES = ('auto', 'off')
 
 
@@ -69,38 +70,55 @@ def estimate_up(xyz: np.ndarray, prior_up=(0.0, 0.0, 1.0), max_tilt_deg: float =
         return not_found
     rng = np.random.default_rng(seed)
     points = xyz[rng.choice(len(xyz), max_points, replace=False)] if len(xyz) > max_points else xyz
-    # local triples (a seed point and two of its 12 nearest neighbours) lie on one surface far more often than
-    # three random points: the floor, a large share of the seeds, yields many good hypotheses
+    # local triples (a seed point and two of its 32 nearest neighbours, not collinear) lie on one surface far more
+    # often than three random points: the floor, a large share of the seeds, yields many good hypotheses; 32
+    # neighbours reach across a lidar's rings, whose nearest points alone lie on one line
     from scipy.spatial import cKDTree
 
     seeds = rng.integers(0, len(points), hypotheses)
-    _, neighbours = cKDTree(points).query(points[seeds], k=min(12, len(points)))
-    pick = np.stack([rng.choice(np.arange(1, neighbours.shape[1]), 2, replace=False) for _ in range(hypotheses)])
-    triples = np.stack([points[seeds], points[neighbours[np.arange(hypotheses), pick[:, 0]]],
-                        points[neighbours[np.arange(hypotheses), pick[:, 1]]]], axis=1)       # (H,3,3)
-    normals = np.cross(triples[:, 1] - triples[:, 0], triples[:, 2] - triples[:, 0])
+    k = min(32, len(points))
+    _, neighbours = cKDTree(points).query(points[seeds], k=k)
+    pick = rng.integers(1, k, (hypotheses, 2))
+    rows = np.arange(hypotheses)
+    a = points[neighbours[rows, pick[:, 0]]] - points[seeds]
+    b = points[neighbours[rows, pick[:, 1]]] - points[seeds]
+    normals = np.cross(a, b)
     length = np.linalg.norm(normals, axis=1)
-    ok = length > 1e-9
-    normals, triples = normals[ok] / length[ok, None], triples[ok]
+    ok = length > 0.2 * np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12   # angle > ~12 deg
+    normals, anchors = normals[ok] / length[ok, None], points[seeds][ok]
     normals *= np.sign(normals @ prior)[:, None]                                   # point them along the prior
-    ok = normals @ prior >= np.cos(np.radians(max_tilt_deg))
+    cos_cone = np.cos(np.radians(max_tilt_deg))
+    ok = normals @ prior >= cos_cone
     if not ok.any():
         return not_found
-    normals, anchors = normals[ok], triples[ok][:, 0]
+    normals, anchors = normals[ok], anchors[ok]
     offsets = np.einsum('hj,hj->h', normals, anchors)                              # (H,)
     distance = np.abs(points.astype(np.float32) @ normals.T.astype(np.float32) - offsets.astype(np.float32))  # (P,H)
     support = (distance < inlier_distance).sum(axis=0)
-    best = int(np.argmax(support))
-    inliers = points[distance[:, best] < inlier_distance]
-    if len(inliers) < max(3, min_inlier_fraction * len(points)):
+    best = None
+    for h in np.argsort(-support)[:5]:               # the best-supported hypotheses, refined; one must stay level
+        refined = _refine(points, normals[h], anchors[h], prior, inlier_distance)
+        if refined is not None and refined[0] @ prior >= cos_cone and (best is None or refined[1] > best[1]):
+            best = refined
+    if best is None or best[1] < max(3, min_inlier_fraction * len(points)):
         return not_found
-    normal = normals[best]
-    for _ in range(3):                              # least-squares refit on the plane's inliers, re-collected
+    return GravityEstimate(best[0], rotation_to_z(best[0]), best[1] / len(points), True)
+
+
+def _refine(points: np.ndarray, normal: np.ndarray, anchor: np.ndarray, prior: np.ndarray, inlier_distance: float
+            ) -> tuple[np.ndarray, int] | None:
+    """Least-squares refits (SVD) of a plane on its inliers, the band narrowing 4x -> 2x -> 1x `inlier_distance`
+    (a hypothesis a few degrees off still gathers its whole plane); (normal, inlier count) or None."""
+    centre = anchor
+    inliers = points[:0]
+    for scale in (4.0, 2.0, 1.0, 1.0):
+        inliers = points[np.abs((points - centre) @ normal) < scale * inlier_distance]
+        if len(inliers) < 3:
+            return None
         centre = inliers.mean(axis=0)
         normal = np.linalg.svd(inliers - centre, full_matrices=False)[2][-1]
-        normal *= np.sign(normal @ prior) or 1.0
-        inliers = points[np.abs((points - centre) @ normal) < inlier_distance]
-    return GravityEstimate(normal, rotation_to_z(normal), len(inliers) / len(points), True)
+        normal = normal * (np.sign(normal @ prior) or 1.0)
+    return normal, int((np.abs((points - centre) @ normal) < inlier_distance).sum())
 
 
 def segment_gravity_aligned(segmenter, xyz: np.ndarray, rgb: np.ndarray | None = None,
