@@ -85,3 +85,27 @@ def test_segmenting_aligned_keeps_per_point_results_and_boxes_in_the_input_frame
     tilted = segmenter.segment(sensor, rgb / np.float32(255))
     floor = sem == 1
     assert (result.labels[floor] == 1).mean() > (tilted.labels[floor] == 1).mean() + 0.2
+
+
+def test_pipeline_levels_optical_frames_only_without_tf():
+    from mpnet_ros.cloud_io import ParsedCloud
+    from mpnet_ros.params import validate_params
+    from mpnet_ros.pipeline import ScenePipeline
+
+    xyz, rgb, _ = _room(7)
+    near = (np.abs(xyz[:, :2]) < 1.0).all(axis=1)
+    optical_from_level = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+    cloud = (xyz[near] @ optical_from_level.T).astype(np.float32)
+    colours = rgb[near] / np.float32(255)
+    segmenter = SceneSegmenter.from_config('onnxruntime', '')
+    parsed = ParsedCloud(cloud, colours, None, np.arange(len(cloud)), 'camera_rgb_optical_frame', 7, len(cloud))
+    runs = {}
+    for name, values in (('auto', {}), ('off', {'gravity_align': 'off'}), ('tf', {'fixed_frame': 'map'})):
+        pipeline = ScenePipeline(validate_params(values, check_files=False), segmenter)
+        pipeline.add(parsed)
+        runs[name] = pipeline.process(pipeline.window.snapshot())
+    aligned, _ = segment_gravity_aligned(segmenter, cloud, colours, prior_up=(0, -1, 0))
+    np.testing.assert_array_equal(runs['auto'].labels, aligned.labels)          # default: levelled (-y prior)
+    direct = segmenter.segment(cloud, colours)
+    np.testing.assert_array_equal(runs['off'].labels, direct.labels)            # off: as it comes
+    np.testing.assert_array_equal(runs['tf'].labels, direct.labels)             # a tf fixed frame: trusted
