@@ -46,6 +46,11 @@ def test_mixed_sources_train_on_both_and_load_each_with_its_loader(roots):
     d = DataConfig(dataset='synthetic', root=str(static), test_area=5, val_fraction=0.0,
                    mix=f'frames:{frames}').validate()
     split = d.split()
+    balanced = DataConfig(dataset='synthetic', root=str(static), test_area=5, val_fraction=0.0, repeat=3,
+                          mix=f'frames:{frames}@2').validate().split()
+    assert len(balanced.train) == 3 * 1 + 2 * 2 and len(split.train) == 1 + 2
+    with pytest.raises(ConfigError, match='@k'):
+        DataConfig(mix=f'frames:{frames}@0').validate()
     rooms = [split.loader(p) for p in split.train]
     names = sorted(r.name for r in rooms)
     assert any(n.startswith('Area_1') for n in names)                      # the static room

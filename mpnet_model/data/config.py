@@ -4,8 +4,9 @@ Its own module (below training and evaluation, both read it): `mpnet-train` buil
 `mpnet-eval` picks its test rooms or frames from it, from the same YAML file.
 
 Mixing sources: `mix` adds more datasets to the training and validation splits, e.g.
-`mix: frames:data/sim_lidar,frames:data/sim_rgbd` trains on the static rooms of `root` plus simulated sensor frames
-(each source split by the same `test_area`); the test split stays the main dataset's.
+`mix: frames:data/sim_lidar,frames:data/sim_rgbd@2` trains on the static rooms of `root` plus simulated sensor frames
+(each source split by the same `test_area`); the test split stays the main dataset's. `@k` (and `repeat` for the main
+dataset) lists a source's training rooms k times, to balance the sources' shares of the blocks in an epoch.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class DataConfig:
     min_points: int = 100
     max_rooms: int = 0                       # 0 = all; a small number for smoke runs
     lidar_colour: str = 'intensity'          # frames: lidar colour channels as the runtime makes them (or 'grey')
-    mix: str = ''                            # extra training sources 'dataset:root,...' (see module docstring)
+    mix: str = ''                            # extra training sources 'dataset:root[@k],...' (module docstring)
+    repeat: int = 1                          # with mix: list the main dataset's training rooms this many times
 
     def split(self):
         """The rooms this config trains, validates and tests on (`mpnet_model.data.splits.RoomSplit`)."""
@@ -48,20 +50,23 @@ class DataConfig:
             return main
         extra = [split_rooms(dataset, root, self.test_area, self.fold, self.val_fraction,
                              max_rooms=self.max_rooms, lidar_colour=self.lidar_colour)
-                 for dataset, root in self.mix_sources()]
-        return mixed_split([(self.root, main)] + [(root, s) for (_, root), s in zip(self.mix_sources(), extra)])
+                 for dataset, root, _ in self.mix_sources()]
+        return mixed_split([(self.root, main, self.repeat)]
+                           + [(root, s, k) for (_, root, k), s in zip(self.mix_sources(), extra)])
 
-    def mix_sources(self) -> list[tuple[str, str]]:
-        """[(dataset, root)] of `mix`."""
+    def mix_sources(self) -> list[tuple[str, str, int]]:
+        """[(dataset, root, repeat)] of `mix`."""
         sources = []
         for item in (s.strip() for s in self.mix.split(',')):
             if not item:
                 continue
             dataset, sep, root = item.partition(':')
-            if not sep or dataset not in DATASETS or dataset == 'scannet' or not root:
-                raise ConfigError(f"data.mix item {item!r}: expected 'dataset:root' with dataset one of "
-                                  f'{[d for d in DATASETS if d != "scannet"]}')
-            sources.append((dataset, root))
+            root, _, repeat = root.partition('@')
+            if not sep or dataset not in DATASETS or dataset == 'scannet' or not root or \
+                    (repeat and not (repeat.isdigit() and int(repeat) >= 1)):
+                raise ConfigError(f"data.mix item {item!r}: expected 'dataset:root' or 'dataset:root@k' (k >= 1) "
+                                  f'with dataset one of {[d for d in DATASETS if d != "scannet"]}')
+            sources.append((dataset, root, int(repeat or 1)))
         return sources
 
     def validate(self) -> DataConfig:
@@ -78,6 +83,8 @@ class DataConfig:
             raise bad('stride', 'must be in (0, block_size]')
         if self.lidar_colour not in LIDAR_COLOURS:
             raise bad('lidar_colour', f'choose one of {list(LIDAR_COLOURS)}')
+        if self.repeat < 1:
+            raise bad('repeat', 'must be >= 1')
         self.mix_sources()
         return self
 

@@ -91,7 +91,8 @@ class _SourceLoader:
         raise ValueError(f'{path} lies under none of the data sources {[str(r) for r, _ in self.sources]}')
 
 
-def mixed_split(splits: list[tuple[str | Path, RoomSplit]]) -> RoomSplit:
-    """One split over several sources: train and val concatenated, the test split of the first (main) source."""
-    return RoomSplit(train=[p for _, s in splits for p in s.train], val=[p for _, s in splits for p in s.val],
-                     test=list(splits[0][1].test), loader=_SourceLoader([(root, s.loader) for root, s in splits]))
+def mixed_split(splits: list[tuple[str | Path, RoomSplit, int]]) -> RoomSplit:
+    """One split over several (root, split, repeat) sources: training rooms listed `repeat` times each, validation
+    rooms once, the test split of the first (main) source."""
+    return RoomSplit(train=[p for _, s, k in splits for p in s.train * k], val=[p for _, s, _ in splits for p in s.val],
+                     test=list(splits[0][1].test), loader=_SourceLoader([(root, s.loader) for root, s, _ in splits]))
