@@ -25,6 +25,8 @@ setup(
     # Loose on purpose: robots bring their own torch (CUDA/Jetson builds).
     install_requires=['numpy', 'scipy', 'scikit-learn', 'pyyaml', 'tqdm', 'torch', 'onnx', 'onnxruntime',
                       'rosbags', 'matplotlib', 'pypcd4'],
+    # Simulated sensor data (mpnet-synth sensors) ray-casts with Embree; robots do not need it.
+    extras_require={'sim': ['trimesh', 'embreex']},
     zip_safe=True,
     maintainer='mpnet_ros developers',
     maintainer_email='mpnet-ros@example.org',

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mpnet_model.data.classes import class_colour_table
-from mpnet_model.io.pointclouds import unpack_rgb
+from mpnet_model.io.pointclouds import pack_rgb, unpack_rgb
 
 # sensor_msgs/PointField datatype constants (fixed by the message definition).
 INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64 = range(1, 9)
@@ -142,12 +142,6 @@ def _point_records(raw: np.ndarray, height: int, width: int, point_step: int, ro
     # Rows carry padding: view the rows as (height, row_step) and cut each to its points.
     padded = np.lib.stride_tricks.as_strided(raw, shape=(height, packed), strides=(row_step, 1), writeable=False)
     return np.ascontiguousarray(padded).reshape(-1)
-
-
-def pack_rgb(rgb_u8: np.ndarray) -> np.ndarray:
-    """(N, 3) uint8 -> (N,) float32 whose bits are 0x00RRGGBB (the PCL / RViz convention)."""
-    rgb_u8 = rgb_u8.astype(np.uint32)
-    return ((rgb_u8[:, 0] << 16) | (rgb_u8[:, 1] << 8) | rgb_u8[:, 2]).view(np.float32)
 
 
 def parse_cloud(msg: Any, max_points: int = DEFAULT_MAX_POINTS, drop_zero: bool = True,

@@ -66,6 +66,9 @@ SPECS: dict[str, ParamSpec] = {
                                 1.0, 1_000_000.0),
     'crop_box': ParamSpec([0.0] * 6, 'Keep points inside [xmin, ymin, zmin, xmax, ymax, zmax] in the fixed frame '
                           '(all zeros = off).'),
+    'gravity_align': ParamSpec('auto', "Without tf (fixed_frame ''), rotate each window so its dominant floor "
+                               "plane is level before segmenting, results given back in the input frame; 'off' = "
+                               'trust the frame as z-up.', choices=('auto', 'off')),
     'voxel_size': ParamSpec(0.0, 'Segment one point per voxel of this edge [m] and copy its result to the voxel '
                             '(0 = off).', 0.0, 10.0),
     'drop_zero_points': ParamSpec(True, 'Treat 0,0,0 points as invalid returns (Ouster and others publish them).'),

@@ -3,7 +3,8 @@
 parsed cloud ──► sane extent ──► range filter (sensor frame) ──► transform to the fixed frame (injected lookup)
   ──► crop box ──► CloudWindow
 window ──► block cap (processing budget / measured ms per block: crop to the nearest range, or refuse)
-  ──► optional voxel down-sampling ──► SceneSegmenter.segment ──► InstanceTracker (persistent ids)
+  ──► optional voxel down-sampling ──► (no tf: gravity alignment) ──► SceneSegmenter.segment
+  ──► InstanceTracker (persistent ids)
   ──► labels copied back to every window point
 
 Warnings about the input go to `warn(kind, message)` (the node rate-limits them per kind; the bag tool logs them);
@@ -258,7 +259,13 @@ class ScenePipeline:
             rgb = None if rgb is None else rgb[kept]
             intensity = None if intensity is None else intensity[kept]
         prepared = time.perf_counter()
-        result = segmenter.segment(xyz, rgb, intensity)
+        if p.gravity_align == 'auto' and not p.fixed_frame:    # no tf: level it ourselves
+            from mpnet_model.infer.gravity import prior_up_for_frame, segment_gravity_aligned
+
+            result, _ = segment_gravity_aligned(segmenter, xyz, rgb, intensity,
+                                                prior_up_for_frame(window.frame_id))
+        else:
+            result = segmenter.segment(xyz, rgb, intensity)
         segmented = time.perf_counter()
         # A crop can leave no full block; counting it as one keeps the cost measured (and the cap able to grow back).
         self.cost.update(max(blocks, 1), (segmented - prepared) * 1e3)

@@ -122,8 +122,9 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter  # lazy: only the main rank writes logs
             self.writer = SummaryWriter(str(self.out_dir / 'tb'))
-        if cfg.run.resume:
-            self.try_resume()
+        resumed = cfg.run.resume and self.try_resume()
+        if not resumed and cfg.run.init_from:
+            self.init_weights(cfg.run.init_from)
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             # Memory heads unused by a given ablation row leave parameters without gradients.
@@ -173,6 +174,14 @@ class Trainer:
         self.history = list(extra['history'])
         log.info('resumed from %s after epoch %d (%d samples)', self.last_path, self.epoch, self.samples_seen)
         return True
+
+    def init_weights(self, path: str | Path) -> None:
+        """Fine-tuning: the model weights of another checkpoint (same architecture), a fresh optimiser."""
+        try:
+            self.model.load_state_dict(read_checkpoint(path, map_location=self.device)['state_dict'])
+        except (CheckpointError, RuntimeError) as error:
+            raise CheckpointError(f'run.init_from={str(path)!r}: cannot start from it: {error}') from error
+        log.info('starting from the weights of %s', path)
 
     # ------------------------------------------------------------------ loop
     def _loader(self, dataset: Dataset, shuffle: bool, epoch: int) -> DataLoader:
