@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from mpnet_model.default_model import default_model_path
+from mpnet_model.infer.precision import PRECISIONS  # fp32 | fp16 | bf16
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-PRECISIONS = ('fp32', 'fp16')
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 
 
@@ -55,7 +55,8 @@ SPECS: dict[str, ParamSpec] = {
                             'shipped default model.'),
     'engine_path': ParamSpec('', 'TensorRT engine cache (built from the ONNX model_path when missing or stale; '
                              "'' = next to model_path)."),
-    'precision': ParamSpec('fp32', 'Inference precision.', choices=PRECISIONS),
+    'precision': ParamSpec('fp32', 'Inference precision: fp16 (all backends; CPU too), bf16 (torch).',
+                           choices=PRECISIONS),
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'."),
     'cluster_bandwidth': ParamSpec(0.6, 'Mean-shift bandwidth on instance embeddings.', 0.01, 10.0),
     'min_instance_points': ParamSpec(50, 'Instances with fewer points are dropped (instance -1).', 1, 10_000_000),

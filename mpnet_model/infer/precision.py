@@ -224,7 +224,10 @@ def _split_shared_initializers(model, fp32_nodes: set[str]):
 def convert_fp16_model(model, fp32_nodes: Iterable[str] | None = None):
     """fp16 copy of an fp32 onnx.ModelProto: float32 I/O kept, `fp32_nodes` (default: the model's own list) kept
     in float32, everything else float16 (onnxconverter-common). Returns the new ModelProto."""
-    from onnxconverter_common import float16
+    try:
+        from onnxconverter_common import float16
+    except ImportError as error:
+        raise PrecisionError('fp16 ONNX graphs need onnxconverter-common: pip install onnxconverter-common') from error
 
     names = list(fp32_nodes_of(model) if fp32_nodes is None else fp32_nodes)
     known = {node.name for node in model.graph.node}
@@ -289,14 +292,17 @@ def user_cache_dir() -> Path:
 
 
 def fp16_model_path(onnx_path: str | Path) -> Path:
-    """Where the fp16 graph of `onnx_path` is cached: next to it when that folder is writable, else in the user
-    cache folder. The name carries a hash of the fp32 file, so a changed model never reuses a stale conversion."""
+    """Where the fp16 graph of `onnx_path` is cached: next to it when that folder is writable and not inside the
+    installed package (the shipped model), else in the user cache folder. The name carries a hash of the fp32
+    file, so a changed model never reuses a stale conversion."""
     onnx_path = Path(onnx_path)
     with open(onnx_path, 'rb') as stream:
         digest = hashlib.file_digest(stream, 'sha256').hexdigest()[:12]
     name = f'{onnx_path.stem}.{digest}.fp16.onnx'
     folder = onnx_path.resolve().parent
-    return folder / name if os.access(folder, os.W_OK) else user_cache_dir() / name
+    package = Path(__file__).resolve().parents[1]
+    beside = os.access(folder, os.W_OK) and not folder.is_relative_to(package)
+    return folder / name if beside else user_cache_dir() / name
 
 
 def cached_fp16(onnx_path: str | Path) -> Path:
