@@ -17,8 +17,9 @@ import onnx
 import pytest
 import torch
 from runtime_fixtures import needs_data, real_blocks
+from torch.utils.data import TensorDataset
 
-from mpnet_model.config import ModelConfig, small_config
+from mpnet_model.config import ConfigError, ModelConfig, small_config
 from mpnet_model.default_model import DEFAULT_CHECKPOINT
 from mpnet_model.infer import precision
 from mpnet_model.infer.backends.base import BackendError, ModelMetadata, make_backend
@@ -36,6 +37,8 @@ from mpnet_model.model.pointnet2 import (
     gather_points,
     three_nn_interpolate,
 )
+from mpnet_model.train.config import config_from_dict
+from mpnet_model.train.trainer import Trainer
 
 EMBED_BOUND = 0.01      # fp16: max |emb16 - emb32| <= 1 % of max |emb32|
 BF16_EMBED_BOUND = 0.1  # bf16 (8 mantissa bits): 10 %
@@ -276,3 +279,41 @@ def test_torch_backend_fp16_on_cuda_agrees_with_fp32():
     finite, agreement, error = _compare(*make_backend('torch', DEFAULT_CHECKPOINT, device='cuda',
                                                       precision='fp16').run(blocks), *reference)
     assert finite and agreement >= MIN_AGREEMENT and error <= EMBED_BOUND, (agreement, error)
+
+
+# ---------------------------------------------------------------------------------------------- AMP training on CPU
+TINY_MODEL = dict(num_points=256, feature_dim=32, sa_npoints=[128, 32, 8, 4],
+                  sa_mlps=[[16, 16, 32], [32, 32, 64], [64, 64, 64], [64, 64, 128]],
+                  fp_mlps=[[64, 64], [64, 64], [64, 32], [32, 32, 32]], mem_per_class=4)
+
+
+def _train_losses(tmp_path: Path, steps: int, **run) -> tuple[list[float], Trainer]:
+    """`steps` train steps of the full model on one fixed batch of 4 synthetic blocks (same init every call)."""
+    from test_overfit import make_synthetic_block
+
+    cfg = config_from_dict({'ablation': 'full', 'model': TINY_MODEL, 'optim': {'batch_size': 4, 'lr': 0.005},
+                            'run': {'device': 'cpu', 'num_workers': 0, 'resume': False, 'log_every': 1000,
+                                    'out_dir': str(tmp_path / f'run-{len(list(tmp_path.iterdir()))}'), **run}})
+    points, sem, ins = (torch.from_numpy(np.stack(part))
+                        for part in zip(*[make_synthetic_block(256, seed) for seed in range(4)]))
+    trainer = Trainer(cfg, TensorDataset(points, sem, ins))
+    losses = [trainer.train_step(points, sem, ins)['total'] for _ in range(steps)]
+    trainer.close()
+    return losses, trainer
+
+
+def test_fp16_amp_training_on_cpu_is_finite_and_learns_as_fp32(tmp_path):
+    fp32, _ = _train_losses(tmp_path, 20)
+    fp16, trainer = _train_losses(tmp_path, 20, amp_cpu=True, amp_dtype='fp16')
+    assert trainer.use_amp and trainer.amp_dtype == torch.float16 and trainer.scaler.is_enabled()
+    assert all(np.isfinite(fp16)), fp16                       # was: FloatingPointError at step 0
+    assert abs(fp16[0] - fp32[0]) <= 0.01 * fp32[0]            # same init, same batch: the same first loss
+    assert fp32[-1] < 0.7 * fp32[0] and fp16[-1] < 0.7 * fp16[0], (fp32, fp16)
+    assert abs(fp16[-1] / fp16[0] - fp32[-1] / fp32[0]) < 0.1, (fp32, fp16)   # reduced as much as fp32
+
+
+def test_bf16_amp_training_step_and_amp_dtype_errors(tmp_path):
+    losses, trainer = _train_losses(tmp_path, 2, amp_cpu=True, amp_dtype='bf16')
+    assert all(np.isfinite(losses)) and trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    with pytest.raises(ConfigError, match='run.amp_dtype'):
+        config_from_dict({'run': {'amp_dtype': 'fp8'}})
