@@ -82,7 +82,8 @@ def training(lines: list[str], amp_dtypes: list[str], steps: int = 20, batch: in
     items = [dataset[i % len(dataset)] for i in range(batch)]
     points, sem, ins = (torch.stack(part) for part in zip(*items))
     lines += ['## Training: paper config, batch 24, synthetic blocks, CUDA', '',
-              '| run | all losses finite | loss step 1 | loss step 20 | blocks/s | peak GiB |', '|---|---|---|---|---|---|']
+              '| run | all losses finite | loss step 1 | loss step 20 | blocks/s | peak GiB |',
+              '|---|---|---|---|---|---|']
     for label, run in [('fp32', {'amp': False})] + [(f'AMP {d}', {'amp': True, 'amp_dtype': d}) for d in amp_dtypes]:
         folder = tempfile.mkdtemp(prefix='mpnet-gpu-half-')
         cfg = config_from_dict({'optim': {'batch_size': batch}, 'run': {'device': 'cuda', 'num_workers': 0,

@@ -154,7 +154,7 @@ def test_trained_small_model_under_cpu_autocast_agrees_with_fp32(dtype, bound):
 @needs_data
 @pytest.mark.slow
 def test_paper_config_under_fp16_autocast_agrees_with_fp32():
-    # CPU fp16 is emulated (no fp16 units here): ~30 s for these two 4096-point blocks on 2 shared cores.
+    # CPU fp16 is emulated (no fp16 units here): ~1 min for these two 4096-point blocks on 2 shared cores.
     finite, agreement, embed_error = _autocast_forward(_paper_model(), real_blocks(4096, count=1), torch.float16)
     assert finite and agreement >= MIN_AGREEMENT and embed_error <= EMBED_BOUND, (agreement, embed_error)
 
