@@ -24,7 +24,7 @@ setup(
     ],
     # Loose on purpose: robots bring their own torch (CUDA/Jetson builds).
     install_requires=['numpy', 'scipy', 'scikit-learn', 'pyyaml', 'tqdm', 'torch', 'onnx', 'onnxruntime',
-                      'rosbags', 'matplotlib', 'pypcd4'],
+                      'onnxconverter-common', 'rosbags', 'matplotlib', 'pypcd4'],
     # Simulated sensor data (mpnet-synth sensors) ray-casts with Embree; robots do not need it.
     extras_require={'sim': ['trimesh', 'embreex']},
     zip_safe=True,

@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 
 from mpnet_model.default_model import default_model_path
+from mpnet_model.infer.precision import PRECISIONS  # fp32 | fp16 | bf16
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-PRECISIONS = ('fp32', 'fp16')
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 
 
@@ -77,7 +77,8 @@ SPECS: dict[str, ParamSpec] = {
                             'shipped default model.', rebuild=('segmenter',)),
     'engine_path': ParamSpec('', 'TensorRT engine cache (built from the ONNX model_path when missing or stale; '
                              "'' = next to model_path).", rebuild=('segmenter',)),
-    'precision': ParamSpec('fp32', 'Inference precision.', choices=PRECISIONS, rebuild=('segmenter',)),
+    'precision': ParamSpec('fp32', 'Inference precision: fp16 (all backends; CPU too), bf16 (torch).',
+                           choices=PRECISIONS, rebuild=('segmenter',)),
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'.", rebuild=('segmenter',)),
     'cluster_bandwidth': ParamSpec(0.6, 'Mean-shift bandwidth on instance embeddings.', 0.01, 10.0,
                                    rebuild=('segmenter',)),

@@ -76,8 +76,10 @@ def test_onnxruntime_errors_name_the_problem(models, tmp_path):
         backend.run(np.zeros((2, 512, 9), np.float32))
     with pytest.raises(BackendError, match='backend='):
         make_backend('tflite', onnx_path)
-    with pytest.raises(BackendError, match='precision'):
-        make_backend('onnxruntime', onnx_path, precision='fp16')
+    with pytest.raises(BackendError, match="precision='bf16'"):          # fp16 is supported (docs/precision.md)
+        make_backend('onnxruntime', onnx_path, precision='bf16')
+    with pytest.raises(BackendError, match='corrupt.onnx'):              # the fp16 conversion names the file too
+        make_backend('onnxruntime', corrupt, precision='fp16')
 
 
 @pytest.mark.slow

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from mpnet_model.infer.precision import PRECISIONS
+
 BACKEND_KINDS = ('torch', 'onnxruntime', 'tensorrt')
 INPUT_POINTS = 'points'
 OUTPUT_NAMES = ('sem_logits', 'ins_embed')
@@ -173,8 +175,8 @@ def make_backend(kind: str, model_path: str | Path, device: str = 'cpu', precisi
     """Create a backend by name: 'torch' (checkpoint .pt), 'onnxruntime' (.onnx) or 'tensorrt' (.onnx; the engine
     is built / cached next to it). An empty `model_path` selects the shipped default model.
     `options` go to the backend's constructor (e.g. intra_op_threads)."""
-    if precision not in ('fp32', 'fp16'):
-        raise BackendError(f"precision={precision!r}: choose 'fp32' or 'fp16'")
+    if precision not in PRECISIONS:
+        raise BackendError(f'precision={precision!r}: choose one of {", ".join(PRECISIONS)}')
     if not str(model_path):
         from mpnet_model.default_model import default_model_path
         try:
@@ -188,6 +190,8 @@ def make_backend(kind: str, model_path: str | Path, device: str = 'cpu', precisi
         from mpnet_model.infer.backends.onnx_backend import OnnxRuntimeBackend
         return OnnxRuntimeBackend(model_path, device=device, precision=precision, **options)
     if kind in ('tensorrt', 'trt'):
+        if precision == 'bf16':
+            raise BackendError("tensorrt backend: precision='bf16' is not wired in; use 'fp16' or 'fp32'")
         from mpnet_model.infer.backends.tensorrt_backend import TensorRTBackend
         return TensorRTBackend(model_path, device=device, precision=precision, **options)
     raise BackendError(f'backend={kind!r}: choose one of {BACKEND_KINDS}')
