@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from mpnet_model.default_model import default_model_path
+from mpnet_model.infer.backends.registry import BACKEND_NAMES, find_backend
 
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+BACKENDS = BACKEND_NAMES
 PRECISIONS = ('fp32', 'fp16')
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 
@@ -136,11 +137,10 @@ def _check_model_files(params: dict[str, Any]) -> None:
             raise ParamError('model_path', '', str(error)) from error
     if not Path(model_path).is_file():
         raise ParamError('model_path', model_path, 'file does not exist')
-    suffix = Path(model_path).suffix.lower()
-    if backend == 'torch' and suffix == '.onnx':
-        raise ParamError('model_path', model_path, "is an ONNX file; backend 'torch' needs a checkpoint (.pt)")
-    if backend in ('onnxruntime', 'tensorrt') and suffix != '.onnx':
-        raise ParamError('model_path', model_path, f'backend {backend!r} needs an ONNX model (.onnx)')
+    wanted = find_backend(backend).model_suffix
+    if Path(model_path).suffix.lower() != wanted:
+        kind = 'a checkpoint' if wanted == '.pt' else 'an ONNX model'
+        raise ParamError('model_path', model_path, f'backend {backend!r} needs {kind} ({wanted})')
 
 
 def validate_params(values: Mapping[str, Any], check_files: bool = True) -> SegmentParams:
