@@ -83,6 +83,29 @@ def test_checker_flags_unsupported_op_and_runtime_topk_k():
     assert 'NOT supported' in report.summary()
 
 
+def test_checker_applies_the_table_restrictions():
+    """Hardmax is supported; TopK needs sorted=1 and K < 3840; Reduce* axes inputs (opset 18) must be constants."""
+    x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [2, 5000])
+    axes = helper.make_tensor_value_info('axes', TensorProto.INT64, [1])
+    big_k = helper.make_tensor('big_k', TensorProto.INT64, [1], [4000])
+    small_k = helper.make_tensor('small_k', TensorProto.INT64, [1], [32])
+    const_axes = helper.make_tensor('const_axes', TensorProto.INT64, [1], [1])
+    nodes = [helper.make_node('Hardmax', ['x'], ['h'], name='hard'),
+             helper.make_node('TopK', ['x', 'big_k'], ['v1', 'i1'], name='big'),
+             helper.make_node('TopK', ['x', 'small_k'], ['v2', 'i2'], name='unsorted', sorted=0),
+             helper.make_node('TopK', ['x', 'small_k'], ['v3', 'i3'], name='fine'),
+             helper.make_node('ReduceMean', ['x', 'axes'], ['m1'], name='runtime_axes'),
+             helper.make_node('ReduceMax', ['x', 'const_axes'], ['m2'], name='const_axes_max')]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ('h', 'v1', 'v2', 'v3', 'm1', 'm2')]
+    graph = helper.make_graph(nodes, 'g', [x, axes], outputs, initializer=[big_k, small_k, const_axes])
+    report = check_trt_compatibility(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18)]))
+    assert report.unsupported == [] and 'Hardmax' in TRT10_SUPPORTED_OPS
+    assert report.non_constant_inputs == ['ReduceMean runtime_axes input 1']
+    assert sorted(report.restrictions) == ['TopK big: K=4000 (TensorRT needs K < 3840)',
+                                           'TopK unsorted: sorted=0 (TensorRT needs sorted=1)']
+    assert not report.ok and 'restrictions violated' in report.summary()
+
+
 def test_engine_cache_naming_reuse_and_rebuild(onnx_path):
     builder = FakeTensorRTBuilder()
     path, engine = load_or_build_engine(onnx_path, 'fp16', builder)
