@@ -54,8 +54,10 @@ SPECS: dict[str, ParamSpec] = {
     'backend': ParamSpec('onnxruntime', 'Inference backend.', choices=BACKENDS),
     'model_path': ParamSpec('', "Checkpoint (.pt, torch) or ONNX model (.onnx, onnxruntime/tensorrt); '' = the "
                             'shipped default model.'),
-    'engine_path': ParamSpec('', 'TensorRT engine cache (built from the ONNX model_path when missing or stale; '
-                             "'' = next to model_path)."),
+    'engine_path': ParamSpec('', 'TensorRT engine file (built from the ONNX model_path when missing or stale; '
+                             "'' = cached automatically, see engine_cache_dir)."),
+    'engine_cache_dir': ParamSpec('', "Folder for cached TensorRT engines ('' = next to model_path when writable, "
+                                  'else $XDG_CACHE_HOME/mpnet_ros).'),
     'precision': ParamSpec('fp32', 'Inference precision.', choices=PRECISIONS),
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'."),
     'cluster_bandwidth': ParamSpec(0.6, 'Mean-shift bandwidth on instance embeddings.', 0.01, 10.0),
@@ -82,6 +84,7 @@ class SegmentParams:
     backend: str
     model_path: str
     engine_path: str
+    engine_cache_dir: str
     precision: str
     device: str
     cluster_bandwidth: float
