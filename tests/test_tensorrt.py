@@ -365,6 +365,15 @@ def test_clear_error_without_tensorrt(onnx_path):
         make_backend('tensorrt', onnx_path, device='cpu')
 
 
+@pytest.mark.skipif(HAVE_TENSORRT, reason='TensorRT is installed here')
+def test_gpu_check_script_fails_clearly_without_tensorrt(capsys):
+    import runpy
+
+    script = runpy.run_path(str(trt_backend.Path(__file__).parents[1] / 'benchmarks' / 'gpu_tensorrt_check.py'))
+    assert script['main']([]) == 2
+    assert 'TensorRT is not installed' in capsys.readouterr().err
+
+
 @needs_data
 @pytest.mark.skipif(not HAVE_TENSORRT or not torch.cuda.is_available(), reason='needs TensorRT and a CUDA GPU')
 def test_real_tensorrt_matches_onnxruntime(onnx_path):
