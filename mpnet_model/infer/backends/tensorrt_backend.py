@@ -667,9 +667,18 @@ class TensorRTBackend(Backend):
     def _device_scope(self):
         return self.torch.cuda.device(self.target) if self.target.type == 'cuda' else contextlib.nullcontext()
 
+    def _run_scope(self) -> contextlib.ExitStack:
+        """Device N current and the backend's own stream current: the copies, the FPS, the buffer allocations and
+        the engine all run in order on one non-default stream (TensorRT syncs extra on the default stream)."""
+        scope = contextlib.ExitStack()
+        scope.enter_context(self._device_scope())
+        if self.stream is not None:
+            scope.enter_context(self.torch.cuda.stream(self.stream))
+        return scope
+
     def _infer(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         outputs: list[tuple[np.ndarray, np.ndarray]] = []
-        with self._device_scope():
+        with self._run_scope():
             for start in range(0, blocks.shape[0], self.io.max_batch):
                 outputs.append(self._run_chunk(blocks[start:start + self.io.max_batch]))
         return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
@@ -699,8 +708,7 @@ class TensorRTBackend(Backend):
         for name, tensor in buffers.items():
             if not context.set_tensor_address(name, tensor.data_ptr()):
                 raise BackendError(f'{source}: TensorRT rejected the buffer address of {name}')
-        if self.stream is not None:
-            self.stream.wait_stream(torch.cuda.current_stream(self.target))   # inputs written before the engine reads
+        if self.stream is not None:        # inputs were written on this stream: in order before the engine reads
             ok = context.execute_async_v3(self.stream.cuda_stream)
             self.stream.synchronize()
         else:
