@@ -325,6 +325,12 @@ def test_every_tensorrt_boolean_is_checked(onnx_path):
             backend.run(blocks)
         setattr(backend.context, method, original)
     backend.run(blocks)
+    session = backend.context.engine.session     # an engine that computes NaN: refused, not passed on
+    backend.context.engine.session = SimpleNamespace(
+        get_inputs=session.get_inputs, get_outputs=session.get_outputs,
+        run=lambda names, feeds: [np.full_like(v, np.nan) for v in session.run(names, feeds)])
+    with pytest.raises(BackendError, match='fp32 engine gave non-finite sem_logits'):
+        backend.run(blocks)
 
 
 def test_fp16_needs_the_model_fp32_node_list(onnx_path):

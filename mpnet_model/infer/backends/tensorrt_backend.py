@@ -715,7 +715,14 @@ class TensorRTBackend(Backend):
             ok = context.execute_async_v3(0)
         if not ok:
             raise BackendError(f'{source}: TensorRT execution failed for batch {batch} (see the TensorRT log)')
-        return tuple(buffers[name].float().cpu().numpy() for name in OUTPUT_NAMES)
+        results = tuple(buffers[name].float().cpu().numpy() for name in OUTPUT_NAMES)
+        for name, values in zip(OUTPUT_NAMES, results):
+            if not np.isfinite(values).all():
+                raise BackendError(f'{source}: the {self.precision} engine gave non-finite {name} '
+                                   f'({int((~np.isfinite(values)).sum())} values); '
+                                   + ('rebuild with precision fp32 and report this model' if self.precision == 'fp16'
+                                      else 'check the model with backend=onnxruntime'))
+        return results
 
 
 __all__ = ['EngineKey', 'TensorRTBackend', 'TensorRTBuilder', 'TensorRTUnavailable', 'build_engine',
