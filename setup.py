@@ -24,7 +24,7 @@ setup(
     ],
     # Loose on purpose: robots bring their own torch (CUDA/Jetson builds).
     install_requires=['numpy', 'scipy', 'scikit-learn', 'pyyaml', 'tqdm', 'torch', 'onnx', 'onnxruntime',
-                      'rosbags', 'matplotlib', 'pypcd4'],
+                      'onnxconverter-common', 'rosbags', 'matplotlib', 'pypcd4'],
     zip_safe=True,
     maintainer='mpnet_ros developers',
     maintainer_email='mpnet-ros@example.org',

@@ -25,6 +25,7 @@ import yaml
 from tqdm import tqdm
 
 from mpnet_model.infer.backends.registry import BACKEND_NAMES, backend_for_suffix
+from mpnet_model.infer.precision import PRECISIONS
 from mpnet_ros.cloud_io import CloudError, ParsedCloud, labeled_cloud_msg, parse_cloud
 from mpnet_ros.params import ParamError, SegmentParams, validate_params
 from mpnet_ros.pipeline import ScenePipeline, SegmentedWindow, make_segmenter
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--backend', choices=BACKEND_NAMES,
                         help='default: from the --model suffix if given (.pt torch, .onnx onnxruntime), else params')
     parser.add_argument('--device')
-    parser.add_argument('--precision', choices=('fp32', 'fp16'))
+    parser.add_argument('--precision', choices=PRECISIONS)
     parser.add_argument('--window-frames', type=int)
     parser.add_argument('--voxel-size', type=float)
     parser.add_argument('--min-range', type=float)

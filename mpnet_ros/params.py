@@ -15,9 +15,9 @@ from typing import Any
 
 from mpnet_model.default_model import default_model_path
 from mpnet_model.infer.backends.registry import BACKEND_NAMES, find_backend
+from mpnet_model.infer.precision import PRECISIONS  # fp32 | fp16 | bf16
 
 BACKENDS = BACKEND_NAMES
-PRECISIONS = ('fp32', 'fp16')
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 
 
@@ -58,7 +58,8 @@ SPECS: dict[str, ParamSpec] = {
                              "'' = cached automatically, see engine_cache_dir)."),
     'engine_cache_dir': ParamSpec('', "Folder for cached TensorRT engines ('' = next to model_path when writable, "
                                   'else $XDG_CACHE_HOME/mpnet_ros).'),
-    'precision': ParamSpec('fp32', 'Inference precision.', choices=PRECISIONS),
+    'precision': ParamSpec('fp32', 'Inference precision: fp16 (all backends; CPU too), bf16 (torch).',
+                           choices=PRECISIONS),
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'."),
     'cluster_bandwidth': ParamSpec(0.6, 'Mean-shift bandwidth on instance embeddings.', 0.01, 10.0),
     'min_instance_points': ParamSpec(50, 'Instances with fewer points are dropped (instance -1).', 1, 10_000_000),

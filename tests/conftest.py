@@ -1,6 +1,12 @@
 """Suite-wide test settings."""
+import os
+import tempfile
+
 import pytest
 import torch
+
+# Converted fp16 graphs of the shipped model go to a per-run folder, not ~/.cache (mpnet_model/infer/precision.py).
+os.environ.setdefault('MPNET_CACHE_DIR', tempfile.mkdtemp(prefix='mpnet-test-cache-'))
 
 
 @pytest.fixture(autouse=True, scope='module')

@@ -34,7 +34,9 @@ from mpnet_model.infer.backends.tensorrt_backend import (
     load_or_build_engine,
     mark_fp32_layers,
     parse_cuda_device,
+    read_fp32_nodes,
 )
+from mpnet_model.infer.precision import convert_fp16
 from mpnet_model.infer.trt_ops import TRT10_SUPPORTED_OPS, TRT10_UNSUPPORTED_OPS, check_trt_compatibility
 
 HAVE_TENSORRT = importlib.util.find_spec('tensorrt') is not None
@@ -65,15 +67,6 @@ def onnx_path(tmp_path):
     copy.parent.mkdir()
     shutil.copyfile(exported_small()[1], copy)
     return copy
-
-
-def with_fp32_nodes(path, nodes=None):
-    """The model with an `fp32_nodes` list (until the exporter writes it: the first 20 MatMul/TopK nodes)."""
-    model = onnx.load(str(path))
-    nodes = nodes or [n.name for n in model.graph.node if n.op_type in ('MatMul', 'TopK')][:20]
-    model.metadata_props.add(key='fp32_nodes', value=json.dumps(nodes))
-    path.write_bytes(model.SerializeToString())
-    return path
 
 
 def key_for(onnx_path, **changes):
@@ -333,15 +326,34 @@ def test_every_tensorrt_boolean_is_checked(onnx_path):
         backend.run(blocks)
 
 
-def test_fp16_needs_the_model_fp32_node_list(onnx_path):
-    builder = FakeTensorRTBuilder()
-    with pytest.raises(BackendError, match="fp32_nodes.*NaN"):
-        TensorRTBackend(onnx_path, precision='fp16', builder=builder)
-    with pytest.raises(BackendError, match="fp32_nodes"):
-        build_engine(onnx_path, 'fp16', builder=builder)
-    assert builder.builds == []
-    backend = TensorRTBackend(with_fp32_nodes(onnx_path), precision='fp16', builder=builder)
-    assert builder.builds == [('small.onnx', 'fp16')] and '.fp16.' in backend.engine_path.name
+def test_fp32_node_list_from_metadata_or_graph(onnx_path, tmp_path):
+    model = onnx.load(str(onnx_path))
+    stored = read_fp32_nodes(model, 'small.onnx')
+    assert stored and set(stored) <= {node.name for node in model.graph.node}
+    assert any(node.op_type == 'TopK' for node in model.graph.node if node.name in stored)
+    del model.metadata_props[:]                     # an export that predates the list: computed from the graph
+    assert read_fp32_nodes(model, 'old.onnx') == stored
+    model.metadata_props.add(key='fp32_nodes', value='not json')
+    with pytest.raises(BackendError, match='old.onnx.*fp32_nodes.*precision fp32'):
+        read_fp32_nodes(model, 'old.onnx')
+    with pytest.raises(BackendError, match='bf16 is not wired in'):
+        make_backend('tensorrt', onnx_path, precision='bf16', builder=FakeTensorRTBuilder())
+
+
+@needs_data
+def test_fp16_engine_of_the_fp16_graph_stays_finite_and_agrees(onnx_path):
+    """The stand-in for a strongly typed TensorRT fp16 engine: the fake engine runs the fp16-converted graph
+    (geometry fp32, the rest fp16) through the whole runtime path; finite, >= 99 % argmax agreement with fp32."""
+    blocks = real_blocks(1024, count=3)
+    builder = FakeTensorRTBuilder(version='10.12.0', convert_fp16=convert_fp16)
+    backend = make_backend('tensorrt', onnx_path, precision='fp16', builder=builder)
+    assert builder.builds == [('small.onnx', 'fp16')] and '.fp16.trt10.12.0.' in backend.engine_path.name
+    sem, emb = backend.run(blocks)
+    ref_sem, ref_emb = make_backend('onnxruntime', onnx_path).run(blocks)
+    assert np.isfinite(sem).all() and np.isfinite(emb).all()
+    assert (sem.argmax(-1) == ref_sem.argmax(-1)).mean() >= 0.99
+    assert np.abs(sem - ref_sem).max() > 0          # it did run in half precision
+    assert backend.io.dtypes['points'] == 'FLOAT'   # the fp16 graph keeps float32 I/O
 
 
 def test_build_only_mode_and_export_cli_print_the_engine_path(onnx_path, tmp_path, monkeypatch, capsys):

@@ -3,7 +3,8 @@
 Graph: inputs `points` (B,P,in_channels) float32 and `fps_0..fps_{L-1}` (B,npoint_l) int64 (nested farthest point
 sample indices, see `mpnet_model.infer.backends.base.nested_sample_indices`); outputs `sem_logits` (B,P,C) and
 `ins_embed` (B,P,E). The batch axis is dynamic. metadata_props: class_names (JSON), in_channels, num_points,
-embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version.
+embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version, fp32_nodes (JSON list of the node names
+that half-precision runtimes must keep in float32: see mpnet_model/infer/precision.py).
 
 Exporter: torch 2.13 still ships the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, deprecated);
 it is used here because it handles this model's gathers / top-k with a dynamic batch axis in ~2 s and gives a
@@ -36,6 +37,7 @@ from torch import nn
 from mpnet_model import __version__
 from mpnet_model.infer.backends.base import INPUT_POINTS, OUTPUT_NAMES, ModelMetadata, fps_input_name
 from mpnet_model.infer.backends.torch_backend import metadata_from_checkpoint
+from mpnet_model.infer.precision import mark_fp32_nodes
 from mpnet_model.io.atomic import atomic_write
 
 LOG = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ def export_onnx(model: nn.Module, metadata: ModelMetadata, output: str | Path, o
     for key, value in metadata.to_props().items():
         proto.metadata_props.add(key=key, value=value)
     _freeze_topk_k(proto, inputs)
+    mark_fp32_nodes(proto)      # metadata `fp32_nodes`: what fp16 runtimes keep in float32 (infer/precision.py)
     onnx.checker.check_model(proto)
     with atomic_write(output) as stream:      # (onnx.save wants a named stream; this one is an fd)
         stream.write(proto.SerializeToString())

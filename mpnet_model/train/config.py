@@ -59,7 +59,9 @@ class RunConfig:
     out_dir: str = 'runs/mpnet'
     seed: int = 0
     device: str = 'auto'                     # auto | cpu | cuda | cuda:N
-    amp: bool = True                         # mixed precision, used on CUDA only
+    amp: bool = True                         # mixed precision on CUDA
+    amp_cpu: bool = False                    # mixed precision on CPU too (bf16 is fast on CPUs with bf16 units)
+    amp_dtype: str = 'fp16'                  # fp16 (with a GradScaler) | bf16 (CPU; CUDA on Ampere and newer)
     num_workers: int = 2
     val_every: int = 1                       # epochs between validations
     log_every: int = 20                      # steps between TensorBoard scalars
@@ -145,6 +147,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise bad('optim.lr_decay_rate', cfg.optim.lr_decay_rate, 'must be in (0, 1]')
     if cfg.run.device != 'auto' and not (cfg.run.device == 'cpu' or cfg.run.device.startswith('cuda')):
         raise bad('run.device', cfg.run.device, "use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if cfg.run.amp_dtype not in ('fp16', 'bf16'):
+        raise bad('run.amp_dtype', cfg.run.amp_dtype, "choose 'fp16' or 'bf16'")
     if cfg.ablation and cfg.ablation not in ABLATIONS:
         raise bad('ablation', cfg.ablation, f'choose one of {sorted(ABLATIONS)}')
     return cfg

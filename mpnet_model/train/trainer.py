@@ -1,5 +1,7 @@
 """One trainer for every MPNet variant (Table-1 rows are config switches): loop, schedule, resume, AMP, DDP, logs.
 
+AMP: run.amp (CUDA) / run.amp_cpu (CPU) with run.amp_dtype fp16 (GradScaler) or bf16; see docs/precision.md.
+
 Checkpoints (the one format of `mpnet_model.model.checkpoint`) are written atomically at the end of every epoch:
 `last.pt` carries the optimiser and progress so a run killed at any moment (kill -9 included) resumes from the last
 finished epoch; `best.pt` holds the weights with the best validation mIoU.
@@ -108,8 +110,16 @@ class Trainer:
         self.loss = MPNetLoss(cfg.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr,
                                           weight_decay=cfg.optim.weight_decay)
-        self.use_amp = cfg.run.amp and self.device.type == 'cuda'
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.use_amp)
+        # Mixed precision: autocast in run.amp_dtype (run.amp on CUDA, run.amp_cpu on CPU). The model keeps its
+        # geometry and memory normalisation in float32 itself and the losses run in float32 (docs/precision.md);
+        # fp16 needs loss scaling (GradScaler), bf16 has fp32's exponent range and does not.
+        self.use_amp = cfg.run.amp if self.device.type == 'cuda' else cfg.run.amp_cpu
+        self.amp_dtype = torch.bfloat16 if cfg.run.amp_dtype == 'bf16' else torch.float16
+        if self.use_amp and self.amp_dtype == torch.bfloat16 and self.device.type == 'cuda' \
+                and not torch.cuda.is_bf16_supported():
+            raise RuntimeError(f'run.amp_dtype=bf16: {torch.cuda.get_device_name(self.device)} has no bf16 support '
+                               '(Ampere or newer needed); use run.amp_dtype=fp16')
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.train_set, self.val_set = train_set, val_set
         self.dataset_stats = dict(dataset_stats or {})     # stored in every checkpoint's extra
         self.epoch = 0                # epochs finished
@@ -199,14 +209,13 @@ class Trainer:
         self.ddp_model.train()
         lr = self._apply_schedule()
         points, sem, ins = (t.to(self.device, non_blocking=True) for t in (points, sem, ins))
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             outputs = self.ddp_model(points)
-        # Losses in fp32: the discriminative and hinge terms are sensitive to half precision.
+        # Losses in fp32 (outside autocast): the discriminative and hinge terms are sensitive to half precision.
         outputs = {k: (v.float() if torch.is_tensor(v) else v) for k, v in outputs.items()}
         total, terms = self.loss(outputs, points, sem, ins, self.model.semantic_memory())
-        if not torch.isfinite(total):
-            values = {k: float(v) for k, v in terms.items()}
-            values = {k: float(v) for k, v in terms.items()}
+        values = {k: float(v) for k, v in terms.items()}          # 'total' included
+        if not math.isfinite(values['total']):
             raise FloatingPointError(f'non-finite loss at step {self.step}: {values}')
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -217,7 +226,6 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         self.samples_seen += points.shape[0] * self.dist.world_size
-        values = {k: float(v) for k, v in terms.items()}
         values['lr'] = lr
         return values
 

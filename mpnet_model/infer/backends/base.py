@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mpnet_model.infer.backends.registry import BACKEND_NAMES, find_backend
+from mpnet_model.infer.precision import PRECISIONS
 
 BACKEND_KINDS = BACKEND_NAMES
 INPUT_POINTS = 'points'
@@ -175,8 +176,8 @@ def make_backend(kind: str, model_path: str | Path, device: str = 'cpu', precisi
     """Create a backend by name or alias (mpnet_model.infer.backends.registry): 'torch' (checkpoint .pt),
     'onnxruntime' (.onnx) or 'tensorrt' (.onnx; the engine is built / cached from it). An empty `model_path` selects
     the shipped default model. `options` go to the backend's constructor (e.g. intra_op_threads)."""
-    if precision not in ('fp32', 'fp16'):
-        raise BackendError(f"precision={precision!r}: choose 'fp32' or 'fp16'")
+    if precision not in PRECISIONS:
+        raise BackendError(f'precision={precision!r}: choose one of {", ".join(PRECISIONS)}')
     spec = find_backend(kind)
     if spec is None:
         raise BackendError(f'backend={kind!r}: choose one of {BACKEND_KINDS}')

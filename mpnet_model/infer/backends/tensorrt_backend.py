@@ -5,7 +5,7 @@ Versions: the TensorRT 10 and 11 Python API (tested API range 10.0 .. 11.x: name
 (JetPack 6 on a Jetson, `pip install tensorrt-cu12` elsewhere). `import tensorrt` happens only inside
 `TensorRTBuilder`, so this module imports on machines without TensorRT.
 
-Precision (the graph states it; see `FP32_NODES_KEY`):
+Precision (the graph states it: `mpnet_model.infer.precision`, metadata `fp32_nodes`):
   - fp32: the exported graph as it is (strongly typed where TensorRT has it: >= 10.12, always in 11).
   - fp16 on TensorRT >= 10.12 (and 11, where it is the only mode): a strongly typed network built from the
     fp16-converted graph (`mpnet_model.infer.precision.convert_fp16`: the geometry - distances, neighbour keys,
@@ -14,7 +14,9 @@ Precision (the graph states it; see `FP32_NODES_KEY`):
   - fp16 on TensorRT 10.0 .. 10.11: the fp32 graph, `BuilderFlag.FP16`, and every layer of the ONNX nodes the model
     lists in its `fp32_nodes` metadata pinned with `layer.precision` / `set_output_type(float32)` under
     `OBEY_PRECISION_CONSTRAINTS`. onnx-tensorrt names each layer after its ONNX node and records the node in the
-    layer metadata (`[ONNX Layer: <node> | ...]`); see `layer_onnx_nodes`.
+    layer metadata (`[ONNX Layer: <node> | ...]`); see `layer_onnx_nodes`. Exports older than the `fp32_nodes`
+    metadata get the list computed from the graph (`precision.fp32_nodes_of`).
+  - bf16 is not wired in for TensorRT (refused).
   - TF32 is switched off in every build: it rounds fp32 matmul inputs to a 10-bit mantissa, the same precision as
     fp16, which is what the fp32 geometry is there to avoid.
 
@@ -61,6 +63,7 @@ from mpnet_model.infer.backends.base import (
     ModelMetadata,
     fps_input_name,
 )
+from mpnet_model.infer.precision import FP32_NODES_KEY, PrecisionError, convert_fp16, fp32_nodes_of
 from mpnet_model.io.atomic import atomic_write, atomic_write_text
 
 LOG = logging.getLogger(__name__)
@@ -70,7 +73,6 @@ STRONG_TYPING_FROM = (10, 12)       # strongly typed fp16 from here; BuilderFlag
 PROFILE_BATCH = (1, 8, 16)          # optimisation profile over the batch axis: min, opt, max
 WORKSPACE_BYTES = 1 << 30
 ENGINE_RECIPE = 2                   # bump when the build procedure changes: invalidates every cached engine
-FP32_NODES_KEY = 'fp32_nodes'       # ONNX metadata_props: JSON list of node names that must run in fp32
 INSTALL_ROUTES = ('on a Jetson, the TensorRT of JetPack 6 (10.x: `sudo apt install python3-libnvinfer`); '
                   'on x86_64 / SBSA, `pip install tensorrt-cu12` (11.x; `"tensorrt-cu12>=10,<11"` for 10.x; '
                   'tensorrt-cu13 for CUDA 13)')
@@ -148,9 +150,6 @@ def _import_tensorrt():
 
 # ------------------------------------------------------------------------------------------------ fp32 layer marks
 
-_NO_FP32_NODES = ('{source}: the model does not list its fp32 nodes (metadata ' + repr(FP32_NODES_KEY) + '); an fp16 '
-                  'engine of it could compute distances in half precision and give NaN. Re-export it with this '
-                  'version of mpnet-export, or use precision fp32')
 _ONNX_LAYER = re.compile(r'\[ONNX Layer: ([^\]]*)\]')
 
 
@@ -213,17 +212,17 @@ def mark_fp32_layers(network: Any, fp32_nodes: set[str], trt: Any,
 
 
 def read_fp32_nodes(model: Any, source: str) -> list[str]:
-    """The fp32 node list from the model's metadata_props (BackendError when absent: fp16 would go NaN)."""
-    props = {p.key: p.value for p in model.metadata_props}
-    if FP32_NODES_KEY not in props:
-        raise BackendError(_NO_FP32_NODES.format(source=source))
+    """The nodes that must run in fp32: the model's `fp32_nodes` metadata, or computed from the graph for exports
+    that predate it (`precision.fp32_nodes_of`). BackendError when unreadable or empty: fp16 would go NaN."""
     try:
-        nodes = json.loads(props[FP32_NODES_KEY])
-    except ValueError as error:
-        raise BackendError(f'{source}: metadata {FP32_NODES_KEY!r} is not JSON ({error}); re-export') from error
-    if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
-        raise BackendError(f'{source}: metadata {FP32_NODES_KEY!r} must be a non-empty JSON list of node names')
-    return nodes
+        nodes = fp32_nodes_of(model)
+    except PrecisionError as error:
+        raise BackendError(f'{source}: {error}; re-export the model with mpnet-export, or use precision '
+                           'fp32') from error
+    if not nodes:
+        raise BackendError(f'{source}: no fp32 nodes found (metadata {FP32_NODES_KEY!r} empty and none computed); an '
+                           'fp16 engine could compute distances in half precision and give NaN. Use precision fp32')
+    return list(nodes)
 
 
 # ------------------------------------------------------------------------------------------------ engine cache
@@ -496,14 +495,12 @@ class TensorRTBuilder:
         fp32_nodes = set(read_fp32_nodes(model, str(onnx_path))) if precision == 'fp16' else set()
         with torch.cuda.device(self.device), tempfile.TemporaryDirectory(prefix='mpnet-trt-') as scratch:
             graph_path = Path(onnx_path)
-            if mode == 'strongly-typed':
-                try:
-                    from mpnet_model.infer.precision import convert_fp16
-                except ImportError as error:
-                    raise BackendError('TensorRT fp16 build: mpnet_model.infer.precision (the fp16 graph '
-                                       'conversion) is missing from this install') from error
+            if mode == 'strongly-typed':      # the fp16 graph: geometry fp32 through explicit casts, the rest fp16
                 graph_path = Path(scratch) / 'fp16.onnx'
-                convert_fp16(onnx_path, graph_path)
+                try:
+                    convert_fp16(onnx_path, graph_path, sorted(fp32_nodes))
+                except PrecisionError as error:
+                    raise BackendError(f'{onnx_path}: fp16 graph conversion failed: {error}') from error
             builder = trt.Builder(self.logger)
             strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, 'STRONGLY_TYPED', None)
             flags = 0
@@ -587,6 +584,12 @@ def _model_metadata(onnx_path: Path) -> tuple[ModelMetadata, dict[str, str]]:
     return metadata, props
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in ('fp32', 'fp16'):
+        raise BackendError(f"TensorRT backend: precision={precision!r}: choose 'fp32' or 'fp16' (bf16 is not wired "
+                           'in for TensorRT)')
+
+
 def _check_profile(profile_batch: tuple[int, int, int]) -> tuple[int, int, int]:
     low, opt, high = (int(b) for b in profile_batch)
     if not 1 == low <= opt <= high:
@@ -600,10 +603,9 @@ def build_engine(onnx_path: str | Path, precision: str = 'fp16', device: str = '
     """Build (or validate the cached) engine for `onnx_path` without running it; returns the engine file (the
     `mpnet-export --build-engine` mode: prepare the engine ahead of deployment)."""
     onnx_path = Path(onnx_path)
-    metadata, props = _model_metadata(onnx_path)
+    _check_precision(precision)
+    metadata, _ = _model_metadata(onnx_path)
     builder = builder or TensorRTBuilder(device)
-    if precision == 'fp16' and FP32_NODES_KEY not in props:
-        raise BackendError(_NO_FP32_NODES.format(source=onnx_path))
     path, _ = load_or_build_engine(onnx_path, precision, builder, engine_path, cache_dir,
                                    validate=lambda engine: validate_engine(engine, metadata, str(onnx_path)),
                                    profile_batch=_check_profile(profile_batch))
@@ -642,13 +644,10 @@ class TensorRTBackend(Backend):
         self.torch = torch
         if builder is None:
             parse_cuda_device(device)                  # a clear error for 'cpu' before the model is read
-        if precision not in ('fp32', 'fp16'):
-            raise BackendError(f"TensorRT backend: precision={precision!r}: choose 'fp32' or 'fp16'")
+        _check_precision(precision)
         onnx_path = Path(model_path)
-        metadata, props = _model_metadata(onnx_path)
+        metadata, _ = _model_metadata(onnx_path)
         self.builder = builder or TensorRTBuilder(device)
-        if precision == 'fp16' and FP32_NODES_KEY not in props:
-            raise BackendError(_NO_FP32_NODES.format(source=onnx_path))
         self.target = self.builder.device                 # torch.device: cuda:N (the fake engine: cpu)
         self.precision = precision
         self.engine_path, self.engine = load_or_build_engine(

@@ -9,6 +9,7 @@ import torch
 
 from mpnet_model import __version__
 from mpnet_model.infer.backends.base import Backend, BackendError, ModelMetadata, nested_sample_indices
+from mpnet_model.infer.precision import PRECISIONS, autocast_dtype
 
 
 def metadata_from_checkpoint(cfg, meta: dict, block_size: float = 1.0, stride: float = 0.5) -> ModelMetadata:
@@ -23,7 +24,10 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float = 1.0, stride: f
 class TorchBackend(Backend):
     """Checkpoint -> MPNet in eval mode under `torch.inference_mode`.
 
-    precision='fp16' uses CUDA autocast (outputs are returned as float32). fps: 'torch' runs the model's own FPS,
+    precision: 'fp32'; 'fp16' or 'bf16' run the model under autocast on the device (CPU or CUDA; bf16 on CUDA
+    needs an Ampere or newer GPU); outputs are returned as float32. The model keeps its geometry in float32 itself
+    (docs/precision.md). On CPUs without fp16 units (most x86) fp16 is slower than fp32 and is there for checking;
+    bf16 is faster on CPUs with bf16 units (avx512_bf16 / AMX). fps: 'torch' runs the model's own FPS,
     'numpy' passes indices from the (identical, faster on CPU) numpy FPS, 'auto' = numpy on CPU, torch on CUDA.
     """
 
@@ -35,8 +39,11 @@ class TorchBackend(Backend):
 
         if device.startswith('cuda') and not torch.cuda.is_available():
             raise BackendError(f'torch backend: device={device!r} requested but CUDA is not available')
-        if precision == 'fp16' and not device.startswith('cuda'):
-            raise BackendError("torch backend: precision='fp16' needs a CUDA device (CPU autocast is bf16 only)")
+        if precision not in PRECISIONS:
+            raise BackendError(f'torch backend: precision={precision!r}: choose one of {", ".join(PRECISIONS)}')
+        if precision == 'bf16' and device.startswith('cuda') and not torch.cuda.is_bf16_supported():
+            raise BackendError("torch backend: precision='bf16' needs a GPU with bf16 support (Ampere or newer); "
+                               "use 'fp16'")
         if fps not in ('auto', 'torch', 'numpy'):
             raise BackendError(f"torch backend: fps={fps!r}: choose 'auto', 'torch' or 'numpy'")
         if num_threads:
@@ -44,6 +51,7 @@ class TorchBackend(Backend):
         self.model, self.cfg, meta = load_checkpoint(model_path, map_location=device)
         self.model.eval()
         self.precision = precision
+        self.autocast_dtype = autocast_dtype(precision)
         self.fps = ('numpy' if device == 'cpu' else 'torch') if fps == 'auto' else fps
         super().__init__(metadata_from_checkpoint(self.cfg, meta), device, str(model_path))
 
@@ -53,6 +61,8 @@ class TorchBackend(Backend):
         if self.fps == 'numpy':
             sample_indices = [torch.from_numpy(index).to(self.device)
                               for index in nested_sample_indices(blocks[..., :3], self.metadata.sa_npoints)]
-        with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16, enabled=self.precision == 'fp16'):
+        autocast = torch.autocast(torch.device(self.device).type, dtype=self.autocast_dtype or torch.float32,
+                                  enabled=self.autocast_dtype is not None)
+        with torch.inference_mode(), autocast:
             sem_logits, embeddings = self.model.predict(points, sample_indices)
         return sem_logits.float().cpu().numpy(), embeddings.float().cpu().numpy()
