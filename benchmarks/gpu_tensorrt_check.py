@@ -106,12 +106,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from mpnet_model.default_model import DEFAULT_CHECKPOINT
     from mpnet_model.infer.backends.base import BackendError, make_backend
-    from mpnet_model.infer.backends.tensorrt_backend import TensorRTUnavailable, check_tensorrt_version
+    from mpnet_model.infer.backends.tensorrt_backend import (
+        TensorRTUnavailable,
+        check_tensorrt_version,
+        fp16_build_mode,
+    )
     from mpnet_model.infer.export import export_checkpoint
     from mpnet_model.io.atomic import atomic_write_text
 
     try:
-        check_tensorrt_version(tensorrt.__version__)
+        api = check_tensorrt_version(tensorrt.__version__)
     except TensorRTUnavailable as error:
         return fail(str(error))
     if not torch.cuda.is_available():
@@ -125,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = reference_backend.run(blocks)
     device_name = torch.cuda.get_device_name(torch.device(args.device))
     lines = [f'# TensorRT GPU check ({time.strftime("%Y-%m-%d")})', '',
-             f'GPU {device_name}, TensorRT {tensorrt.__version__}, torch {torch.__version__}, '
+             f'GPU {device_name}, TensorRT {tensorrt.__version__} (fp16 build: {fp16_build_mode(api)}), '
+             f'torch {torch.__version__}, '
              f'{platform.machine()}; model {checkpoint.name} ({reference_backend.num_points} points/block); '
              f'{len(blocks)} blocks, {source}. Reference: ONNX Runtime fp32 on the CPU.', '']
     backends, rows = {}, []
@@ -142,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         row['build'] = f'{seconds:.1f} s ({backend.engine_path.name})'
         rows.append(row)
     torch_backend = make_backend('torch', checkpoint, device=args.device, fps='torch')
+    torch_half = make_backend('torch', checkpoint, device=args.device, precision='fp16', fps='torch')
     rows.append({**compare('torch CUDA fp32', torch_backend.run(blocks), reference), 'build': '-'})
+    rows.append({**compare('torch CUDA fp16 (autocast)', torch_half.run(blocks), reference), 'build': '-'})
     lines += ['| runtime | finite | argmax agreement | max logit diff | max embedding diff | engine load/build |',
               '|---|---|---|---|---|---|']
     for row in rows:
@@ -156,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     lines += ['', '| check | result |', '|---|---|'] + [f'| {name} | {"PASS" if good else "FAIL"} |'
                                                          for name, good in checks]
     ok = all(good for _, good in checks)
-    lines += ['', '| batch | torch CUDA fp32 ms | TensorRT fp32 ms (x torch) | TensorRT fp16 ms (x torch) |',
-              '|---|---|---|---|']
+    lines += ['', '| batch | torch CUDA fp32 ms | torch fp16 ms (x torch) | TensorRT fp32 ms (x torch) | '
+              'TensorRT fp16 ms (x torch) |', '|---|---|---|---|---|']
     for batch in (1, 8, 16):
         data = np.ascontiguousarray(np.resize(blocks, (batch, *blocks.shape[1:])))
         base = median_ms(torch_backend.run, data, args.repeats)
-        fp32 = median_ms(backends['fp32'].run, data, args.repeats)
-        fp16 = median_ms(backends['fp16'].run, data, args.repeats)
-        lines.append(f'| {batch} | {base:.2f} | {fp32:.2f} ({fp32 / base:.2f}) | {fp16:.2f} ({fp16 / base:.2f}) |')
+        others = [median_ms(backend.run, data, args.repeats)
+                  for backend in (torch_half, backends['fp32'], backends['fp16'])]
+        lines.append(f'| {batch} | {base:.2f} | ' + ' | '.join(f'{ms:.2f} ({ms / base:.2f})' for ms in others) + ' |')
     lines += ['', 'Latency: `Backend.run` per call (host blocks in, host arrays out; FPS on the GPU included), '
               f'median of {args.repeats} after a warm-up; ratios < 1 are faster than torch in the same run.', '']
     text = '\n'.join(lines)
