@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from mpnet_model.infer.backends.registry import BACKEND_NAMES, backend_for_suffix
 from mpnet_model.infer.precision import PRECISIONS
 from mpnet_ros.cloud_io import CloudError, ParsedCloud, labeled_cloud_msg, parse_cloud
 from mpnet_ros.params import ParamError, SegmentParams, validate_params
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--storage', choices=('sqlite3', 'mcap'), default='mcap')
     parser.add_argument('--params-file', help='ROS 2 params YAML, e.g. config/segment.yaml')
     parser.add_argument('--model', dest='model_path', help='model file (overrides model_path)')
-    parser.add_argument('--backend', choices=('torch', 'onnxruntime', 'tensorrt'),
+    parser.add_argument('--backend', choices=BACKEND_NAMES,
                         help='default: from the --model suffix if given (.pt torch, .onnx onnxruntime), else params')
     parser.add_argument('--device')
     parser.add_argument('--precision', choices=PRECISIONS)
@@ -177,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                  if k in ('model_path', 'backend', 'device', 'precision', 'window_frames', 'voxel_size', 'min_range',
                           'max_range') and v is not None}
     if args.model_path and not args.backend:     # --model x.pt alone means the torch backend
-        overrides['backend'] = 'torch' if Path(args.model_path).suffix.lower() == '.pt' else 'onnxruntime'
+        try:
+            overrides['backend'] = backend_for_suffix(Path(args.model_path).suffix).name
+        except ValueError:
+            pass     # validate_params names the file problem
     try:
         params = validate_params({**_params_from_file(args.params_file), **overrides})
         summary = segment_bag(args.input, args.output, params, topic=args.topic, storage=args.storage,

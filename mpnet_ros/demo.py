@@ -21,6 +21,7 @@ import numpy as np
 
 from mpnet_model.data.synthetic import generate_room
 from mpnet_model.eval.metrics import InstanceEvaluator, SemanticEvaluator
+from mpnet_model.infer.backends.registry import BACKEND_NAMES
 from mpnet_model.infer.precision import PRECISIONS
 from mpnet_model.infer.scene import SceneSegmenter
 from mpnet_model.io.atomic import atomic_write_text
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='mpnet-demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('--shared', type=Path, default=Path('../shared'), help='folder holding data/ (sample data)')
     parser.add_argument('--out', type=Path, default=Path('out/demo'))
-    parser.add_argument('--backend', default='onnxruntime', choices=['torch', 'onnxruntime', 'tensorrt'])
+    parser.add_argument('--backend', default='onnxruntime', choices=BACKEND_NAMES)
     parser.add_argument('--model', default='', help='model file; empty = the shipped default')
     parser.add_argument('--precision', default='fp32', choices=PRECISIONS,
                         help='fp16: torch autocast / the fp16 ONNX graph; bf16: torch (docs/precision.md)')

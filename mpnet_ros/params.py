@@ -20,9 +20,10 @@ from typing import Any
 import yaml
 
 from mpnet_model.default_model import default_model_path
+from mpnet_model.infer.backends.registry import BACKEND_NAMES, find_backend
 from mpnet_model.infer.precision import PRECISIONS  # fp32 | fp16 | bf16
 
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+BACKENDS = BACKEND_NAMES
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 
 
@@ -75,8 +76,10 @@ SPECS: dict[str, ParamSpec] = {
     'backend': ParamSpec('onnxruntime', 'Inference backend.', choices=BACKENDS, rebuild=('segmenter',)),
     'model_path': ParamSpec('', "Checkpoint (.pt, torch) or ONNX model (.onnx, onnxruntime/tensorrt); '' = the "
                             'shipped default model.', rebuild=('segmenter',)),
-    'engine_path': ParamSpec('', 'TensorRT engine cache (built from the ONNX model_path when missing or stale; '
-                             "'' = next to model_path).", rebuild=('segmenter',)),
+    'engine_path': ParamSpec('', 'TensorRT engine file (built from the ONNX model_path when missing or stale; '
+                             "'' = cached automatically, see engine_cache_dir).", rebuild=('segmenter',)),
+    'engine_cache_dir': ParamSpec('', "Folder for cached TensorRT engines ('' = next to model_path when writable, "
+                                  'else $XDG_CACHE_HOME/mpnet_ros).', rebuild=('segmenter',)),
     'precision': ParamSpec('fp32', 'Inference precision: fp16 (all backends; CPU too), bf16 (torch).',
                            choices=PRECISIONS, rebuild=('segmenter',)),
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'.", rebuild=('segmenter',)),
@@ -165,11 +168,10 @@ def _check_model_files(params: dict[str, Any]) -> None:
             raise ParamError('model_path', '', str(error)) from error
     if not Path(model_path).is_file():
         raise ParamError('model_path', model_path, 'file does not exist')
-    suffix = Path(model_path).suffix.lower()
-    if backend == 'torch' and suffix == '.onnx':
-        raise ParamError('model_path', model_path, "is an ONNX file; backend 'torch' needs a checkpoint (.pt)")
-    if backend in ('onnxruntime', 'tensorrt') and suffix != '.onnx':
-        raise ParamError('model_path', model_path, f'backend {backend!r} needs an ONNX model (.onnx)')
+    wanted = find_backend(backend).model_suffix
+    if Path(model_path).suffix.lower() != wanted:
+        kind = 'a checkpoint' if wanted == '.pt' else 'an ONNX model'
+        raise ParamError('model_path', model_path, f'backend {backend!r} needs {kind} ({wanted})')
 
 
 def validate_params(values: Mapping[str, Any], check_files: bool = True) -> SegmentParams:

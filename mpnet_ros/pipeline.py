@@ -81,7 +81,9 @@ def make_segmenter(params: SegmentParams) -> Any:
     """Build the SceneSegmenter for the configured backend (loads the model: raises on a bad model file)."""
     from mpnet_model.infer.scene import SceneSegmenter
 
-    backend_options = {'engine_path': params.engine_path} if params.backend == 'tensorrt' and params.engine_path else {}
+    backend_options = {}
+    if params.backend == 'tensorrt':
+        backend_options = {'engine_path': params.engine_path or None, 'cache_dir': params.engine_cache_dir or None}
     try:
         return SceneSegmenter.from_config(params.backend, params.model_path, device=params.device,
                                           precision=params.precision, backend_options=backend_options,

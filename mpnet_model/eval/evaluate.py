@@ -120,6 +120,7 @@ def training_instance_sizes(split, cache_dir: str | Path, progress: bool = True)
 def main(argv: list[str] | None = None) -> int:
     from mpnet_model.data.config import load_data_config
     from mpnet_model.infer.backends.base import BackendError
+    from mpnet_model.infer.backends.registry import BACKEND_NAMES
     from mpnet_model.model.checkpoint import CheckpointError, read_checkpoint
 
     parser = argparse.ArgumentParser(prog='mpnet-eval', description=__doc__,
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--checkpoint', required=True, help='checkpoint (.pt) or ONNX model (.onnx)')
     parser.add_argument('--config', help='YAML whose data section names the dataset and split (its test part is used)')
     parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='SECTION.KEY=VALUE')
-    parser.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime', 'tensorrt'])
+    parser.add_argument('--backend', default='torch', choices=BACKEND_NAMES)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--split', default='test', choices=['test', 'val', 'train'])
     parser.add_argument('--out', required=True, help='folder for the report')

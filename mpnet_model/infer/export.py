@@ -159,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--stride', type=float, default=0.5, help='block stride (m) stored in the metadata')
     parser.add_argument('--fps-in-graph', action='store_true', help='trace FPS into the graph (slow, for tests)')
     parser.add_argument('--build-engine', action='store_true',
-                        help='also build (or reuse) the TensorRT engine next to the ONNX file, then exit')
+                        help='also build (or reuse) the TensorRT engine (next to the ONNX file when that folder is '
+                             'writable, else in $XDG_CACHE_HOME/mpnet_ros), print its path, then exit')
     parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp16', help='TensorRT engine precision')
+    parser.add_argument('--device', default='cuda', help="TensorRT engine device: 'cuda' or 'cuda:N'")
+    parser.add_argument('--engine-cache-dir', help='folder for the TensorRT engine (default: see --build-engine)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     try:
@@ -169,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'wrote {path}')
         if args.build_engine:
             from mpnet_model.infer.backends.tensorrt_backend import build_engine
-            engine_path = build_engine(path, args.precision, build_only=True)
-            print(f'engine {engine_path}')
+            engine_path = build_engine(path, args.precision, device=args.device, cache_dir=args.engine_cache_dir)
+            print(f'engine: {engine_path}')
     except Exception as error:  # CLI: one clear line instead of a traceback
         print(f'mpnet-export: error: {error}', file=sys.stderr)
         return 1

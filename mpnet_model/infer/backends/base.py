@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from mpnet_model.infer.backends.registry import BACKEND_NAMES, find_backend
 from mpnet_model.infer.precision import PRECISIONS
 
-BACKEND_KINDS = ('torch', 'onnxruntime', 'tensorrt')
+BACKEND_KINDS = BACKEND_NAMES
 INPUT_POINTS = 'points'
 OUTPUT_NAMES = ('sem_logits', 'ins_embed')
 
@@ -172,26 +173,18 @@ class Backend(ABC):
 
 def make_backend(kind: str, model_path: str | Path, device: str = 'cpu', precision: str = 'fp32',
                  **options: Any) -> Backend:
-    """Create a backend by name: 'torch' (checkpoint .pt), 'onnxruntime' (.onnx) or 'tensorrt' (.onnx; the engine
-    is built / cached next to it). An empty `model_path` selects the shipped default model.
-    `options` go to the backend's constructor (e.g. intra_op_threads)."""
+    """Create a backend by name or alias (mpnet_model.infer.backends.registry): 'torch' (checkpoint .pt),
+    'onnxruntime' (.onnx) or 'tensorrt' (.onnx; the engine is built / cached from it). An empty `model_path` selects
+    the shipped default model. `options` go to the backend's constructor (e.g. intra_op_threads)."""
     if precision not in PRECISIONS:
         raise BackendError(f'precision={precision!r}: choose one of {", ".join(PRECISIONS)}')
+    spec = find_backend(kind)
+    if spec is None:
+        raise BackendError(f'backend={kind!r}: choose one of {BACKEND_KINDS}')
     if not str(model_path):
         from mpnet_model.default_model import default_model_path
         try:
-            model_path = default_model_path(kind)
+            model_path = default_model_path(spec.name)
         except FileNotFoundError as error:
             raise BackendError(str(error)) from error
-    if kind == 'torch':
-        from mpnet_model.infer.backends.torch_backend import TorchBackend
-        return TorchBackend(model_path, device=device, precision=precision, **options)
-    if kind in ('onnxruntime', 'onnx', 'ort'):
-        from mpnet_model.infer.backends.onnx_backend import OnnxRuntimeBackend
-        return OnnxRuntimeBackend(model_path, device=device, precision=precision, **options)
-    if kind in ('tensorrt', 'trt'):
-        if precision == 'bf16':
-            raise BackendError("tensorrt backend: precision='bf16' is not wired in; use 'fp16' or 'fp32'")
-        from mpnet_model.infer.backends.tensorrt_backend import TensorRTBackend
-        return TensorRTBackend(model_path, device=device, precision=precision, **options)
-    raise BackendError(f'backend={kind!r}: choose one of {BACKEND_KINDS}')
+    return spec.load()(model_path, device=device, precision=precision, **options)
