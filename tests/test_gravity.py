@@ -6,6 +6,7 @@ import pytest
 
 from mpnet_model.data.synthetic import generate_room, room_rng
 from mpnet_model.infer.gravity import (
+    alignment_rotation,
     estimate_up,
     prior_up_for_frame,
     rotation_to_z,
@@ -36,6 +37,18 @@ def test_rotation_to_z_is_a_proper_rotation():
         np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
         assert np.linalg.det(r) == pytest.approx(1.0)
         np.testing.assert_allclose(r @ (np.asarray(up) / np.linalg.norm(up)), [0, 0, 1], atol=1e-12)
+
+
+def test_a_nearly_level_cloud_stays_as_mounted():
+    xyz, _, _ = _room(5)
+    for degrees, rotated in ((1.0, False), (5.0, True)):
+        estimate = estimate_up(xyz @ _tilt(degrees, 0.0))
+        assert estimate.found and abs(estimate.tilt_deg - degrees) < 1.0
+        rotation = alignment_rotation(estimate)
+        assert np.allclose(rotation, np.eye(3)) != rotated      # 1 deg: left level; 5 deg: corrected
+    camera = alignment_rotation(estimate_up(xyz @ _tilt(1.0, 0.0) @ rotation_to_z([0, -1, 0]), prior_up=(0, -1, 0)),
+                                prior_up=(0, -1, 0))
+    np.testing.assert_allclose(camera, rotation_to_z([0, -1, 0]), atol=1e-12)   # an optical frame still turns z-up
 
 
 @pytest.mark.parametrize('pitch, roll, index', [(0, 0, 0), (30, 0, 1), (-20, 25, 2), (12, -30, 3), (28, 28, 4)])
@@ -100,8 +113,9 @@ def test_pipeline_levels_optical_frames_only_without_tf():
     segmenter = SceneSegmenter.from_config('onnxruntime', '')
     parsed = ParsedCloud(cloud, colours, None, np.arange(len(cloud)), 'camera_rgb_optical_frame', 7, len(cloud))
     runs = {}
+    unbounded = {'processing_budget_ms': 3_600_000.0}   # this test is about alignment, not the per-frame block cap
     for name, values in (('auto', {}), ('off', {'gravity_align': 'off'}), ('tf', {'fixed_frame': 'map'})):
-        pipeline = ScenePipeline(validate_params(values, check_files=False), segmenter)
+        pipeline = ScenePipeline(validate_params({**unbounded, **values}, check_files=False), segmenter)
         pipeline.add(parsed)
         runs[name] = pipeline.process(pipeline.window.snapshot())
     aligned, _ = segment_gravity_aligned(segmenter, cloud, colours, prior_up=(0, -1, 0))

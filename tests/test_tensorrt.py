@@ -336,7 +336,7 @@ def test_fp32_node_list_from_metadata_or_graph(onnx_path, tmp_path):
     model.metadata_props.add(key='fp32_nodes', value='not json')
     with pytest.raises(BackendError, match='old.onnx.*fp32_nodes.*precision fp32'):
         read_fp32_nodes(model, 'old.onnx')
-    with pytest.raises(BackendError, match='bf16 is not wired in'):
+    with pytest.raises(BackendError, match="tensorrt backend: precision='bf16' is not supported"):
         make_backend('tensorrt', onnx_path, precision='bf16', builder=FakeTensorRTBuilder())
 
 

@@ -181,6 +181,9 @@ def make_backend(kind: str, model_path: str | Path, device: str = 'cpu', precisi
     spec = find_backend(kind)
     if spec is None:
         raise BackendError(f'backend={kind!r}: choose one of {BACKEND_KINDS}')
+    if precision not in spec.precisions:
+        raise BackendError(f'{spec.name} backend: precision={precision!r} is not supported; choose one of '
+                           f'{", ".join(spec.precisions)}')
     if not str(model_path):
         from mpnet_model.default_model import default_model_path
         try:

@@ -17,6 +17,7 @@ class BackendSpec:
     target: str                      # 'package.module:Class', imported on first use
     model_suffix: str                # the model file the backend loads ('.pt' checkpoint or '.onnx' export)
     aliases: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ('fp32', 'fp16', 'bf16')   # what it can run (docs/precision.md)
 
     def load(self) -> type:
         """Import and return the backend class (the import is what pulls in torch / onnxruntime / tensorrt)."""
@@ -26,8 +27,10 @@ class BackendSpec:
 
 BACKEND_SPECS: tuple[BackendSpec, ...] = (
     BackendSpec('torch', 'mpnet_model.infer.backends.torch_backend:TorchBackend', '.pt'),
-    BackendSpec('onnxruntime', 'mpnet_model.infer.backends.onnx_backend:OnnxRuntimeBackend', '.onnx', ('onnx', 'ort')),
-    BackendSpec('tensorrt', 'mpnet_model.infer.backends.tensorrt_backend:TensorRTBackend', '.onnx', ('trt',)),
+    BackendSpec('onnxruntime', 'mpnet_model.infer.backends.onnx_backend:OnnxRuntimeBackend', '.onnx', ('onnx', 'ort'),
+                ('fp32', 'fp16')),
+    BackendSpec('tensorrt', 'mpnet_model.infer.backends.tensorrt_backend:TensorRTBackend', '.onnx', ('trt',),
+                ('fp32', 'fp16')),
 )
 BACKEND_NAMES: tuple[str, ...] = tuple(spec.name for spec in BACKEND_SPECS)
 
