@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 pytest.importorskip('rclpy')
-pytest.importorskip('mpnet_model.infer.merging')
 from ros_helpers import KINECT_BAG, OUSTER_BAG, read_bag, tiny_checkpoint  # noqa: E402
 
 from mpnet_ros import bag_tool  # noqa: E402

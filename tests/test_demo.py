@@ -1,4 +1,5 @@
 """The one-command demo, end to end on small inputs with the shipped model: outputs exist and are non-trivial."""
+import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ from rosbags.highlevel import AnyReader
 from mpnet_model.infer.scene import SceneSegmenter
 from mpnet_ros.demo import main, run_demo, write_summary
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared'
+SHARED = Path(os.environ.get('MPNET_SHARED', Path(__file__).resolve().parents[2] / 'shared'))
 
 
 def _png(path: Path) -> bool:
