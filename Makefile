@@ -14,7 +14,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export ROS_DOMAIN_ID ?= 42
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
-.PHONY: venv test lint demo bench clean ament-links
+.PHONY: venv test lint demo bench mutate clean ament-links
 
 $(VENV)/.installed: requirements-dev.txt setup.py package.xml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,6 +49,13 @@ test: venv
 
 demo: venv
 	$(PY) -m mpnet_ros.demo --shared $(SHARED)
+
+# Mutation testing (mutmut), outside CI: one bounded, niced run per module group with its few test files
+# (scripts/mutate.py); MUTATE_MINUTES per group (default 20), MUTATE_GROUPS to pick (params trainer infer).
+# Resumes where it stopped; results in out/mutation/summary.json, recorded in docs/mutation.md.
+mutate: venv
+	$(PY) -m pip install -q -r requirements-mutation.txt
+	$(PY) scripts/mutate.py $(MUTATE_GROUPS) $(MUTATE_ARGS)
 
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

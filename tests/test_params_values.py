@@ -98,3 +98,66 @@ def test_every_choice_accepted():
     for key, spec in SPECS.items():
         for choice in spec.choices:
             assert getattr(validate_params({key: choice}, check_files=False), key) == choice
+
+
+# Every error path: the key, the offending value and the problem, exactly (the node's refusal message).
+ERRORS = [
+    ({'drop_zero_points': 'yes'}, 'drop_zero_points', 'yes', 'must be a bool'),
+    ({'window_frames': 2.5}, 'window_frames', 2.5, 'must be an integer'),
+    ({'window_frames': True}, 'window_frames', True, 'must be an integer'),
+    ({'voxel_size': 'abc'}, 'voxel_size', 'abc', 'must be a number'),
+    ({'voxel_size': True}, 'voxel_size', True, 'must be a number'),
+    ({'voxel_size': float('inf')}, 'voxel_size', float('inf'), 'must be finite'),
+    ({'model_path': 3}, 'model_path', 3, 'must be a string'),
+    ({'crop_box': 'abcdef'}, 'crop_box', 'abcdef', 'must be a list of 6 numbers'),
+    ({'crop_box': [0, 0, 0, 1, 1]}, 'crop_box', [0, 0, 0, 1, 1], 'must be a list of 6 numbers'),
+    ({'crop_box': [0, 0, 0, 1, 1, 'x']}, 'crop_box', 'x', 'must be a number'),
+    ({'backend': 'caffe'}, 'backend', 'caffe', "must be one of ['torch', 'onnxruntime', 'tensorrt']"),
+    ({'voxel_size': 11.0}, 'voxel_size', 11.0, r'must be in [0.0, 10.0]'),
+    ({'device': 'gpu0'}, 'device', 'gpu0', "must be 'cpu', 'cuda' or 'cuda:N'"),
+    ({'input_topic': ''}, 'input_topic', '', 'must not be empty'),
+    ({'min_range': 2.0, 'max_range': 1.0}, 'max_range', 1.0, 'must be > min_range 2.0 (or 0 = off)'),
+    ({'crop_box': [0.0, 0.0, 1.0, 1.0, 1.0, 0.0]}, 'crop_box', [0.0, 0.0, 1.0, 1.0, 1.0, 0.0],
+     'needs xmin < xmax, ymin < ymax, zmin < zmax (or all zeros = off)'),
+    ({'no_such_key': 1}, 'no_such_key', 1, 'unknown parameter; known: ['),
+]
+
+
+@pytest.mark.parametrize('values, key, value, why', ERRORS, ids=[e[3][:24] for e in ERRORS])
+def test_errors_name_key_value_and_problem(values, key, value, why):
+    with pytest.raises(ParamError) as info:
+        validate_params(values, check_files=False)
+    assert (info.value.key, info.value.value) == (key, value)
+    assert str(info.value).startswith(f'parameter {key!r}={value!r}: {why}'), str(info.value)
+
+
+def test_model_file_errors_name_the_file(tmp_path):
+    checkpoint, onnx_file = tmp_path / 'm.pt', tmp_path / 'm.onnx'
+    checkpoint.write_bytes(b'x')
+    onnx_file.write_bytes(b'x')
+    cases = [({'model_path': str(tmp_path / 'no.pt'), 'backend': 'torch'}, str(tmp_path / 'no.pt'),
+              'file does not exist'),
+             ({'model_path': str(onnx_file), 'backend': 'torch'}, str(onnx_file),
+              "is an ONNX file; backend 'torch' needs a checkpoint (.pt)"),
+             ({'model_path': str(checkpoint), 'backend': 'onnxruntime'}, str(checkpoint),
+              "backend 'onnxruntime' needs an ONNX model (.onnx)"),
+             ({'model_path': str(checkpoint), 'backend': 'tensorrt'}, str(checkpoint),
+              "backend 'tensorrt' needs an ONNX model (.onnx)")]
+    for values, value, why in cases:
+        with pytest.raises(ParamError) as info:
+            validate_params(values)
+        assert (info.value.key, info.value.value) == ('model_path', value)
+        assert str(info.value) == f'parameter {"model_path"!r}={value!r}: {why}'
+
+
+def test_missing_shipped_model_is_a_param_error(monkeypatch):
+    import mpnet_ros.params as params_module
+
+    def missing(backend):
+        raise FileNotFoundError(f'the shipped default model for {backend} is missing')
+
+    monkeypatch.setattr(params_module, 'default_model_path', missing)
+    with pytest.raises(ParamError) as info:
+        validate_params({'backend': 'torch'})
+    assert (info.value.key, info.value.value) == ('model_path', '')
+    assert str(info.value) == "parameter 'model_path'='': the shipped default model for torch is missing"
