@@ -1,10 +1,13 @@
 """Trainer: config parsing, ASIS schedule, a real short run, exact resume after kill -9, DDP on gloo."""
 import os
+import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,7 +18,17 @@ from mpnet_model.model.checkpoint import load_checkpoint, read_checkpoint
 from mpnet_model.train.cli import build_datasets, dataset_stats
 from mpnet_model.train.cli import main as train_main
 from mpnet_model.train.config import load_config
-from mpnet_model.train.trainer import Trainer, bn_momentum, default_epoch_end, learning_rate, rng_state
+from mpnet_model.train.trainer import (
+    Trainer,
+    bn_momentum,
+    default_epoch_end,
+    learning_rate,
+    record_epoch,
+    rng_state,
+    save_checkpoints,
+    set_rng_state,
+    validate_epoch,
+)
 
 SMALL_MODEL = dict(num_points=256, feature_dim=32, sa_npoints=[128, 32, 8, 4],
                    sa_mlps=[[16, 16, 32], [32, 32, 64], [64, 64, 64], [64, 64, 128]],
@@ -222,3 +235,54 @@ def test_missing_dataset_is_a_clear_cli_error(tmp_path, capsys):
     config = write_config(tmp_path / 'c.yaml', tmp_path / 'nowhere', tmp_path)
     assert train_main(['--config', str(config)]) == 2
     assert 'dataset folder not found' in capsys.readouterr().err
+
+
+def test_rng_state_round_trip_includes_cached_gaussians():
+    """numpy's and python's normal samplers cache a second value; a restored state must give the same draws."""
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    np.random.standard_normal()
+    random.gauss(0.0, 1.0)                      # both now hold a cached value
+    saved = rng_state()
+    expected = (torch.rand(3), np.random.standard_normal(3), [random.gauss(0.0, 1.0) for _ in range(3)])
+    torch.manual_seed(9)
+    np.random.seed(9)
+    random.seed(9)
+    set_rng_state(saved)
+    found = (torch.rand(3), np.random.standard_normal(3), [random.gauss(0.0, 1.0) for _ in range(3)])
+    assert torch.equal(found[0], expected[0])
+    np.testing.assert_array_equal(found[1], expected[1])
+    assert found[2] == expected[2]
+
+
+def test_epoch_end_callables_one_by_one(synthetic_root, tmp_path):
+    cfg = load_config(write_config(tmp_path / 'c.yaml', synthetic_root, tmp_path, epochs=5),
+                      ['run.val_every=2', 'run.val_blocks=8', 'run.curve_blocks=0'])
+    train_set, val_set = build_datasets(cfg, progress=False)
+    trainer = Trainer(cfg, train_set, val_set)
+    validated = []
+    for epoch in range(1, 6):                   # every val_every-th epoch and the last one
+        trainer.epoch, summary = epoch, {}
+        validate_epoch(trainer, summary)
+        if 'val_miou' in summary:
+            validated.append(epoch)
+    assert validated == [2, 4, 5]
+
+    trainer.epoch, summary = 3, {'train_total': 1.0}
+    before = time.monotonic() - trainer.fit_start
+    record_epoch(trainer, summary)
+    assert summary['epoch'] == 3 and before <= summary['wall_s'] <= time.monotonic() - trainer.fit_start
+    assert trainer.history[-1] is summary
+
+    run = tmp_path / 'run'
+    for summary, best_written, best_miou in (({'val_miou': 0.3}, True, 0.3), ({'val_miou': 0.2}, False, 0.3),
+                                              ({}, False, 0.3), ({'val_miou': 0.4}, True, 0.4)):
+        for name in ('best.pt', 'last.pt'):
+            (run / name).unlink(missing_ok=True)
+        save_checkpoints(trainer, summary)
+        assert (run / 'last.pt').is_file() and (run / 'best.pt').is_file() == best_written, summary
+        assert trainer.best_miou == best_miou
+    assert 'optimizer' in read_checkpoint(run / 'last.pt')['extra']
+    assert 'optimizer' not in read_checkpoint(run / 'best.pt')['extra']
+    trainer.close()
