@@ -89,6 +89,8 @@ def prepare(group: str) -> Path:
                f'only_mutate = {json.dumps(spec["mutate"])}\n'
                f'pytest_add_cli_args_test_selection = {json.dumps(spec["tests"])}\n'
                f'pytest_add_cli_args = {json.dumps(["-q"] + [f"--deselect={t}" for t in spec.get("deselect", [])])}\n'
+               # Help texts and parser set-up are not behaviour worth a mutant each.
+               'do_not_mutate_patterns = ["help=", "ArgumentParser\\\\("]\n'
                'timeout_multiplier = 5.0\n'
                'use_git_change_detection = false\n')
     (work / 'pyproject.toml').write_text(config)

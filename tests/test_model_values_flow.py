@@ -15,6 +15,7 @@ import pytest
 import torch
 from runtime_fixtures import tiny_config
 
+from mpnet_model import __version__
 from mpnet_model.infer.backends.base import ModelMetadata, make_backend
 from mpnet_model.infer.backends.torch_backend import metadata_from_checkpoint
 from mpnet_model.infer.export import main as export_main
@@ -40,7 +41,7 @@ def model_files(tmp_path_factory):
     torch.manual_seed(0)
     cfg = tiny_config()
     checkpoint = save_checkpoint(folder / 'tuned.pt', MPNet(cfg).eval(), cfg, extra=TUNED)
-    assert export_main([str(checkpoint), '-o', str(folder / 'tuned.onnx')]) == 0
+    assert export_main([str(checkpoint)]) == 0                       # default output: next to the checkpoint
     return checkpoint, folder / 'tuned.onnx'
 
 
@@ -49,6 +50,14 @@ def test_hop1_checkpoint_to_onnx_metadata(model_files, tmp_path):
     props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     assert _values(ModelMetadata.from_props(props, 'x')) == EXPECTED
     assert float(props['stride']) == 0.75 and float(props['cluster_bandwidth']) == 0.45
+    assert props['version'] == __version__ and props['fps_in_graph'] == 'false'
+    # mpnet-export --block-size / --stride override the checkpoint's geometry (and nothing else).
+    override = tmp_path / 'override.onnx'
+    assert export_main([str(checkpoint), '-o', str(override), '--block-size', '2.0', '--stride', '0.25',
+                        '--opset', '18', '--batch', '1']) == 0
+    props = {p.key: p.value for p in onnx.load(str(override), load_external_data=False).metadata_props}
+    assert _values(ModelMetadata.from_props(props, 'x')) == {**EXPECTED, 'block_size': 2.0, 'stride': 0.25}
+    assert onnx.load(str(override), load_external_data=False).opset_import[0].version == 18
     # The metadata the export builds from the loaded checkpoint, and explicit --block-size / --stride winning.
     _, cfg, meta = load_checkpoint(checkpoint)
     assert _values(metadata_from_checkpoint(cfg, meta)) == EXPECTED

@@ -93,6 +93,8 @@ def test_empty_and_tiny_clouds(segmenter):
     assert isinstance(empty, SceneResult) and empty.labels.shape == (0,) and empty.instances_info == []
     tiny = segmenter.segment(np.random.default_rng(0).random((5, 3)), None, None)
     assert tiny.labels.tolist() == [-1] * 5 and tiny.instances.tolist() == [-1] * 5
+    assert (tiny.labels.dtype, tiny.instances.dtype, tiny.scores.dtype) == (np.int32, np.int32, np.float32)
+    assert tiny.scores.tolist() == [0.0] * 5 and 'total' in tiny.timings
     with pytest.raises(ValueError, match='NaN'):
         segmenter.segment(np.array([[0, 0, np.nan]] * 50, np.float32))
     with pytest.raises(ValueError, match='rgb'):
