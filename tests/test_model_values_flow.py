@@ -20,6 +20,7 @@ from mpnet_model.infer.backends.base import ModelMetadata, make_backend
 from mpnet_model.infer.backends.torch_backend import metadata_from_checkpoint
 from mpnet_model.infer.export import main as export_main
 from mpnet_model.infer.scene import SceneSegmenter
+from mpnet_model.infer.trt_ops import check_trt_compatibility
 from mpnet_model.model.checkpoint import load_checkpoint, save_checkpoint
 from mpnet_model.model.mpnet import MPNet
 
@@ -51,6 +52,11 @@ def test_hop1_checkpoint_to_onnx_metadata(model_files, tmp_path):
     assert _values(ModelMetadata.from_props(props, 'x')) == EXPECTED
     assert float(props['stride']) == 0.75 and float(props['cluster_bandwidth']) == 0.45
     assert props['version'] == __version__ and props['fps_in_graph'] == 'false'
+    # TopK K frozen to constants (TensorRT needs them at build time); FPS indices are graph inputs.
+    report = check_trt_compatibility(onnx_path)
+    assert report.ok and report.non_constant_inputs == [], report.summary()
+    graph_inputs = [i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input]
+    assert graph_inputs == ['points', 'fps_0', 'fps_1']
     # mpnet-export --block-size / --stride override the checkpoint's geometry (and nothing else).
     override = tmp_path / 'override.onnx'
     assert export_main([str(checkpoint), '-o', str(override), '--block-size', '2.0', '--stride', '0.25',
