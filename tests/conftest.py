@@ -74,6 +74,18 @@ def pytest_configure(config):
                                 'to run anyway with those tests skipped.')
 
 
+def pytest_sessionstart(session):
+    """Module-level caches of the test helpers (exports, clouds) live for one session only: mutmut runs many
+    sessions in one process, and a cached export made before a mutant was applied would hide the mutant."""
+    import sys
+
+    for name in ('runtime_fixtures', 'golden_cases'):
+        module = sys.modules.get(name)
+        for value in vars(module).values() if module else ():
+            if callable(getattr(value, 'cache_clear', None)):
+                value.cache_clear()
+
+
 def pytest_report_header(config):
     return f'ROS_DOMAIN_ID={os.environ["ROS_DOMAIN_ID"]} (LOCALHOST discovery), data {os.environ["MPNET_SHARED_DATA"]}'
 
