@@ -16,7 +16,7 @@ import torch
 from runtime_fixtures import tiny_config
 
 from mpnet_model import __version__
-from mpnet_model.infer.backends.base import ModelMetadata, make_backend
+from mpnet_model.infer.backends.base import BackendError, ModelMetadata, make_backend
 from mpnet_model.infer.backends.torch_backend import metadata_from_checkpoint
 from mpnet_model.infer.export import main as export_main
 from mpnet_model.infer.scene import SceneSegmenter
@@ -72,6 +72,9 @@ def test_hop1_checkpoint_to_onnx_metadata(model_files, tmp_path):
     # A checkpoint recording nothing: 1 m / 0.5 m, bandwidth 0.6, no per-class filter.
     plain = metadata_from_checkpoint(cfg, {'extra': {}})
     assert (plain.block_size, plain.stride, plain.cluster_bandwidth, plain.class_min_points) == (1.0, 0.5, 0.6, None)
+    # Class means alone (as in the shipped checkpoint) switch no filter on; the version is the checkpoint's.
+    means_only = metadata_from_checkpoint(cfg, {'extra': {'class_mean_instance_points': MEANS}, 'version': '0.0.7'})
+    assert means_only.class_min_points is None and means_only.version == '0.0.7'
 
 
 def test_hop1_old_exports_read_with_defaults():
@@ -80,6 +83,10 @@ def test_hop1_old_exports_read_with_defaults():
         del props[key]                                          # as in ONNX files exported before these existed
     metadata = ModelMetadata.from_props(props, 'old.onnx')
     assert metadata.cluster_bandwidth == 0.6 and metadata.class_min_points is None and metadata.extra == {}
+    full = ModelMetadata(class_names=('a', 'b'), cluster_bandwidth=0.3, min_instance_fraction=0.5,
+                         class_mean_instance_points=(10.0, 20.0), fps_in_graph=True, extra={'trained_on': 'rooms'})
+    assert ModelMetadata.from_props(full.to_props(), 'x') == full                   # exact round trip
+    assert full.to_props()['fps_in_graph'] == 'true' and 'extra' not in full.to_props()
 
 
 class _FakeEngineBuilder:
@@ -111,16 +118,31 @@ def test_hop2_onnx_metadata_to_every_backend(model_files, tmp_path, monkeypatch)
 
 
 def test_hop3_backend_to_scene_segmenter(model_files, tmp_path, monkeypatch):
+    kinds = []
     for name, backend in _backends(model_files, tmp_path, monkeypatch).items():
-        monkeypatch.setattr('mpnet_model.infer.scene.make_backend', lambda *args, _b=backend, **kwargs: _b)
+        def factory(kind, path, _b=backend, **options):
+            kinds.append((kind, path, options))
+            return _b
+        monkeypatch.setattr('mpnet_model.infer.scene.make_backend', factory)
         segmenter = SceneSegmenter.from_config(name, 'model')
         assert (segmenter.block_size, segmenter.stride, segmenter.num_points, segmenter.bandwidth) == \
             (1.5, 0.75, 256, 0.45), name
         np.testing.assert_allclose(segmenter.class_min_points, 0.3 * np.array(MEANS), err_msg=name)
+        assert kinds[-1] == (name, 'model', {'device': 'cpu', 'precision': 'fp32'})   # what the factory passed on
         explicit = SceneSegmenter.from_config(name, 'model', block_size=2.0, stride=1.0, bandwidth=0.9,
                                               class_min_points=None)            # explicit arguments win
         assert (explicit.block_size, explicit.stride, explicit.bandwidth, explicit.class_min_points) == \
             (2.0, 1.0, 0.9, None), name
+
+
+def test_hop3_factory_passes_device_precision_and_options(model_files):
+    _, onnx_path = model_files
+    segmenter = SceneSegmenter.from_config('onnxruntime', onnx_path, backend_options={'intra_op_threads': 1})
+    assert segmenter.backend.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(BackendError, match='precision'):
+        SceneSegmenter.from_config('onnxruntime', onnx_path, precision='fp16')
+    with pytest.raises(BackendError, match="device='tpu'"):
+        SceneSegmenter.from_config('onnxruntime', onnx_path, device='tpu')
 
 
 def test_hop3_shipped_model_keeps_its_defaults():
