@@ -83,8 +83,8 @@ SPECS: dict[str, ParamSpec] = {
     'precision': ParamSpec('fp32', 'Inference precision: fp16 (all backends; CPU too), bf16 (torch).',
                            choices=PRECISIONS, rebuild=('segmenter',)),
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'.", rebuild=('segmenter',)),
-    'cluster_bandwidth': ParamSpec(0.6, 'Mean-shift bandwidth on instance embeddings.', 0.01, 10.0,
-                                   rebuild=('segmenter',)),
+    'cluster_bandwidth': ParamSpec(0.0, "Mean-shift bandwidth on instance embeddings (0 = the model's tuned value, "
+                                   '0.6 when the model records none).', 0.0, 10.0, rebuild=('segmenter',)),
     'min_instance_points': ParamSpec(50, 'Instances with fewer points are dropped (instance -1).', 1, 10_000_000,
                                      rebuild=('segmenter',)),
     'tracking': ParamSpec(True, 'Keep instance ids across frames (false: ids are per frame, largest first).',

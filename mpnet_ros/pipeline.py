@@ -84,11 +84,12 @@ def make_segmenter(params: SegmentParams) -> Any:
     backend_options = {}
     if params.backend == 'tensorrt':
         backend_options = {'engine_path': params.engine_path or None, 'cache_dir': params.engine_cache_dir or None}
+    # Block geometry always, the bandwidth unless set (cluster_bandwidth 0), come from the model's metadata.
+    tuned = {'bandwidth': params.cluster_bandwidth} if params.cluster_bandwidth > 0 else {}
     try:
         return SceneSegmenter.from_config(params.backend, params.model_path, device=params.device,
                                           precision=params.precision, backend_options=backend_options,
-                                          bandwidth=params.cluster_bandwidth,
-                                          min_instance_points=params.min_instance_points)
+                                          min_instance_points=params.min_instance_points, **tuned)
     except Exception as error:
         if type(error).__name__ == 'TensorRTUnavailable':   # no TensorRT or no GPU here: the backend is the problem
             raise ParamError('backend', params.backend, str(error)) from error
