@@ -168,10 +168,12 @@ def _check_model_files(params: dict[str, Any]) -> None:
             raise ParamError('model_path', '', str(error)) from error
     if not Path(model_path).is_file():
         raise ParamError('model_path', model_path, 'file does not exist')
-    wanted = find_backend(backend).model_suffix
-    if Path(model_path).suffix.lower() != wanted:
-        kind = 'a checkpoint' if wanted == '.pt' else 'an ONNX model'
-        raise ParamError('model_path', model_path, f'backend {backend!r} needs {kind} ({wanted})')
+    wanted, suffix = find_backend(backend).model_suffix, Path(model_path).suffix.lower()
+    if suffix != wanted:
+        kind = {'.pt': 'a checkpoint', '.onnx': 'an ONNX model'}
+        found = 'is an ONNX file; ' if suffix == '.onnx' else ''
+        raise ParamError('model_path', model_path, f'{found}backend {backend!r} needs {kind.get(wanted, "a model")} '
+                                                   f'({wanted})')
 
 
 def validate_params(values: Mapping[str, Any], check_files: bool = True) -> SegmentParams:

@@ -7,12 +7,12 @@ that drops a value (falls back to the default) or overrides it fails.
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from fake_tensorrt import FakeTensorRTBuilder
 from runtime_fixtures import tiny_config
 
 from mpnet_model import __version__
@@ -89,25 +89,12 @@ def test_hop1_old_exports_read_with_defaults():
     assert full.to_props()['fps_in_graph'] == 'true' and 'extra' not in full.to_props()
 
 
-class _FakeEngineBuilder:
-    """FAKE TensorRT engine builder (TensorRT and CUDA cannot exist here): the TensorRT backend's metadata path is
-    real (it reads the ONNX file); the 'engine' is a stand-in with an execution context that is never run."""
-
-    version, device_name = '10.0.0', 'fake'
-
-    def build(self, onnx_path, precision):
-        return b'FAKE-ENGINE'
-
-    def deserialize(self, engine_bytes):
-        return SimpleNamespace(create_execution_context=lambda: None)
-
-
 def _backends(model_files, tmp_path, monkeypatch):
     checkpoint, onnx_path = model_files
-    monkeypatch.setattr(torch.cuda, 'Stream', lambda device=None: None)     # FAKE: no CUDA stream on this machine
+    # FAKE TensorRT (tests/fake_tensorrt.py: TensorRT cannot exist here): the metadata path is the real backend's
     return {'torch': make_backend('torch', checkpoint),
             'onnxruntime': make_backend('onnxruntime', onnx_path, intra_op_threads=1),
-            'tensorrt (fake engine)': make_backend('tensorrt', onnx_path, device='cuda', builder=_FakeEngineBuilder(),
+            'tensorrt (fake engine)': make_backend('tensorrt', onnx_path, builder=FakeTensorRTBuilder(),
                                                    engine_path=tmp_path / 'tuned.engine')}
 
 
@@ -140,7 +127,7 @@ def test_hop3_factory_passes_device_precision_and_options(model_files):
     segmenter = SceneSegmenter.from_config('onnxruntime', onnx_path, backend_options={'intra_op_threads': 1})
     assert segmenter.backend.session.get_session_options().intra_op_num_threads == 1
     with pytest.raises(BackendError, match='precision'):
-        SceneSegmenter.from_config('onnxruntime', onnx_path, precision='fp16')
+        SceneSegmenter.from_config('onnxruntime', onnx_path, precision='bf16')
     with pytest.raises(BackendError, match="device='tpu'"):
         SceneSegmenter.from_config('onnxruntime', onnx_path, device='tpu')
 

@@ -12,20 +12,30 @@ NON_DEFAULT = {
     'window_frames': 7,
     'window_seconds': 2.5,
     'fixed_frame': 'odom',
+    'fallback_frame_id': 'base_link',
     'min_range': 0.4,
     'max_range': 35.0,
+    'max_coordinate': 250.0,
     'crop_box': [-1.5, -2.5, -0.5, 3.5, 4.5, 2.25],
+    'gravity_align': 'off',
     'voxel_size': 0.03,
     'drop_zero_points': False,
     'backend': 'torch',
     'model_path': '/models/room.pt',
     'engine_path': '/models/room.engine',
+    'engine_cache_dir': '/var/cache/mpnet_ros',
     'precision': 'fp16',
     'device': 'cuda:1',
     'cluster_bandwidth': 0.45,
     'min_instance_points': 120,
+    'tracking': False,
+    'track_max_distance': 2.5,
+    'track_min_iou': 0.3,
+    'track_max_misses': 9,
     'max_points': 300_000,
     'processing_budget_ms': 95.0,
+    'oversize_action': 'refuse',
+    'marker_lifetime': 2.0,
     'diagnostics_period': 0.5,
     'warn_throttle_sec': 12.0,
 }
@@ -97,7 +107,8 @@ def test_bounds_are_inclusive_at_both_ends(key):
 def test_every_choice_accepted():
     for key, spec in SPECS.items():
         for choice in spec.choices:
-            assert getattr(validate_params({key: choice}, check_files=False), key) == choice
+            needs = {'device': 'cuda'} if (key, choice) == ('backend', 'tensorrt') else {}   # TensorRT: GPU only
+            assert getattr(validate_params({key: choice, **needs}, check_files=False), key) == choice
 
 
 # Every error path: the key, the offending value and the problem, exactly (the node's refusal message).
@@ -141,7 +152,7 @@ def test_model_file_errors_name_the_file(tmp_path):
               "is an ONNX file; backend 'torch' needs a checkpoint (.pt)"),
              ({'model_path': str(checkpoint), 'backend': 'onnxruntime'}, str(checkpoint),
               "backend 'onnxruntime' needs an ONNX model (.onnx)"),
-             ({'model_path': str(checkpoint), 'backend': 'tensorrt'}, str(checkpoint),
+             ({'model_path': str(checkpoint), 'backend': 'tensorrt', 'device': 'cuda'}, str(checkpoint),
               "backend 'tensorrt' needs an ONNX model (.onnx)")]
     for values, value, why in cases:
         with pytest.raises(ParamError) as info:
