@@ -24,7 +24,9 @@ setup(
     ],
     # Loose on purpose: robots bring their own torch (CUDA/Jetson builds).
     install_requires=['numpy', 'scipy', 'scikit-learn', 'pyyaml', 'tqdm', 'torch', 'onnx', 'onnxruntime',
-                      'rosbags', 'matplotlib', 'pypcd4'],
+                      'onnxconverter-common', 'rosbags', 'matplotlib', 'pypcd4'],
+    # Simulated sensor data (mpnet-synth sensors) ray-casts with Embree; robots do not need it.
+    extras_require={'sim': ['trimesh', 'embreex']},
     zip_safe=True,
     maintainer='mpnet_ros developers',
     maintainer_email='mpnet-ros@example.org',
@@ -37,6 +39,7 @@ setup(
             'mpnet-eval = mpnet_model.eval.evaluate:main',
             'mpnet-export = mpnet_model.infer.export:main',
             'mpnet-bag = mpnet_ros.bag_tool:main',
+            'mpnet-replay = mpnet_ros.replay:main',
             'mpnet-demo = mpnet_ros.demo:main',
             'mpnet-synth = mpnet_model.data.synthetic:main',
             'mpnet-analyse = mpnet_model.analysis.cli:main',

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from mpnet_model.data.classes import S3DIS_CLASSES
-from mpnet_model.data.synthetic import DEFAULT_DENSITY, _format_points, generate_room, room_rng, write_room
+from mpnet_model.data.synthetic import DEFAULT_DENSITY, generate_room, room_rng, write_room
+from mpnet_model.data.synthetic.io import _format_points
 
 # Approximate point fractions of the real S3DIS (all 6 areas), for comparison only.
 S3DIS_FRACTION = {'ceiling': 0.194, 'floor': 0.165, 'wall': 0.274, 'beam': 0.021, 'column': 0.025,

@@ -5,14 +5,19 @@
 Arguments: input_topic (remaps ~/input), params_file (default: share/mpnet_ros/config/segment.yaml),
 model_path and backend (override the params file when not empty), use_sim_time, rviz (false: true starts rviz2 with
 config/mpnet.rviz and the params file's fixed_frame, when set, as its fixed frame).
+
+Exit status: when the node exits with a non-zero code (it refuses to start on a bad parameter or model file, or
+crashes), the launch shuts down and `ros2 launch` exits with 1 (launch turns the handler's error into its return
+code); when the node ends normally (Ctrl-C) the launch shuts down with 0.
 """
 from pathlib import Path
 
 import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -29,6 +34,16 @@ def _fixed_frame(params_file: str) -> str:
         if isinstance(section, dict) and section.get('ros__parameters', {}).get('fixed_frame'):
             return str(section['ros__parameters']['fixed_frame'])
     return ''
+
+
+class NodeFailed(RuntimeError):
+    """The segment node exited with a non-zero code; launch reports it and `ros2 launch` exits 1."""
+
+
+def _on_segment_exit(event, context):
+    if event.returncode is not None and event.returncode > 0:
+        raise NodeFailed(f'{event.action.name} exited with code {event.returncode} (see its error above)')
+    return [Shutdown(reason=f'{event.action.name} exited')]
 
 
 def _nodes(context):
@@ -48,7 +63,7 @@ def _nodes(context):
         rviz_args += ['-f', frame]
     rviz = Node(package='rviz2', executable='rviz2', name='rviz2', arguments=rviz_args,
                 parameters=[{'use_sim_time': use_sim_time}], condition=IfCondition(LaunchConfiguration('rviz')))
-    return [segment, rviz]
+    return [segment, RegisterEventHandler(OnProcessExit(target_action=segment, on_exit=_on_segment_exit)), rviz]
 
 
 def generate_launch_description():

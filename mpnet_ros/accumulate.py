@@ -21,6 +21,7 @@ class Frame:
     xyz: np.ndarray                # (N, 3) float32
     rgb: np.ndarray | None         # (N, 3) float32 in [0, 1]
     intensity: np.ndarray | None   # (N,) float32
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)   # the sensor's position in frame_id
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Window:
     intensity: np.ndarray | None   # (N,)
     num_frames: int
     sequence: int                  # how many frames had been added when this snapshot was taken
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)   # the newest frame's sensor position
 
 
 class CloudWindow:
@@ -78,7 +80,7 @@ class CloudWindow:
             intensity = np.concatenate([f.intensity for f in frames])
         return Window(stamp_ns=frames[-1].stamp_ns, frame_id=frames[-1].frame_id,
                       xyz=np.concatenate([f.xyz for f in frames]), rgb=rgb, intensity=intensity,
-                      num_frames=len(frames), sequence=sequence)
+                      num_frames=len(frames), sequence=sequence, origin=frames[-1].origin)
 
 
 # --- geometry -----------------------------------------------------------------------------------------------------

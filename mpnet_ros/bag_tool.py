@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from mpnet_model.infer.backends.registry import BACKEND_NAMES, backend_for_suffix
+from mpnet_model.infer.precision import PRECISIONS
 from mpnet_ros.cloud_io import CloudError, ParsedCloud, labeled_cloud_msg, parse_cloud
 from mpnet_ros.params import ParamError, SegmentParams, validate_params
 from mpnet_ros.pipeline import ScenePipeline, SegmentedWindow, make_segmenter
@@ -100,7 +102,9 @@ def segment_bag(in_path: Path, out_path: Path, params: SegmentParams, topic: str
     if out_path.exists():
         raise FileExistsError(f'mpnet-bag: output {out_path} already exists')
     plugin = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}[storage]
-    pipeline = ScenePipeline(params, segmenter if segmenter is not None else make_segmenter(params))
+    # Offline every frame is processed whole (no time budget); the memory bound (grid extent) still holds.
+    pipeline = ScenePipeline(params, segmenter if segmenter is not None else make_segmenter(params),
+                             warn=lambda kind, message: LOG.warning('%s', message), enforce_budget=False)
     num_classes = len(pipeline.class_names)
     typestore = get_typestore(Stores.ROS2_JAZZY)
     summary = BagSummary(output=str(out_path))
@@ -154,10 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--storage', choices=('sqlite3', 'mcap'), default='mcap')
     parser.add_argument('--params-file', help='ROS 2 params YAML, e.g. config/segment.yaml')
     parser.add_argument('--model', dest='model_path', help='model file (overrides model_path)')
-    parser.add_argument('--backend', choices=('torch', 'onnxruntime', 'tensorrt'),
+    parser.add_argument('--backend', choices=BACKEND_NAMES,
                         help='default: from the --model suffix if given (.pt torch, .onnx onnxruntime), else params')
     parser.add_argument('--device')
-    parser.add_argument('--precision', choices=('fp32', 'fp16'))
+    parser.add_argument('--precision', choices=PRECISIONS)
     parser.add_argument('--window-frames', type=int)
     parser.add_argument('--voxel-size', type=float)
     parser.add_argument('--min-range', type=float)
@@ -174,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                  if k in ('model_path', 'backend', 'device', 'precision', 'window_frames', 'voxel_size', 'min_range',
                           'max_range') and v is not None}
     if args.model_path and not args.backend:     # --model x.pt alone means the torch backend
-        overrides['backend'] = 'torch' if Path(args.model_path).suffix.lower() == '.pt' else 'onnxruntime'
+        try:
+            overrides['backend'] = backend_for_suffix(Path(args.model_path).suffix).name
+        except ValueError:
+            pass     # validate_params names the file problem
     try:
         params = validate_params({**_params_from_file(args.params_file), **overrides})
         summary = segment_bag(args.input, args.output, params, topic=args.topic, storage=args.storage,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mpnet_model.data.classes import class_colour_table
-from mpnet_model.io.pointclouds import unpack_rgb
+from mpnet_model.io.pointclouds import pack_rgb, unpack_rgb
 
 # sensor_msgs/PointField datatype constants (fixed by the message definition).
 INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64 = range(1, 9)
@@ -144,12 +144,6 @@ def _point_records(raw: np.ndarray, height: int, width: int, point_step: int, ro
     return np.ascontiguousarray(padded).reshape(-1)
 
 
-def pack_rgb(rgb_u8: np.ndarray) -> np.ndarray:
-    """(N, 3) uint8 -> (N,) float32 whose bits are 0x00RRGGBB (the PCL / RViz convention)."""
-    rgb_u8 = rgb_u8.astype(np.uint32)
-    return ((rgb_u8[:, 0] << 16) | (rgb_u8[:, 1] << 8) | rgb_u8[:, 2]).view(np.float32)
-
-
 def parse_cloud(msg: Any, max_points: int = DEFAULT_MAX_POINTS, drop_zero: bool = True,
                 datatypes: dict[int, np.dtype] | None = None) -> ParsedCloud:
     """Valid points of a PointCloud2 (any layout) as float32 arrays; raises CloudError naming the defect."""
@@ -177,7 +171,8 @@ def _parse_cloud(msg: Any, max_points: int, drop_zero: bool, datatypes: dict[int
     raw = _point_records(_message_bytes(msg.data), height, width, point_step, row_step)
     points = np.frombuffer(raw, dtype=dtype, count=height * width)  # (H*W,) structured view
 
-    xyz = np.stack([points[axis].astype(np.float32) for axis in 'xyz'], axis=1)  # (H*W, 3)
+    with np.errstate(over='ignore'):    # float64 beyond float32's range becomes inf: dropped as invalid just below
+        xyz = np.stack([points[axis].astype(np.float32) for axis in 'xyz'], axis=1)  # (H*W, 3)
     valid = np.isfinite(xyz).all(axis=1)
     if drop_zero:
         valid &= (xyz != 0).any(axis=1)
@@ -196,7 +191,8 @@ def _parse_cloud(msg: Any, max_points: int, drop_zero: bool, datatypes: dict[int
     elif 'intensity' in by_name:
         if dtype['intensity'].shape:
             raise CloudError(f"field 'intensity' has count {by_name['intensity'].count} (expected 1)")
-        intensity = points['intensity'][source_index].astype(np.float32)
+        with np.errstate(over='ignore'):    # out-of-range values become inf, set to 0 just below
+            intensity = points['intensity'][source_index].astype(np.float32)
         intensity[~np.isfinite(intensity)] = 0.0
     return ParsedCloud(xyz=np.ascontiguousarray(xyz[source_index]), rgb=rgb, intensity=intensity,
                        source_index=source_index, frame_id=str(msg.header.frame_id),

@@ -21,6 +21,8 @@ import numpy as np
 
 from mpnet_model.data.synthetic import generate_room
 from mpnet_model.eval.metrics import InstanceEvaluator, SemanticEvaluator
+from mpnet_model.infer.backends.registry import BACKEND_NAMES
+from mpnet_model.infer.precision import PRECISIONS
 from mpnet_model.infer.scene import SceneSegmenter
 from mpnet_model.io.atomic import atomic_write_text
 from mpnet_model.io.pointclouds import load_pcd, optical_to_z_up
@@ -162,17 +164,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='mpnet-demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('--shared', type=Path, default=Path('../shared'), help='folder holding data/ (sample data)')
     parser.add_argument('--out', type=Path, default=Path('out/demo'))
-    parser.add_argument('--backend', default='onnxruntime', choices=['torch', 'onnxruntime', 'tensorrt'])
+    parser.add_argument('--backend', default='onnxruntime', choices=BACKEND_NAMES)
     parser.add_argument('--model', default='', help='model file; empty = the shipped default')
+    parser.add_argument('--precision', default='fp32', choices=PRECISIONS,
+                        help='fp16: torch autocast / the fp16 ONNX graph; bf16: torch (docs/precision.md)')
     parser.add_argument('--max-range', type=float, default=8.0, help='Ouster range crop [m]')
     parser.add_argument('--room-density', type=float, default=1500.0,
                         help='generated room: points per m^2 (1500 = the training rooms)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--skip-real', action='store_true', help='only the generated room')
     args = parser.parse_args(argv)
-    segmenter = SceneSegmenter.from_config(args.backend, args.model)
+    segmenter = SceneSegmenter.from_config(args.backend, args.model, precision=args.precision)
     model = args.model or 'shipped default (mpnet_model/assets)'
-    print(f'mpnet-demo: model {model}, backend {args.backend}, classes {len(segmenter.class_names)}')
+    print(f'mpnet-demo: model {model}, backend {args.backend}, precision {args.precision}, '
+          f'classes {len(segmenter.class_names)}')
     summaries, notes = run_demo(segmenter, args.out, args.shared, args.max_range, args.seed, args.room_density,
                                 args.skip_real, args.model)
     print(write_summary(summaries, args.backend, model, args.out, notes))

@@ -1,7 +1,9 @@
 """visualization_msgs/MarkerArray for the segmented instances (ROS message building only).
 
 The array starts with a DELETEALL marker (so boxes of instances that vanished disappear), then per instance an
-axis-aligned CUBE and a TEXT_VIEW_FACING label above it. Colours are stable per instance id; no field is ever NaN.
+axis-aligned CUBE and a TEXT_VIEW_FACING label above it. Marker ids are the instance ids (persistent across frames
+when the pipeline tracks them), colours follow the id, and every marker has a lifetime, so boxes vanish in RViz
+when no newer array arrives (the node stopped, or input stopped). No field is ever NaN.
 """
 from __future__ import annotations
 
@@ -41,9 +43,14 @@ def _finite_vector(values: Any, fallback: float) -> list[float] | None:
     return [v if math.isfinite(v) else fallback for v in vector]
 
 
-def instance_markers(header: Any, instances_info: Iterable[Any], namespace: str = 'mpnet') -> Any:
-    """MarkerArray: DELETEALL, then a box and a text label per instance that has a finite centre."""
+def instance_markers(header: Any, instances_info: Iterable[Any], namespace: str = 'mpnet',
+                     lifetime_s: float = 0.0) -> Any:
+    """MarkerArray: DELETEALL, then a box and a text label per instance that has a finite centre.
+
+    lifetime_s: how long RViz shows each marker without a refresh (0 = forever)."""
     from visualization_msgs.msg import Marker, MarkerArray
+
+    lifetime_sec, lifetime_nsec = divmod(int(round(max(lifetime_s, 0.0) * 1e9)), 1_000_000_000)
 
     array = MarkerArray()
     clear = Marker()
@@ -69,6 +76,7 @@ def instance_markers(header: Any, instances_info: Iterable[Any], namespace: str 
         box.pose.orientation.w = 1.0
         box.scale.x, box.scale.y, box.scale.z = extent
         box.color.r, box.color.g, box.color.b, box.color.a = r, g, b, BOX_ALPHA
+        box.lifetime.sec, box.lifetime.nanosec = lifetime_sec, lifetime_nsec
         array.markers.append(box)
 
         text = Marker()
@@ -81,5 +89,6 @@ def instance_markers(header: Any, instances_info: Iterable[Any], namespace: str 
         text.scale.z = TEXT_HEIGHT
         text.color.r, text.color.g, text.color.b, text.color.a = r, g, b, 1.0
         text.text = f'{class_name} #{instance_id} ({point_count} pts)'
+        text.lifetime.sec, text.lifetime.nanosec = lifetime_sec, lifetime_nsec
         array.markers.append(text)
     return array

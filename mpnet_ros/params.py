@@ -1,23 +1,30 @@
-"""Node parameters: one table of specs, ROS descriptors built from it, validation into a frozen dataclass.
+"""Node parameters: one table of specs (SPECS); SegmentParams, ROS descriptors, validation and runtime rebuilds
+are derived from it.
 
-`validate_params` is ROS-free (unit-tested without rclpy); `declare_and_read` declares every parameter on a node
-with a `ParameterDescriptor` (description + range) and returns the validated `SegmentParams`.
+`validate_params` is ROS-free (unit-tested without rclpy) and the one check for every source of values: params
+files, `-p` overrides (read from the command line too, see `command_line_values`), runtime `set_parameters` and
+`mpnet-bag --params-file`. `declare_and_read` validates, warns about unknown names, then declares every parameter
+on a node with a `ParameterDescriptor` (description + range) and its validated value.
 Defaults here equal `config/segment.yaml` (a test checks that).
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from mpnet_model.default_model import default_model_path
-from mpnet_model.infer.blocking import LAYOUTS
+import yaml
 
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-PRECISIONS = ('fp32', 'fp16')
+from mpnet_model.default_model import default_model_path
+from mpnet_model.infer.backends.registry import BACKEND_NAMES, find_backend
+from mpnet_model.infer.blocking import LAYOUTS
+from mpnet_model.infer.precision import PRECISIONS  # fp32 | fp16 | bf16
+
+BACKENDS = BACKEND_NAMES
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 
 
@@ -36,68 +43,92 @@ class ParamSpec:
     low: float | None = None    # inclusive bounds (also the ROS descriptor's range)
     high: float | None = None
     choices: tuple[str, ...] = ()
+    # What a runtime change rebuilds (the node's set-parameters callback): 'segmenter' (model, backend, clustering),
+    # 'window' (the accumulated frames are dropped), 'tracker' (ids start over), 'transforms', 'subscription',
+    # 'timer'; () = read for every frame.
+    rebuild: tuple[str, ...] = ()
 
 
+# The one table of parameters: defaults, descriptions, ranges, choices and runtime rebuilds. SegmentParams, the ROS
+# descriptors, validation and the runtime-change callback are all derived from it; add a parameter here only.
 SPECS: dict[str, ParamSpec] = {
-    'input_topic': ParamSpec('~/input', 'PointCloud2 topic to segment (or remap ~/input).'),
-    'window_frames': ParamSpec(1, 'Accumulate this many newest frames before segmenting.', 1, 100),
-    'window_seconds': ParamSpec(0.0, 'Also drop frames older than this from the window (0 = frames only).', 0.0, 600.0),
-    'fixed_frame': ParamSpec('', "Frame to accumulate in via tf2; '' = static sensor, clouds stay in their frame."),
+    'input_topic': ParamSpec('~/input', 'PointCloud2 topic to segment (or remap ~/input).', rebuild=('subscription',)),
+    'window_frames': ParamSpec(1, 'Accumulate this many newest frames before segmenting.', 1, 100,
+                               rebuild=('window',)),
+    'window_seconds': ParamSpec(0.0, 'Also drop frames older than this from the window (0 = frames only).', 0.0, 600.0,
+                                rebuild=('window',)),
+    'fixed_frame': ParamSpec('', "Frame to accumulate in via tf2; '' = static sensor, clouds stay in their frame.",
+                             rebuild=('window', 'transforms', 'tracker')),
+    'fallback_frame_id': ParamSpec('sensor', 'Frame used (with a warning) for clouds whose header.frame_id is empty.'),
     'min_range': ParamSpec(0.0, 'Drop points closer than this to the sensor origin [m].', 0.0, 1000.0),
     'max_range': ParamSpec(0.0, 'Drop points farther than this from the sensor origin [m] (0 = no limit).',
                            0.0, 1000.0),
+    'max_coordinate': ParamSpec(1000.0, 'Reject clouds with a coordinate beyond +-this in the sensor frame [m] '
+                                '(corrupt or unscaled data), before anything is allocated from coordinates.',
+                                1.0, 1_000_000.0),
     'crop_box': ParamSpec([0.0] * 6, 'Keep points inside [xmin, ymin, zmin, xmax, ymax, zmax] in the fixed frame '
                           '(all zeros = off).'),
+    'gravity_align': ParamSpec('auto', "Without tf (fixed_frame ''), rotate each window so its dominant floor "
+                               "plane is level before segmenting, results given back in the input frame; 'off' = "
+                               'trust the frame as z-up.', choices=('auto', 'off')),
     'voxel_size': ParamSpec(0.0, 'Segment one point per voxel of this edge [m] and copy its result to the voxel '
                             '(0 = off).', 0.0, 10.0),
     'drop_zero_points': ParamSpec(True, 'Treat 0,0,0 points as invalid returns (Ouster and others publish them).'),
-    'backend': ParamSpec('onnxruntime', 'Inference backend.', choices=BACKENDS),
+    'backend': ParamSpec('onnxruntime', 'Inference backend.', choices=BACKENDS, rebuild=('segmenter',)),
     'model_path': ParamSpec('', "Checkpoint (.pt, torch) or ONNX model (.onnx, onnxruntime/tensorrt); '' = the "
-                            'shipped default model.'),
-    'engine_path': ParamSpec('', 'TensorRT engine cache (built from the ONNX model_path when missing or stale; '
-                             "'' = next to model_path)."),
-    'precision': ParamSpec('fp32', 'Inference precision.', choices=PRECISIONS),
-    'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'."),
-    'cluster_bandwidth': ParamSpec(0.6, 'Mean-shift bandwidth on instance embeddings.', 0.01, 10.0),
-    'min_instance_points': ParamSpec(50, 'Instances with fewer points are dropped (instance -1).', 1, 10_000_000),
+                            'shipped default model.', rebuild=('segmenter',)),
+    'engine_path': ParamSpec('', 'TensorRT engine file (built from the ONNX model_path when missing or stale; '
+                             "'' = cached automatically, see engine_cache_dir).", rebuild=('segmenter',)),
+    'engine_cache_dir': ParamSpec('', "Folder for cached TensorRT engines ('' = next to model_path when writable, "
+                                  'else $XDG_CACHE_HOME/mpnet_ros).', rebuild=('segmenter',)),
+    'precision': ParamSpec('fp32', 'Inference precision: fp16 (all backends; CPU too), bf16 (torch).',
+                           choices=PRECISIONS, rebuild=('segmenter',)),
+    'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'.", rebuild=('segmenter',)),
+    'cluster_bandwidth': ParamSpec(0.0, "Mean-shift bandwidth on instance embeddings (0 = the model's tuned value, "
+                                   '0.6 when the model records none).', 0.0, 10.0, rebuild=('segmenter',)),
+    'min_instance_points': ParamSpec(50, 'Instances with fewer points are dropped (instance -1).', 1, 10_000_000,
+                                     rebuild=('segmenter',)),
     'block_layout': ParamSpec('adaptive', 'Which 1 m blocks are segmented (docs/frame_layouts.md): adaptive = all '
                               'overlapping blocks where the cloud is dense, redundant sparse ones dropped; grid = '
-                              'all (stride 0.5 m).', choices=LAYOUTS),
+                              'all (stride 0.5 m).', choices=LAYOUTS, rebuild=('segmenter',)),
+    'tracking': ParamSpec(True, 'Keep instance ids across frames (false: ids are per frame, largest first).',
+                          rebuild=('tracker',)),
+    'track_max_distance': ParamSpec(1.0, 'An instance continues a track of its class whose box centre is within '
+                                    'this distance [m] (or whose box overlaps it by track_min_iou).', 0.01, 100.0,
+                                    rebuild=('tracker',)),
+    'track_min_iou': ParamSpec(0.1, '3-D box IoU at which an instance may continue a track of its class.', 0.0, 1.0,
+                               rebuild=('tracker',)),
+    'track_max_misses': ParamSpec(5, 'Frames a track may go unmatched before its id retires.', 0, 1000,
+                                  rebuild=('tracker',)),
     'max_points': ParamSpec(2_000_000, 'Reject clouds (and windows) with more points than this.', 1, 100_000_000),
-    'processing_budget_ms': ParamSpec(1000.0, 'Per-cloud processing time budget; diagnostics warn above it.',
-                                      1.0, 3_600_000.0),
-    'diagnostics_period': ParamSpec(1.0, 'Seconds between /diagnostics messages.', 0.05, 60.0),
-    'warn_throttle_sec': ParamSpec(5.0, 'Minimum seconds between repeated warnings about bad input.', 0.0, 3600.0),
+    'processing_budget_ms': ParamSpec(1000.0, 'Per-frame processing budget: frames are capped to the blocks that fit '
+                                      '(measured ms per block) and diagnostics warn above it.', 1.0, 3_600_000.0),
+    'oversize_action': ParamSpec('crop', "A frame over its block cap: 'crop' to the nearest range that fits, or "
+                                 "'refuse' it.", choices=('crop', 'refuse')),
+    'marker_lifetime': ParamSpec(0.0, 'Seconds RViz keeps a marker that is not refreshed (0 = auto: 3 x the mean '
+                                 'processing time, at least 1 s).', 0.0, 3600.0),
+    'diagnostics_period': ParamSpec(1.0, 'Seconds between /diagnostics messages.', 0.05, 60.0, rebuild=('timer',)),
+    'warn_throttle_sec': ParamSpec(5.0, 'Minimum seconds between warnings of the same kind about bad input.',
+                                   0.0, 3600.0),
 }
 
+# ROS's own parameters: not ours, never "unknown".
+ROS_PARAMETERS = ('use_sim_time', 'start_type_description_service')
+ROS_PARAMETER_PREFIXES = ('qos_overrides.',)
 
-@dataclass(frozen=True)
-class SegmentParams:
-    input_topic: str
-    window_frames: int
-    window_seconds: float
-    fixed_frame: str
-    min_range: float
-    max_range: float
-    crop_box: tuple[float, ...]
-    voxel_size: float
-    drop_zero_points: bool
-    backend: str
-    model_path: str
-    engine_path: str
-    precision: str
-    device: str
-    cluster_bandwidth: float
-    min_instance_points: int
-    block_layout: str
-    max_points: int
-    processing_budget_ms: float
-    diagnostics_period: float
-    warn_throttle_sec: float
 
-    @property
-    def crop_enabled(self) -> bool:
-        return any(v != 0.0 for v in self.crop_box)
+def _field_type(default: Any) -> type:
+    return tuple if isinstance(default, list) else type(default)
+
+
+def _crop_enabled(self) -> bool:
+    return any(v != 0.0 for v in self.crop_box)
+
+
+# Frozen, one field per SPECS entry (lists become tuples).
+SegmentParams = make_dataclass('SegmentParams', [(name, _field_type(spec.default)) for name, spec in SPECS.items()],
+                               frozen=True, namespace={'crop_enabled': property(_crop_enabled),
+                                                       '__module__': __name__})
 
 
 def defaults() -> dict[str, Any]:
@@ -141,11 +172,12 @@ def _check_model_files(params: dict[str, Any]) -> None:
             raise ParamError('model_path', '', str(error)) from error
     if not Path(model_path).is_file():
         raise ParamError('model_path', model_path, 'file does not exist')
-    suffix = Path(model_path).suffix.lower()
-    if backend == 'torch' and suffix == '.onnx':
-        raise ParamError('model_path', model_path, "is an ONNX file; backend 'torch' needs a checkpoint (.pt)")
-    if backend in ('onnxruntime', 'tensorrt') and suffix != '.onnx':
-        raise ParamError('model_path', model_path, f'backend {backend!r} needs an ONNX model (.onnx)')
+    wanted, suffix = find_backend(backend).model_suffix, Path(model_path).suffix.lower()
+    if suffix != wanted:
+        kind = {'.pt': 'a checkpoint', '.onnx': 'an ONNX model'}
+        found = 'is an ONNX file; ' if suffix == '.onnx' else ''
+        raise ParamError('model_path', model_path, f'{found}backend {backend!r} needs {kind.get(wanted, "a model")} '
+                                                   f'({wanted})')
 
 
 def validate_params(values: Mapping[str, Any], check_files: bool = True) -> SegmentParams:
@@ -173,15 +205,123 @@ def validate_params(values: Mapping[str, Any], check_files: bool = True) -> Segm
     box = merged['crop_box']
     if any(box) and not all(box[i] < box[i + 3] for i in range(3)):
         raise ParamError('crop_box', list(box), 'needs xmin < xmax, ymin < ymax, zmin < zmax (or all zeros = off)')
+    if not merged['fallback_frame_id']:
+        raise ParamError('fallback_frame_id', '', 'must not be empty')
+    if merged['backend'] == 'tensorrt' and not merged['device'].startswith('cuda'):
+        raise ParamError('backend', 'tensorrt', f"TensorRT runs on a CUDA GPU only, but device is "
+                         f"{merged['device']!r}: set device:=cuda (on a machine with TensorRT), or choose backend "
+                         "onnxruntime or torch")
     if check_files:
         _check_model_files(merged)
     return SegmentParams(**merged)
 
 
-def declare_and_read(node: Any, check_files: bool = True) -> SegmentParams:
-    """Declare every parameter on an rclpy node with a descriptor (description, range) and validate them."""
+def as_values(params: SegmentParams) -> dict[str, Any]:
+    """The params as plain values (tuples as lists), e.g. to merge a change into and validate again."""
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in ((name, getattr(params, name)) for name in SPECS)}
+
+
+def rebuilds(old: SegmentParams, new: SegmentParams) -> set[str]:
+    """What a change from `old` to `new` rebuilds (see ParamSpec.rebuild)."""
+    return {tag for name, spec in SPECS.items() if getattr(old, name) != getattr(new, name) for tag in spec.rebuild}
+
+
+def is_ros_parameter(name: str) -> bool:
+    return name in ROS_PARAMETERS or name.startswith(ROS_PARAMETER_PREFIXES)
+
+
+def unknown_parameter_warnings(names: Any) -> list[str]:
+    """One warning per name that is neither ours nor ROS's, with the closest known name when there is one."""
+    warnings = []
+    for name in sorted(set(names)):
+        if name in SPECS or is_ros_parameter(name):
+            continue
+        close = difflib.get_close_matches(name, list(SPECS), n=1)
+        hint = f' (did you mean {close[0]!r}?)' if close else f'; known: {", ".join(SPECS)}'
+        warnings.append(f'unknown parameter {name!r} ignored{hint}')
+    return warnings
+
+
+# --- values as the command line gives them ---------------------------------------------------------------------
+
+_ROS_FLAGS_WITH_VALUE = {'-r', '--remap', '-e', '--enclave', '--log-level', '--log-config-file',
+                         '--log-file-name'}
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f'{prefix}.{key}' if prefix else str(key), inner, out)
+    else:
+        out[prefix] = value
+
+
+def params_file_values(path: str | Path, node_name: str, namespace: str = '/') -> dict[str, Any]:
+    """The values a ROS 2 params YAML gives node `node_name`: its '/**' section, then the node's own sections."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    full = '/'.join(part for part in (namespace.strip('/'), node_name) if part)
+    sections = ['/**', '/**/' + node_name, node_name, '/' + node_name, full, '/' + full]
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(sections):
+        section = data.get(key) if isinstance(data, dict) else None
+        if isinstance(section, dict) and isinstance(section.get('ros__parameters'), dict):
+            _flatten('', section['ros__parameters'], out)
+    return out
+
+
+def command_line_values(argv: Any, node_name: str, namespace: str = '/') -> dict[str, Any]:
+    """Parameter values the ROS arguments of `argv` give this node, in command-line order (later wins):
+    `--params-file FILE` and `-p/--param [node:]NAME:=VALUE` (VALUE parsed as YAML, as rcl does).
+
+    rcl itself silently keeps a params file's value when a later `-p` value has another type (`voxel_size:=abc`
+    after a file setting 0.0); reading the arguments here lets such values be validated and refused by name."""
+    out: dict[str, Any] = {}
+    args = list(argv or [])
+    inside, i = False, 0
+    while i < len(args):
+        arg = args[i]
+        if arg == '--ros-args':
+            inside = True
+        elif arg == '--' and inside:
+            inside = False
+        elif inside and arg in ('-p', '--param') and i + 1 < len(args):
+            i += 1
+            name, sep, text = args[i].partition(':=')
+            if sep:
+                node, colon, bare = name.rpartition(':')
+                if not colon or node in (node_name, '/' + node_name):
+                    out[bare if colon else name] = yaml.safe_load(text) if text else ''
+        elif inside and arg == '--params-file' and i + 1 < len(args):
+            i += 1
+            out.update(params_file_values(args[i], node_name, namespace))
+        elif inside and arg in _ROS_FLAGS_WITH_VALUE:
+            i += 1
+        i += 1
+    return out
+
+
+def ros_value(value: Any) -> Any:
+    """A validated value as rclpy declares it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def declare_and_read(node: Any, check_files: bool = True, argv: Any = None) -> SegmentParams:
+    """Validate the node's parameter values, then declare every parameter with a descriptor (description, range)
+    and its validated value.
+
+    The values are what rclpy received (params files, `-p`, `parameter_overrides`), overlaid with what `argv`'s
+    ROS arguments say (see `command_line_values`), so a params file and an override are validated the same way.
+    Unknown names are warned about by name on the node's logger; a bad value raises ParamError naming it.
+    """
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+    values = {name: parameter.value for name, parameter in getattr(node, '_parameter_overrides', {}).items()}
+    if argv:
+        values.update(command_line_values(argv, node.get_name(), node.get_namespace()))
+    for warning in unknown_parameter_warnings(values):
+        node.get_logger().warning(warning)
+    params = validate_params({name: values[name] for name in SPECS if name in values}, check_files=check_files)
     for name, spec in SPECS.items():
         description = spec.description + (f' One of {list(spec.choices)}.' if spec.choices else '')
         descriptor = ParameterDescriptor(name=name, description=description)
@@ -190,7 +330,5 @@ def declare_and_read(node: Any, check_files: bool = True) -> SegmentParams:
                                                                   to_value=float(spec.high), step=0.0)]
         elif spec.low is not None:
             descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
-        node.declare_parameter(name, spec.default, descriptor)
-    values = {name: node.get_parameter(name).value for name in SPECS}
-    values['crop_box'] = list(values['crop_box'])
-    return validate_params(values, check_files=check_files)
+        node.declare_parameter(name, ros_value(getattr(params, name)), descriptor, ignore_override=True)
+    return params

@@ -1,16 +1,28 @@
-"""The core path shared by the node and the bag tool (ROS-free): filter -> accumulate -> segment -> results.
+"""The core path shared by the node and the bag tool (ROS-free): filter -> accumulate -> bound -> segment -> track.
 
-parsed cloud ──► range filter (sensor frame) ──► transform to the fixed frame ──► crop box ──► CloudWindow
-window ──► optional voxel down-sampling ──► SceneSegmenter.segment ──► labels copied back to every window point
+parsed cloud ──► sane extent ──► range filter (sensor frame) ──► transform to the fixed frame (injected lookup)
+  ──► crop box ──► CloudWindow
+window ──► block cap (processing budget / measured ms per block: crop to the nearest range, or refuse)
+  ──► optional voxel down-sampling ──► (no tf: gravity alignment) ──► SceneSegmenter.segment
+  ──► InstanceTracker (persistent ids)
+  ──► labels copied back to every window point
+
+Warnings about the input go to `warn(kind, message)` (the node rate-limits them per kind; the bag tool logs them);
+frames that cannot be used raise `FrameRejected` (a CloudError with a `kind`).
 """
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from mpnet_model.infer.budget import BlockCost, ExtentError, calibrate, check_extent, plan_frame, release_memory
+from mpnet_model.infer.tracking import InstanceTracker, relabel
 from mpnet_ros.accumulate import (
     CloudWindow,
     Frame,
@@ -21,94 +33,256 @@ from mpnet_ros.accumulate import (
     voxel_downsample,
 )
 from mpnet_ros.cloud_io import CloudError, ParsedCloud
-from mpnet_ros.params import SegmentParams
+from mpnet_ros.params import ParamError, SegmentParams, rebuilds
+from mpnet_ros.transforms import TransformSource, TransformUnavailable
+
+LOG = logging.getLogger(__name__)
+LARGE_FRAME_POINTS = 500_000      # after a frame this large, hand freed memory back to the OS
+
+
+class FrameRejected(CloudError):
+    """A frame the pipeline will not segment; `kind` names the defect class (for per-kind warning limits)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
 class SegmentedWindow:
-    """Per-point results for every point of a window (in the window's frame)."""
+    """Per-point results for every point segmented (in the window's frame)."""
     stamp_ns: int
     frame_id: str
     xyz: np.ndarray            # (N, 3) float32
     labels: np.ndarray         # (N,) int32
-    instances: np.ndarray      # (N,) int32, -1 = none
+    instances: np.ndarray      # (N,) int64, persistent ids when tracking (-1 = none)
     scores: np.ndarray         # (N,) float32
     instances_info: list[Any]
     num_frames: int
-    num_segmented: int         # points given to the segmenter (after voxel down-sampling)
+    num_segmented: int         # points given to the segmenter (after cropping and voxel down-sampling)
+    blocks: int = 0            # estimated blocks segmented
+    cropped_from: int = 0      # points of the window before an over-budget crop (0: not cropped)
     timings: dict[str, float] = field(default_factory=dict)  # ms
+
+
+@dataclass(frozen=True)
+class Busy:
+    """What the worker is doing now (for /diagnostics)."""
+    points: int
+    blocks: int
+    started: float             # time.monotonic()
+
+    @property
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self.started) * 1e3
 
 
 def make_segmenter(params: SegmentParams) -> Any:
     """Build the SceneSegmenter for the configured backend (loads the model: raises on a bad model file)."""
     from mpnet_model.infer.scene import SceneSegmenter
 
-    backend_options = {'engine_path': params.engine_path} if params.backend == 'tensorrt' and params.engine_path else {}
-    return SceneSegmenter.from_config(params.backend, params.model_path, device=params.device,
-                                      precision=params.precision, backend_options=backend_options,
-                                      bandwidth=params.cluster_bandwidth,
-                                      min_instance_points=params.min_instance_points, layout=params.block_layout)
+    backend_options = {}
+    if params.backend == 'tensorrt':
+        backend_options = {'engine_path': params.engine_path or None, 'cache_dir': params.engine_cache_dir or None}
+    # Block geometry always, the bandwidth unless set (cluster_bandwidth 0), come from the model's metadata.
+    tuned = {'bandwidth': params.cluster_bandwidth} if params.cluster_bandwidth > 0 else {}
+    try:
+        return SceneSegmenter.from_config(params.backend, params.model_path, device=params.device,
+                                          precision=params.precision, backend_options=backend_options,
+                                          min_instance_points=params.min_instance_points,
+                                          layout=params.block_layout, **tuned)
+    except Exception as error:
+        if type(error).__name__ == 'TensorRTUnavailable':   # no TensorRT or no GPU here: the backend is the problem
+            raise ParamError('backend', params.backend, str(error)) from error
+        raise
+
+
+def make_tracker(params: SegmentParams) -> InstanceTracker | None:
+    if not params.tracking:
+        return None
+    return InstanceTracker(max_distance=params.track_max_distance, min_iou=params.track_min_iou,
+                           max_misses=params.track_max_misses)
 
 
 class ScenePipeline:
-    """Filters and accumulates parsed clouds, segments the newest window."""
+    """Filters and accumulates parsed clouds, segments the newest window within the frame budget, tracks ids.
 
-    def __init__(self, params: SegmentParams, segmenter: Any):
+    transforms: where clouds go into `fixed_frame` (None: clouds stay in their own frame).
+    warn: (kind, message) for input problems that do not stop a frame (default: this module's logger).
+    enforce_budget: cap each frame's blocks by processing_budget_ms (the node); the bag tool processes every
+    frame whole and only keeps the memory bound (grid extent).
+    """
+
+    def __init__(self, params: SegmentParams, segmenter: Any, transforms: TransformSource | None = None,
+                 warn: Callable[[str, str], Any] | None = None, enforce_budget: bool = True):
         self.params = params
         self.segmenter = segmenter
+        self.transforms = transforms
+        self.warn = warn or (lambda kind, message: LOG.warning('%s', message))
+        self.enforce_budget = enforce_budget
         self.window = CloudWindow(params.window_frames, params.window_seconds)
+        self.tracker = make_tracker(params)
+        self.cost = BlockCost()
+        self._busy: Busy | None = None
+        self._lock = threading.Lock()        # one window at a time through the segmenter and tracker
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.segmenter.class_names)
 
+    # --- configuration ---------------------------------------------------------------------------------------
+
+    def reconfigured(self, params: SegmentParams, segmenter: Any = None) -> ScenePipeline:
+        """A pipeline for the new `params`, sharing what the change does not rebuild (window, tracker, segmenter
+        and its measured block cost). `segmenter` is required when the change rebuilds it."""
+        tags = rebuilds(self.params, params)
+        if 'segmenter' in tags and segmenter is None:
+            raise ValueError('the change rebuilds the segmenter: pass the new one')
+        new = ScenePipeline(params, segmenter if 'segmenter' in tags else self.segmenter, self.transforms,
+                            self.warn, self.enforce_budget)
+        if 'window' not in tags:
+            new.window = self.window
+        if 'tracker' not in tags:
+            new.tracker = self.tracker
+        if 'segmenter' not in tags:
+            new.cost = self.cost
+        return new
+
+    def calibrate(self) -> float:
+        """Measure ms per block on the segmenter (a short run on a synthetic cloud); returns it."""
+        calibrate(self.segmenter, self.cost)
+        return float(self.cost.ms_per_block)
+
+    def block_cap(self) -> int | None:
+        """Blocks a frame may have within processing_budget_ms (None when the budget is not enforced)."""
+        if not self.enforce_budget:
+            return None
+        if self.cost.ms_per_block is None:
+            self.calibrate()
+        return self.cost.cap(self.params.processing_budget_ms)
+
+    def busy(self) -> Busy | None:
+        return self._busy
+
+    # --- input -----------------------------------------------------------------------------------------------
+
+    def locate(self, parsed: ParsedCloud) -> tuple[str, np.ndarray | None]:
+        """(frame id of the cloud, (4,4) transform into fixed_frame or None). Raises FrameRejected."""
+        frame_id = parsed.frame_id
+        if not frame_id:
+            frame_id = self.params.fallback_frame_id
+            self.warn('frame_id', f'cloud with an empty header.frame_id: using fallback_frame_id {frame_id!r}')
+        fixed = self.params.fixed_frame
+        if not fixed or self.transforms is None or frame_id == fixed:
+            return frame_id, None
+        try:
+            return fixed, self.transforms.lookup(fixed, frame_id, parsed.stamp_ns)
+        except TransformUnavailable as exc:
+            raise FrameRejected('transform', f'skipped a cloud: {exc}') from exc
+
     def filter_frame(self, parsed: ParsedCloud, transform: np.ndarray | None = None, frame_id: str = '') -> Frame:
-        """Range filter in the sensor frame, then (optional (4,4) transform) to `frame_id`, then crop box."""
+        """Sane extent, range filter in the sensor frame, then (optional (4,4) transform) to `frame_id`, then the
+        crop box. Raises FrameRejected."""
         p = self.params
+        try:
+            check_extent(parsed.xyz, p.max_coordinate)
+        except ExtentError as exc:
+            raise FrameRejected('extent', f'skipped a cloud: {exc} (max_coordinate)') from exc
         keep = range_mask(parsed.xyz, p.min_range, p.max_range) if (p.min_range or p.max_range) else None
         xyz = parsed.xyz if keep is None else parsed.xyz[keep]
         rgb = parsed.rgb if keep is None or parsed.rgb is None else parsed.rgb[keep]
         intensity = parsed.intensity if keep is None or parsed.intensity is None else parsed.intensity[keep]
+        origin = (0.0, 0.0, 0.0)
         if transform is not None:
             xyz = apply_transform(xyz, transform)
+            origin = tuple(float(v) for v in transform[:3, 3])
         if p.crop_enabled:
             inside = crop_box_mask(xyz, p.crop_box)
             xyz = xyz[inside]
             rgb = None if rgb is None else rgb[inside]
             intensity = None if intensity is None else intensity[inside]
         if len(xyz) == 0:
-            raise CloudError(f'no points left after the range/crop filters (of {len(parsed)} valid points)')
-        return Frame(stamp_ns=parsed.stamp_ns, frame_id=frame_id or parsed.frame_id, xyz=xyz, rgb=rgb,
-                     intensity=intensity)
+            raise FrameRejected('empty', f'skipped a cloud: no points left after the range/crop filters '
+                                         f'(of {len(parsed)} valid points)')
+        return Frame(stamp_ns=parsed.stamp_ns, frame_id=frame_id or parsed.frame_id or p.fallback_frame_id, xyz=xyz,
+                     rgb=rgb, intensity=intensity, origin=origin)
 
-    def add(self, parsed: ParsedCloud, transform: np.ndarray | None = None, frame_id: str = '') -> Frame:
+    def add(self, parsed: ParsedCloud) -> Frame:
+        frame_id, transform = self.locate(parsed)
         frame = self.filter_frame(parsed, transform, frame_id)
         self.window.add(frame)
         return frame
 
+    # --- processing ------------------------------------------------------------------------------------------
+
     def process(self, window: Window) -> SegmentedWindow:
-        """Segment a window; raises CloudError when it exceeds max_points."""
-        start = time.perf_counter()
-        if len(window.xyz) > self.params.max_points:
-            raise CloudError(f'window too large: {len(window.xyz)} points > max_points {self.params.max_points}')
-        xyz, rgb, intensity = window.xyz, window.rgb, window.intensity
-        inverse = None
-        if self.params.voxel_size > 0:
-            keep, inverse = voxel_downsample(xyz, self.params.voxel_size)
+        """Segment a window within the frame budget; raises FrameRejected (too many points, refused as oversize)."""
+        with self._lock:
+            start = time.perf_counter()
+            count = len(window.xyz)
+            if count > self.params.max_points:
+                raise FrameRejected('too_large', f'window too large: {count} points > max_points '
+                                                 f'{self.params.max_points}')
+            self._busy = Busy(count, 0, time.monotonic())
+            try:
+                return self._process(window, start)
+            finally:
+                self._busy = None
+                if count >= LARGE_FRAME_POINTS:
+                    release_memory()
+
+    def _process(self, window: Window, start: float) -> SegmentedWindow:
+        p, segmenter = self.params, self.segmenter
+        cap = self.block_cap()
+        plan = plan_frame(window.xyz, np.asarray(window.origin), cap if cap is not None else 2**62,
+                          segmenter.block_size, segmenter.stride, segmenter.min_block_points)
+        started = self._busy.started
+        self._busy = Busy(len(window.xyz), plan.blocks, started)
+        xyz, rgb, intensity, blocks, cropped_from = window.xyz, window.rgb, window.intensity, plan.blocks, 0
+        if not plan.fits:
+            size = (f'a frame of {len(xyz):,} points spanning ~{plan.blocks:,} blocks ({plan.grid_cells:,} grid '
+                    f'cells)')
+            limit = (f'over the cap of {cap:,} blocks (processing_budget_ms {p.processing_budget_ms:g} at '
+                     f'{self.cost.ms_per_block:.1f} ms/block)' if cap is not None and plan.blocks > cap
+                     else 'over the grid limit')
+            if p.oversize_action == 'refuse' or not plan.keep.any():
+                raise FrameRejected('oversize', f'refused {size}, {limit} (oversize_action {p.oversize_action!r})')
+            keep = plan.keep
+            cropped_from, blocks = len(xyz), plan.kept_blocks
             xyz = xyz[keep]
             rgb = None if rgb is None else rgb[keep]
             intensity = None if intensity is None else intensity[keep]
+            self.warn('oversize', f'cropped {size}, {limit}, to the nearest {plan.radius:.1f} m from the sensor: '
+                                  f'{len(xyz):,} points, ~{blocks:,} blocks')
+            self._busy = Busy(len(xyz), blocks, started)
+        window_xyz = xyz
+        inverse = None
+        if p.voxel_size > 0:
+            kept, inverse = voxel_downsample(xyz, p.voxel_size)
+            xyz = xyz[kept]
+            rgb = None if rgb is None else rgb[kept]
+            intensity = None if intensity is None else intensity[kept]
         prepared = time.perf_counter()
-        result = self.segmenter.segment(xyz, rgb, intensity)
+        if p.gravity_align == 'auto' and not p.fixed_frame:    # no tf: level it ourselves
+            from mpnet_model.infer.gravity import prior_up_for_frame, segment_gravity_aligned
+
+            result, _ = segment_gravity_aligned(segmenter, xyz, rgb, intensity,
+                                                prior_up_for_frame(window.frame_id))
+        else:
+            result = segmenter.segment(xyz, rgb, intensity)
         segmented = time.perf_counter()
-        labels, instances, scores = (np.asarray(result.labels, dtype=np.int32),
-                                     np.asarray(result.instances, dtype=np.int32),
-                                     np.asarray(result.scores, dtype=np.float32))
+        # A crop can leave no full block; counting it as one keeps the cost measured (and the cap able to grow back).
+        self.cost.update(max(blocks, 1), (segmented - prepared) * 1e3)
+        labels, scores = np.asarray(result.labels, dtype=np.int32), np.asarray(result.scores, dtype=np.float32)
+        instances, infos = np.asarray(result.instances, dtype=np.int64), list(result.instances_info)
+        if self.tracker is not None:
+            instances, infos = relabel(instances, infos, self.tracker.update(infos))
         if inverse is not None:  # copy each voxel's result to all its points
             labels, instances, scores = labels[inverse], instances[inverse], scores[inverse]
         timings = {f'segment/{k}': float(v) for k, v in dict(getattr(result, 'timings', {}) or {}).items()}
         timings.update(prepare_ms=(prepared - start) * 1e3, segment_ms=(segmented - prepared) * 1e3,
                        total_ms=(time.perf_counter() - start) * 1e3)
-        return SegmentedWindow(stamp_ns=window.stamp_ns, frame_id=window.frame_id, xyz=window.xyz, labels=labels,
-                               instances=instances, scores=scores, instances_info=list(result.instances_info),
-                               num_frames=window.num_frames, num_segmented=len(xyz), timings=timings)
+        return SegmentedWindow(stamp_ns=window.stamp_ns, frame_id=window.frame_id, xyz=window_xyz, labels=labels,
+                               instances=instances, scores=scores, instances_info=infos,
+                               num_frames=window.num_frames, num_segmented=len(xyz), blocks=blocks,
+                               cropped_from=cropped_from, timings=timings)

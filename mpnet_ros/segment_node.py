@@ -1,44 +1,44 @@
 """ROS 2 node: PointCloud2 in, labelled PointCloud2 + instance markers + diagnostics out.
 
-Thin by design: parameters come from `params.py`, parsing from `cloud_io.py`, the window/filters/segmentation
-from `pipeline.py` (ROS-free, shared with the bag tool), markers from `markers.py`.
+Thin by design: parameters come from `params.py`, parsing from `cloud_io.py`, the window, filters, per-frame
+budget, segmentation and instance tracking from `pipeline.py` (ROS-free, shared with the bag tool), markers from
+`markers.py`, per-kind warning limits and log forwarding from `logs.py`, transform lookups from `transforms.py`.
 
 Threads: the subscription callback only parses, filters and appends to the window, then wakes the worker; the
 worker always segments the newest window and publishes. Frames that arrive while the worker is busy are
-superseded (counted as dropped in /diagnostics), so there is never a backlog.
+superseded (counted as dropped in /diagnostics), so there is never a backlog. Each window is capped to the blocks
+that fit in `processing_budget_ms` at the measured cost per block (cropped to the nearest range, or refused).
 
-tf2: when `fixed_frame` is set and `tf2_ros` is importable, each cloud is transformed into `fixed_frame` at its
-stamp (non-blocking lookup; a missing transform drops that cloud with a warning). `tf2_ros` is not installed in
-this project's venv, so that path is written against the tf2_ros API but not exercised by the tests here; without
-tf2 (or with `fixed_frame` empty) the sensor is assumed static and clouds stay in their own frame.
+Parameters are validated at start (params files and overrides alike) and on every runtime change; a valid change
+rebuilds what it touches (segmenter, window, tracker, subscription, timer) and takes effect with the next window.
+
+tf2: when `fixed_frame` is set, clouds are transformed into it by the injected `transforms` lookup, by default
+tf2_ros when importable (non-blocking: a missing transform skips that cloud with a warning). Without tf2 (this
+project's venv) or with `fixed_frame` empty the sensor is assumed static and clouds stay in their own frame.
 """
 from __future__ import annotations
 
 import sys
 import threading
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
-from rclpy.time import Time
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Float64, Header
 from visualization_msgs.msg import MarkerArray
 
-from mpnet_ros.accumulate import transform_matrix
 from mpnet_ros.cloud_io import CloudError, labeled_cloud_msg, parse_cloud
+from mpnet_ros.logs import RateLimitedWarnings, forward_library_logs
 from mpnet_ros.markers import instance_markers
-from mpnet_ros.params import declare_and_read
+from mpnet_ros.params import SPECS, ParamError, as_values, declare_and_read, rebuilds, validate_params
 from mpnet_ros.pipeline import ScenePipeline, SegmentedWindow, make_segmenter
-
-try:
-    import tf2_ros
-except ImportError:  # not on PyPI: plain venvs run without it
-    tf2_ros = None
+from mpnet_ros.transforms import TransformSource, tf2_transforms
 
 NODE_NAME = 'mpnet_segment'
 
@@ -48,32 +48,51 @@ class Stats:
     received: int = 0
     processed: int = 0
     dropped: int = 0          # frames superseded by a newer one before the worker got to them
-    parse_errors: int = 0
-    segment_errors: int = 0
+    parse_errors: int = 0     # clouds rejected on input (malformed, extent, transform, empty after filters)
+    segment_errors: int = 0   # windows that failed or were refused in processing
+    cropped: int = 0          # windows cropped to the block cap
     last_ms: float = 0.0
     total_ms: float = 0.0
+    last_latency_ms: float = 0.0
     last_points: int = 0
+    last_blocks: int = 0
     last_error: str = ''
+    errors: Counter = field(default_factory=Counter)   # per kind
 
 
 class SegmentNode(Node):
-    def __init__(self, **node_kwargs):
+    def __init__(self, argv: list[str] | None = None, transforms: TransformSource | None = None, **node_kwargs):
+        """argv: the process's command line (its ROS arguments are validated too); transforms: the lookup into
+        fixed_frame (default: tf2_ros when importable)."""
         super().__init__(NODE_NAME, **node_kwargs)
-        self.params = declare_and_read(self)          # raises ParamError / rclpy parameter exceptions
-        self.pipeline = ScenePipeline(self.params, make_segmenter(self.params))  # raises on a bad model
+        self._undo_logs = forward_library_logs(self.get_logger())
+        self._warnings = RateLimitedWarnings(self.get_logger().warning, self._throttle_sec)
+        try:
+            self.params = declare_and_read(self, argv=argv)    # raises ParamError naming the key and value
+            self._injected_transforms = transforms
+            self.pipeline = ScenePipeline(self.params, make_segmenter(self.params), self._transforms(self.params),
+                                          warn=self._warn)        # raises on a bad model
+            ms_per_block = self.pipeline.calibrate()
+        except BaseException:
+            self._undo_logs()
+            raise
         self.stats = Stats()
         self._stats_lock = threading.Lock()
-        self._tf_buffer = self._make_tf_buffer()
+        self._reconfigure_lock = threading.Lock()
 
         # Sensor-data QoS (best effort) with keep-last 1: only the newest cloud matters.
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=qos_profile_sensor_data.reliability,
-                         durability=qos_profile_sensor_data.durability)
+        self._input_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                                     reliability=qos_profile_sensor_data.reliability,
+                                     durability=qos_profile_sensor_data.durability)
         self._cloud_pub = self.create_publisher(PointCloud2, '~/labeled_cloud', 1)
         self._marker_pub = self.create_publisher(MarkerArray, '~/instances', 1)
         self._time_pub = self.create_publisher(Float64, '~/debug/processing_time_ms', 10)
+        self._latency_pub = self.create_publisher(Float64, '~/debug/pipeline_latency_ms', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_subscription(PointCloud2, self.params.input_topic, self._on_cloud, qos)
-        self.create_timer(self.params.diagnostics_period, self._publish_diagnostics)
+        self._subscription = self.create_subscription(PointCloud2, self.params.input_topic, self._on_cloud,
+                                                      self._input_qos)
+        self._timer = self.create_timer(self.params.diagnostics_period, self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -82,95 +101,155 @@ class SegmentNode(Node):
         self.get_logger().info(
             f'segmenting {self.resolve_topic_name(self.params.input_topic)} with backend {self.params.backend} '
             f'({self.params.model_path or self.params.engine_path}) on {self.params.device}, '
-            f'window {self.params.window_frames} frame(s)')
+            f'window {self.params.window_frames} frame(s); measured {ms_per_block:.1f} ms per block: at most '
+            f'{self.pipeline.block_cap():,} blocks per frame within processing_budget_ms '
+            f'{self.params.processing_budget_ms:g}')
+
+    # --- configuration ---------------------------------------------------------------------------------------
+
+    def _throttle_sec(self) -> float:
+        params = getattr(self, 'params', None)
+        return params.warn_throttle_sec if params is not None else SPECS['warn_throttle_sec'].default
+
+    def _transforms(self, params) -> TransformSource | None:
+        if not params.fixed_frame:
+            self.get_logger().info('fixed_frame is empty: assuming a static sensor, clouds stay in their own frame')
+            return None
+        if self._injected_transforms is not None:
+            return self._injected_transforms
+        transforms = tf2_transforms(self)
+        if transforms is None:
+            self.get_logger().warning(f'tf2_ros is not importable: ignoring fixed_frame {params.fixed_frame!r}, '
+                                      'assuming a static sensor')
+        return transforms
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Validate a runtime change as at start; apply it by rebuilding what it touches, or refuse it."""
+        values = as_values(self.params)
+        for parameter in parameters:
+            if parameter.name in SPECS:
+                value = parameter.value
+                values[parameter.name] = list(value) if isinstance(value, (list, tuple)) or hasattr(
+                    value, 'typecode') else value
+        with self._reconfigure_lock:
+            try:
+                new = validate_params(values)
+                tags = rebuilds(self.params, new)
+                segmenter = make_segmenter(new) if 'segmenter' in tags else None
+            except Exception as error:  # noqa: BLE001 - any failure refuses the change, naming it
+                reason = str(error) if isinstance(error, ParamError) else f'{type(error).__name__}: {error}'
+                self.get_logger().warning(f'refused parameter change: {reason}')
+                return SetParametersResult(successful=False, reason=reason)
+            pipeline = self.pipeline.reconfigured(new, segmenter)
+            if 'transforms' in tags:
+                pipeline.transforms = self._transforms(new)
+            if 'subscription' in tags:
+                self.destroy_subscription(self._subscription)
+                self._subscription = self.create_subscription(PointCloud2, new.input_topic, self._on_cloud,
+                                                              self._input_qos)
+            if 'timer' in tags:
+                self.destroy_timer(self._timer)
+                self._timer = self.create_timer(new.diagnostics_period, self._publish_diagnostics)
+            changed = sorted(name for name in SPECS if getattr(self.params, name) != getattr(new, name))
+            self.params, self.pipeline = new, pipeline
+        self.get_logger().info(f'parameters changed: {", ".join(changed) or "none"}'
+                               + (f' (rebuilt: {", ".join(sorted(tags))})' if tags else ''))
+        return SetParametersResult(successful=True)
 
     # --- input (executor thread; never blocks) ---------------------------------------------------------------
 
-    def _make_tf_buffer(self):
-        if not self.params.fixed_frame:
-            self.get_logger().info('fixed_frame is empty: assuming a static sensor, clouds stay in their own frame')
-            return None
-        if tf2_ros is None:
-            self.get_logger().warning(f'tf2_ros is not importable: ignoring fixed_frame '
-                                      f'{self.params.fixed_frame!r}, assuming a static sensor')
-            return None
-        buffer = tf2_ros.Buffer()
-        self._tf_listener = tf2_ros.TransformListener(buffer, self)
-        return buffer
-
-    def _lookup_transform(self, msg: PointCloud2) -> np.ndarray | None:
-        """(4,4) sensor -> fixed_frame at the cloud's stamp, or None for a static sensor. Raises CloudError."""
-        if self._tf_buffer is None or msg.header.frame_id == self.params.fixed_frame:
-            return None
-        try:
-            stamped = self._tf_buffer.lookup_transform(self.params.fixed_frame, msg.header.frame_id,
-                                                       Time.from_msg(msg.header.stamp))
-        except tf2_ros.TransformException as exc:
-            raise CloudError(f'no transform {msg.header.frame_id!r} -> {self.params.fixed_frame!r}: {exc}') from exc
-        t, q = stamped.transform.translation, stamped.transform.rotation
-        return transform_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+    def _warn(self, kind: str, message: str) -> None:
+        self._warnings.warn(kind, message)
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         with self._stats_lock:
             self.stats.received += 1
+        pipeline = self.pipeline
         try:
-            parsed = parse_cloud(msg, max_points=self.params.max_points, drop_zero=self.params.drop_zero_points)
-            transform = self._lookup_transform(msg)
-            self.pipeline.add(parsed, transform, self.params.fixed_frame if transform is not None else '')
+            parsed = parse_cloud(msg, max_points=pipeline.params.max_points,
+                                 drop_zero=pipeline.params.drop_zero_points)
+            pipeline.add(parsed)
         except CloudError as exc:
-            self._count_error('parse_errors', f'skipped a bad cloud: {exc}')
+            kind = getattr(exc, 'kind', 'malformed')
+            text = str(exc) if str(exc).startswith('skipped') else f'skipped a bad cloud: {exc}'
+            self._count_error('parse_errors', kind, text)
             return
         self._wake.set()
 
     # --- processing (worker thread) --------------------------------------------------------------------------
 
     def _work(self) -> None:
-        last_sequence = 0
+        last_window, last_sequence = None, 0
         while not self._stopping.is_set():
             if not self._wake.wait(timeout=0.2):
                 continue
             self._wake.clear()
-            window = self.pipeline.window.snapshot()
+            pipeline = self.pipeline
+            if pipeline.window is not last_window:            # a runtime change rebuilt the window
+                last_window, last_sequence = pipeline.window, 0
+            window = pipeline.window.snapshot()
             if window is None or window.sequence == last_sequence:
                 continue
             with self._stats_lock:
                 self.stats.dropped += window.sequence - last_sequence - 1
             last_sequence = window.sequence
             try:
-                result = self.pipeline.process(window)
-            except Exception as exc:  # noqa: BLE001 - a bad window must never stop the node
-                self._count_error('segment_errors', f'segmentation failed: {type(exc).__name__}: {exc}')
+                result = pipeline.process(window)
+            except CloudError as exc:
+                self._count_error('segment_errors', getattr(exc, 'kind', 'segment'), f'skipped a window: {exc}')
                 continue
-            self._publish(result)
+            except Exception as exc:  # noqa: BLE001 - a bad window must never stop the node
+                self._count_error('segment_errors', 'segment', f'segmentation failed: {type(exc).__name__}: {exc}')
+                continue
+            self._publish(result, pipeline)
 
-    def _publish(self, result: SegmentedWindow) -> None:
+    def _marker_lifetime(self) -> float:
+        if self.params.marker_lifetime > 0:
+            return self.params.marker_lifetime
+        with self._stats_lock:
+            mean_ms = self.stats.total_ms / self.stats.processed if self.stats.processed else 0.0
+        return max(1.0, 3.0 * mean_ms / 1e3)
+
+    def _publish(self, result: SegmentedWindow, pipeline: ScenePipeline) -> None:
         header = Header(frame_id=result.frame_id)
         header.stamp.sec, header.stamp.nanosec = divmod(result.stamp_ns, 1_000_000_000)
         self._cloud_pub.publish(labeled_cloud_msg(header, result.xyz, result.labels, result.instances,
-                                                  result.scores, len(self.pipeline.class_names)))
-        self._marker_pub.publish(instance_markers(header, result.instances_info))
+                                                  result.scores, len(pipeline.class_names)))
+        self._marker_pub.publish(instance_markers(header, result.instances_info, lifetime_s=self._marker_lifetime()))
         total_ms = result.timings['total_ms']
+        latency_ms = (self.get_clock().now().nanoseconds - result.stamp_ns) / 1e6
         self._time_pub.publish(Float64(data=total_ms))
+        self._latency_pub.publish(Float64(data=latency_ms))
         with self._stats_lock:
             self.stats.processed += 1
+            self.stats.cropped += bool(result.cropped_from)
             self.stats.last_ms = total_ms
             self.stats.total_ms += total_ms
+            self.stats.last_latency_ms = latency_ms
             self.stats.last_points = len(result.xyz)
+            self.stats.last_blocks = result.blocks
 
-    def _count_error(self, counter: str, message: str) -> None:
+    def _count_error(self, counter: str, kind: str, message: str) -> None:
         with self._stats_lock:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+            self.stats.errors[kind] += 1
             self.stats.last_error = message
-        self.get_logger().warning(message, throttle_duration_sec=self.params.warn_throttle_sec)
+        self._warnings.warn(kind, message)
 
     # --- diagnostics -----------------------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
         with self._stats_lock:
-            s = Stats(**vars(self.stats))
+            s = Stats(**{**vars(self.stats), 'errors': Counter(self.stats.errors)})
+        pipeline = self.pipeline
+        busy = pipeline.busy()
         budget = self.params.processing_budget_ms
         status = DiagnosticStatus(name=f'{self.get_name()}: segmentation', hardware_id=self.params.device)
-        if s.processed == 0 and s.received == 0:
+        if busy is not None and busy.elapsed_ms > budget:
+            status.level = DiagnosticStatus.WARN
+            status.message = (f'busy for {busy.elapsed_ms / 1e3:.1f} s on a frame of {busy.points:,} points '
+                              f'(~{busy.blocks:,} blocks), over the {budget:.0f} ms budget')
+        elif s.processed == 0 and s.received == 0:
             status.level, status.message = DiagnosticStatus.OK, 'waiting for clouds'
         elif s.processed and s.last_ms > budget:
             status.level, status.message = DiagnosticStatus.WARN, f'over budget: {s.last_ms:.0f} ms > {budget:.0f} ms'
@@ -179,14 +258,21 @@ class SegmentNode(Node):
                                                                   'processing; latest-only)'
         else:
             status.level, status.message = DiagnosticStatus.OK, 'ok'
+        cap = pipeline.block_cap() if pipeline.cost.ms_per_block else None
         values = {
             'backend': self.params.backend, 'device': self.params.device, 'precision': self.params.precision,
+            'busy': 'true' if busy is not None else 'false',
+            'current_frame_points': busy.points if busy else 0, 'current_frame_blocks': busy.blocks if busy else 0,
+            'current_elapsed_ms': f'{busy.elapsed_ms:.0f}' if busy else '0',
             'frames_received': s.received, 'frames_processed': s.processed, 'frames_dropped': s.dropped,
-            'parse_errors': s.parse_errors, 'segment_errors': s.segment_errors,
+            'frames_cropped': s.cropped, 'parse_errors': s.parse_errors, 'segment_errors': s.segment_errors,
+            'errors_by_kind': ', '.join(f'{k}={v}' for k, v in sorted(s.errors.items())) or 'none',
             'processing_time_ms': f'{s.last_ms:.1f}',
             'mean_processing_time_ms': f'{s.total_ms / s.processed:.1f}' if s.processed else 'n/a',
-            'budget_ms': f'{budget:.1f}', 'window_frames': self.params.window_frames,
-            'last_points': s.last_points, 'last_error': s.last_error,
+            'pipeline_latency_ms': f'{s.last_latency_ms:.1f}',
+            'budget_ms': f'{budget:.1f}', 'ms_per_block': f'{pipeline.cost.ms_per_block or 0:.2f}',
+            'block_cap': cap if cap is not None else 'n/a', 'window_frames': self.params.window_frames,
+            'last_points': s.last_points, 'last_blocks': s.last_blocks, 'last_error': s.last_error,
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
@@ -194,16 +280,21 @@ class SegmentNode(Node):
         self._diag_pub.publish(array)
 
     def close(self) -> None:
-        """Stop the worker (waits for the current window to finish)."""
+        """Stop the worker (waits for the current window to finish) and stop forwarding library logs."""
         self._stopping.set()
         self._wake.set()
         self._worker.join(timeout=30.0)
+        self._undo_logs()
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
+    argv = sys.argv if args is None else args
+    rclpy.init(args=argv)
     try:
-        node = SegmentNode()
+        node = SegmentNode(argv=argv)
+    except KeyboardInterrupt:              # Ctrl-C while starting: a normal end
+        rclpy.try_shutdown()
+        return
     except Exception as exc:  # noqa: BLE001 - any startup failure: log it and exit non-zero, never half-run
         rclpy.logging.get_logger(NODE_NAME).error(f'refusing to start: {type(exc).__name__}: {exc}')
         rclpy.try_shutdown()

@@ -20,7 +20,7 @@ import numpy as np
 
 from mpnet_model.eval.golden import GoldenReference
 
-DATA = Path(os.environ.get('MPNET_SHARED_DATA', '/work/shared/data'))
+DATA = Path(os.environ.get('MPNET_SHARED_DATA', Path(__file__).resolve().parents[2] / 'shared' / 'data'))
 GOLDEN_DIR = Path(__file__).resolve().parent / 'golden'
 SEED = 0
 

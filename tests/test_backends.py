@@ -55,7 +55,6 @@ def test_torch_and_onnxruntime_agree_on_real_blocks(models, blocks):
     assert np.abs(reference[0]).max() > 1e-2       # a non-degenerate model, or agreement would mean nothing
 
 
-@pytest.mark.slow
 def test_torch_numpy_fps_path_is_identical(models, blocks):
     checkpoint, _ = models
     a = make_backend('torch', checkpoint, fps='torch').run(blocks[:1])
@@ -76,11 +75,12 @@ def test_onnxruntime_errors_name_the_problem(models, tmp_path):
         backend.run(np.zeros((2, 300, 9), np.float32))                     # the point axis takes the buckets only
     with pytest.raises(BackendError, match='backend='):
         make_backend('tflite', onnx_path)
-    with pytest.raises(BackendError, match='precision'):
-        make_backend('onnxruntime', onnx_path, precision='fp16')
+    with pytest.raises(BackendError, match="precision='bf16'"):          # fp16 is supported (docs/precision.md)
+        make_backend('onnxruntime', onnx_path, precision='bf16')
+    with pytest.raises(BackendError, match='corrupt.onnx'):              # the fp16 conversion names the file too
+        make_backend('onnxruntime', corrupt, precision='fp16')
 
 
-@pytest.mark.slow
 def test_default_config_batch1_agrees(tmp_path):
     from mpnet_model.config import ModelConfig
     from mpnet_model.model.checkpoint import save_checkpoint
@@ -95,3 +95,14 @@ def test_default_config_batch1_agrees(tmp_path):
     result = make_backend('onnxruntime', onnx_path).run(block)
     np.testing.assert_allclose(result[0], reference[0], atol=1e-4, rtol=0)
     np.testing.assert_allclose(result[1], reference[1], atol=1e-4, rtol=0)
+
+
+def test_torch_backend_refuses_what_this_machine_cannot_do(models):
+    checkpoint, _ = models
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="device='cuda' requested but CUDA is not available"):
+            make_backend('torch', checkpoint, device='cuda')
+    with pytest.raises(BackendError, match="fps='gpu'"):
+        make_backend('torch', checkpoint, fps='gpu')
+    backend = make_backend('torch', checkpoint)
+    assert backend.fps == 'numpy' and backend.device == 'cpu' and backend.precision == 'fp32'

@@ -13,7 +13,7 @@ from golden_cases import CASES, DATA, _segmenter, golden_path, office_patch
 from mpnet_model.eval.golden import GoldenReference, GoldenTolerance, compare, instance_ari
 from mpnet_model.infer.scene import SceneSegmenter
 
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f'shared sample data not found under {DATA}')
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f'shared sample data not found under {DATA}')
 
 
 @pytest.fixture(scope='module')
@@ -21,6 +21,7 @@ def segmenter():
     return _segmenter()
 
 
+@needs_data
 @pytest.mark.parametrize('case', list(CASES))
 def test_frame_path_matches_golden(case, segmenter):
     reference = GoldenReference.load(golden_path(case))
@@ -32,6 +33,7 @@ def test_frame_path_matches_golden(case, segmenter):
     assert len(np.unique(reference.labels)) >= 4
 
 
+@needs_data
 @pytest.mark.parametrize('bug', ['stride = block size', 'rgb replaced by grey'])
 def test_golden_catches_known_wiring_bugs(bug, segmenter):
     """The realistic mutants of issue 18 fail the office golden (each changes > 20 % of the labels)."""

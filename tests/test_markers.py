@@ -67,3 +67,13 @@ def test_never_nan_and_degenerate_boxes_fixed():
 def test_empty_instances_still_clears():
     markers = instance_markers(Header(), []).markers
     assert len(markers) == 1 and markers[0].action == Marker.DELETEALL
+
+
+def test_lifetime_and_persistent_ids_as_marker_ids():
+    infos = [Info(1041, 8, 'chair', (1, 2, 0.5), (0.5, 0.5, 1), 300)]
+    markers = instance_markers(Header(frame_id='map'), infos, lifetime_s=2.25).markers[1:]
+    assert [m.id for m in markers] == [1041, 1041]                       # box and label carry the instance id
+    assert all((m.lifetime.sec, m.lifetime.nanosec) == (2, 250_000_000) for m in markers)
+    assert (markers[0].color.r, markers[0].color.g, markers[0].color.b) == pytest.approx(instance_colour(1041))
+    forever = instance_markers(Header(frame_id='map'), infos).markers[1]
+    assert (forever.lifetime.sec, forever.lifetime.nanosec) == (0, 0)

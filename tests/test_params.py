@@ -1,6 +1,7 @@
 """params: validation names the bad key and value; YAML defaults equal the specs; descriptors carry ranges."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -70,20 +71,26 @@ def test_model_files_checked(tmp_path):
     with pytest.raises(ParamError, match="backend 'torch' needs a checkpoint"):
         validate_params({'model_path': str(onnx), 'backend': 'torch'})
     engine = str(tmp_path / 'm.engine')  # a cache the backend builds: need not exist yet
-    params = validate_params({'backend': 'tensorrt', 'model_path': str(onnx), 'engine_path': engine})
+    params = validate_params({'backend': 'tensorrt', 'device': 'cuda', 'model_path': str(onnx), 'engine_path': engine})
     assert params.engine_path == engine
-    assert validate_params({'backend': 'tensorrt', 'engine_path': engine}).model_path.endswith('.onnx')
+    assert validate_params({'backend': 'tensorrt', 'device': 'cuda:0',
+                            'engine_path': engine}).model_path.endswith('.onnx')
+
+
+def test_tensorrt_on_the_cpu_names_backend():
+    with pytest.raises(ParamError, match='TensorRT runs on a CUDA GPU only') as info:
+        validate_params({'backend': 'tensorrt'}, check_files=False)             # device defaults to cpu
+    assert info.value.key == 'backend' and "parameter 'backend'='tensorrt'" in str(info.value)
 
 
 def test_descriptors_declared_with_ranges():
     rclpy = pytest.importorskip('rclpy')
-    from rclpy.exceptions import InvalidParameterValueException
     from rclpy.parameter import Parameter
 
     from mpnet_ros.params import declare_and_read
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=61)
+    rclpy.init(context=context, domain_id=int(os.environ['ROS_DOMAIN_ID']))
     try:
         node = rclpy.create_node('params_test', context=context)
         params = declare_and_read(node, check_files=False)
@@ -97,10 +104,10 @@ def test_descriptors_declared_with_ranges():
         assert not result.successful
         node.destroy_node()
 
-        # An override outside the range is refused at declaration, naming the parameter.
+        # An override outside the range is refused before declaration, naming the parameter.
         bad = rclpy.create_node('params_test_bad', context=context,
                                 parameter_overrides=[Parameter('window_frames', value=0)])
-        with pytest.raises(InvalidParameterValueException, match='window_frames'):
+        with pytest.raises(ParamError, match=r"'window_frames'=0: must be in \[1, 100\]"):
             declare_and_read(bad, check_files=False)
         bad.destroy_node()
     finally:

@@ -6,17 +6,19 @@ import json
 import numpy as np
 import pytest
 
-from mpnet_model.data import synthetic
 from mpnet_model.data.classes import S3DIS_CLASSES
 from mpnet_model.data.synthetic import (
     META_FILENAME,
     RARE_KINDS,
     generate_dataset,
     generate_room,
+    layout,
     main,
     room_rng,
+    sampling,
     write_room,
 )
+from mpnet_model.data.synthetic import io as synth_io
 
 LOW = 60.0       # points per m^2: ~5k points per room
 
@@ -145,8 +147,8 @@ def test_rare_arrangements_are_flagged_only_when_asked():
 
 
 def test_stacked_chairs_share_a_footprint_and_rise_by_9cm():
-    scene = synthetic._Scene(np.random.default_rng(0), np.array([5.0, 5.0, 3.0]))
-    assert synthetic._rare(scene, 'stacked_chairs')
+    scene = layout._Scene(np.random.default_rng(0), np.array([5.0, 5.0, 3.0]))
+    assert layout._rare(scene, 'stacked_chairs')
     chairs = [i for i, inst in enumerate(scene.instances) if inst.rare == 'stacked_chairs']
     assert 2 <= len(chairs) <= 4
     seats = np.array([next(p.centre for p in scene.parts if p.inst == i) for i in chairs])   # first part = seat
@@ -155,9 +157,9 @@ def test_stacked_chairs_share_a_footprint_and_rise_by_9cm():
 
 
 def _box_arrays(centre, half, occluder=True, inst=0):
-    part = synthetic._Part(inst, np.asarray(centre, float), np.asarray(half, float), np.eye(3), (True,) * 6,
+    part = layout._Part(inst, np.asarray(centre, float), np.asarray(half, float), np.eye(3), (True,) * 6,
                            np.ones(3), occluder=occluder)
-    return synthetic._PartArrays.from_parts([part])
+    return sampling._PartArrays.from_parts([part])
 
 
 def test_visibility_hand_case():
@@ -170,10 +172,10 @@ def test_visibility_hand_case():
                     [0.9, 0.0, 0.0]])    # on the cube's own face (same instance): seen
     normal = np.array([[-1.0, 0, 0], [-1, 0, 0], [-1, 0, 0], [1, 0, 0], [-1, 0, 0]])
     inst = np.array([0, 0, 0, 0, 5])
-    seen = synthetic._visible(xyz, normal, inst, arr, np.zeros((1, 3)))
+    seen = sampling._visible(xyz, normal, inst, arr, np.zeros((1, 3)))
     assert seen.tolist() == [False, True, True, False, True]
     # A second scanner that sees the first point around the cube restores it.
-    seen2 = synthetic._visible(xyz, normal, inst, arr, np.array([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    seen2 = sampling._visible(xyz, normal, inst, arr, np.array([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
     assert seen2.tolist() == [True, True, True, False, True]
 
 
@@ -181,12 +183,12 @@ def test_inside_solids_hand_case():
     arr = _box_arrays([0.0, 0.0, 0.5], [0.5, 0.5, 0.5])
     xyz = np.array([[-0.2, 0.0, 0.5], [0.0, 0.0, 1.0], [0.3, 0.1, 0.2], [0.7, 0.0, 0.5]])   # sorted by x
     # inside, on the top face (kept), inside, outside
-    assert synthetic._inside_solids(xyz, arr).tolist() == [True, False, True, False]
+    assert sampling._inside_solids(xyz, arr).tolist() == [True, False, True, False]
 
 
 def test_sampling_density_matches_area():
     arr = _box_arrays([0.0, 0.0, 0.0], [1.0, 0.5, 0.25])
-    xyz, normal, part = synthetic._sample_faces(arr, 2000.0, np.random.default_rng(0))
+    xyz, normal, part = sampling._sample_faces(arr, 2000.0, np.random.default_rng(0))
     area = 2 * (2.0 * 1.0 + 2.0 * 0.5 + 1.0 * 0.5)      # 7 m^2
     assert abs(len(xyz) - 2000.0 * area) < 4 * np.sqrt(2000.0 * area)
     # every point lies on the box surface and its normal is the face's outward axis
@@ -198,7 +200,7 @@ def test_sampling_density_matches_area():
 
 
 def test_format_points_exact():
-    text = synthetic._format_points(np.array([[1.23449, -0.0004, 10.5]], np.float64), np.array([[0, 128, 255]]))
+    text = synth_io._format_points(np.array([[1.23449, -0.0004, 10.5]], np.float64), np.array([[0, 128, 255]]))
     assert text == '1.234 -0.000 10.500 0 128 255\n'
 
 

@@ -4,7 +4,11 @@ Graph: inputs `points` (B,P,in_channels) float32 and `fps_0..fps_{L-1}` (B,npoin
 sample indices, see `mpnet_model.infer.backends.base.nested_sample_indices`); outputs `sem_logits` (B,P,C) and
 `ins_embed` (B,P,E). The batch axis is dynamic, and so is the point axis P (metadata `dynamic_points`: sparse
 blocks run with fewer points, see `ModelMetadata.point_buckets`). metadata_props: class_names (JSON), in_channels,
-num_points, embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version, dynamic_points.
+num_points, embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version, dynamic_points,
+cluster_bandwidth, min_instance_fraction, class_mean_instance_points (JSON), fp32_nodes (JSON list of the node
+names that half-precision runtimes must keep in float32: see mpnet_model/infer/precision.py); geometry and
+post-processing values come from the checkpoint (see `metadata_from_checkpoint`), --block-size / --stride override
+the geometry.
 
 Exporter: torch 2.13 still ships the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, deprecated);
 it is used here because it handles this model's gathers / top-k with a dynamic batch axis in ~2 s and gives a
@@ -37,6 +41,7 @@ from torch import nn
 from mpnet_model import __version__
 from mpnet_model.infer.backends.base import INPUT_POINTS, OUTPUT_NAMES, ModelMetadata, fps_input_name
 from mpnet_model.infer.backends.torch_backend import metadata_from_checkpoint
+from mpnet_model.infer.precision import mark_fp32_nodes
 from mpnet_model.io.atomic import atomic_write
 
 LOG = logging.getLogger(__name__)
@@ -96,6 +101,7 @@ def export_onnx(model: nn.Module, metadata: ModelMetadata, output: str | Path, o
     for key, value in metadata.to_props().items():
         proto.metadata_props.add(key=key, value=value)
     _freeze_topk_k(proto, inputs, metadata.point_buckets()[0] if metadata.dynamic_points else None)
+    mark_fp32_nodes(proto)      # metadata `fp32_nodes`: what fp16 runtimes keep in float32 (infer/precision.py)
     onnx.checker.check_model(proto)
     with atomic_write(output) as stream:      # (onnx.save wants a named stream; this one is an fd)
         stream.write(proto.SerializeToString())
@@ -144,9 +150,10 @@ def _freeze_topk_k(proto, inputs: tuple[torch.Tensor, ...], fewest_points: int |
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, opset: int = MIN_OPSET,
-                      example_batch: int = 2, fps_in_graph: bool = False, block_size: float = 1.0,
-                      stride: float = 0.5) -> Path:
-    """Load a checkpoint (mpnet_model.model.checkpoint format) and export it; default output: CHECKPOINT.onnx."""
+                      example_batch: int = 2, fps_in_graph: bool = False, block_size: float | None = None,
+                      stride: float | None = None) -> Path:
+    """Load a checkpoint (mpnet_model.model.checkpoint format) and export it; default output: CHECKPOINT.onnx.
+    block_size / stride: None = the checkpoint's training geometry (1 m / 0.5 m when it records none)."""
     from mpnet_model.model.checkpoint import load_checkpoint
 
     model, cfg, meta = load_checkpoint(checkpoint)
@@ -163,12 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('-o', '--output', help='ONNX file to write (default: CHECKPOINT with .onnx suffix)')
     parser.add_argument('--opset', type=int, default=MIN_OPSET, help=f'ONNX opset (>= {MIN_OPSET})')
     parser.add_argument('--batch', type=int, default=2, help='example batch used for tracing (axis stays dynamic)')
-    parser.add_argument('--block-size', type=float, default=1.0, help='block edge (m) stored in the metadata')
-    parser.add_argument('--stride', type=float, default=0.5, help='block stride (m) stored in the metadata')
+    parser.add_argument('--block-size', type=float, help='block edge (m) for the metadata (default: the checkpoint\'s '
+                        'training block size, else 1)')
+    parser.add_argument('--stride', type=float, help='block stride (m) for the metadata (default: the checkpoint\'s '
+                        'training stride, else 0.5)')
     parser.add_argument('--fps-in-graph', action='store_true', help='trace FPS into the graph (slow, for tests)')
     parser.add_argument('--build-engine', action='store_true',
-                        help='also build (or reuse) the TensorRT engine next to the ONNX file, then exit')
+                        help='also build (or reuse) the TensorRT engine (next to the ONNX file when that folder is '
+                             'writable, else in $XDG_CACHE_HOME/mpnet_ros), print its path, then exit')
     parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp16', help='TensorRT engine precision')
+    parser.add_argument('--device', default='cuda', help="TensorRT engine device: 'cuda' or 'cuda:N'")
+    parser.add_argument('--engine-cache-dir', help='folder for the TensorRT engine (default: see --build-engine)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     try:
@@ -177,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'wrote {path}')
         if args.build_engine:
             from mpnet_model.infer.backends.tensorrt_backend import build_engine
-            engine_path = build_engine(path, args.precision, build_only=True)
-            print(f'engine {engine_path}')
+            engine_path = build_engine(path, args.precision, device=args.device, cache_dir=args.engine_cache_dir)
+            print(f'engine: {engine_path}')
     except Exception as error:  # CLI: one clear line instead of a traceback
         print(f'mpnet-export: error: {error}', file=sys.stderr)
         return 1

@@ -34,6 +34,12 @@ class CloudFrame:
                           None if self.intensity is None else self.intensity[mask], self.stamp_ns, self.frame_id)
 
 
+def pack_rgb(rgb_u8: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 -> (N,) float32 whose bits are 0x00RRGGBB (the PCL / RViz convention)."""
+    rgb_u8 = rgb_u8.astype(np.uint32)
+    return ((rgb_u8[:, 0] << 16) | (rgb_u8[:, 1] << 8) | rgb_u8[:, 2]).view(np.float32)
+
+
 def unpack_rgb(packed: np.ndarray) -> np.ndarray:
     """(N,) packed 0x00RRGGBB (float32 bits or integer; PCL / ROS convention) -> (N, 3) float32 in [0, 1]."""
     if packed.dtype.kind == 'f':

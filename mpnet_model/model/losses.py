@@ -9,6 +9,7 @@ G instances over the whole batch.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from mpnet_model.config import ModelConfig
 from mpnet_model.data.classes import IGNORE_LABEL
+from mpnet_model.model.fp32 import at_least_fp32, fp32_region
 from mpnet_model.model.memory import semantic_memory  # eq. 1; re-exported here as the contract lists it
 
 __all__ = ['InstanceGroups', 'LossInputError', 'MPNetLoss', 'cross_entropy_loss', 'discriminative_loss',
@@ -224,6 +226,21 @@ def rins_loss(predicted_centroids: torch.Tensor, xyz: torch.Tensor, instance_lab
 # ----------------------------------------------------------------------------------------------------------------
 # Total (eq. 6)
 # ----------------------------------------------------------------------------------------------------------------
+def _in_fp32(loss_call):
+    """Run a loss in float32 whatever the caller's autocast state: autocast off, half tensors promoted.
+
+    In half precision _NORM_EPS (1e-12) is 0 (sqrt'(0) = inf) and the expanded distances of R_seg cancel."""
+    def promote(value):
+        return at_least_fp32(value) if torch.is_tensor(value) and value.is_floating_point() else value
+
+    @functools.wraps(loss_call)
+    def wrapper(self, outputs: dict, points: torch.Tensor, *args, **kwargs):
+        with fp32_region(points):
+            return loss_call(self, {k: promote(v) for k, v in outputs.items()}, promote(points),
+                             *map(promote, args), **{k: promote(v) for k, v in kwargs.items()})
+    return wrapper
+
+
 class MPNetLoss:
     """L = L_ce (or focal) + L_dis + R_seg + lambda_ins * R_ins (eq. 6), switched by the ablation flags of `cfg`.
 
@@ -249,6 +266,7 @@ class MPNetLoss:
             raise LossInputError(f'MPNetLoss: model outputs lack {key!r} (present: {present})')
         return value
 
+    @_in_fp32
     def __call__(self, outputs: dict, points: torch.Tensor, sem_labels: torch.Tensor, ins_labels: torch.Tensor,
                  semantic_memory: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.cfg

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mpnet_model.model.fp32 import at_least_fp32, fp32_region
+
 
 def semantic_memory(memory: Tensor, num_classes: int) -> Tensor:
     """Eq. 1: row i of C is the mean of the i-th block of Mc consecutive rows of M. memory (C*Mc,D) -> (C,D)."""
@@ -28,7 +30,13 @@ def read_memory(query: Tensor, keys: Tensor, scale: float = 1.0) -> tuple[Tensor
     if query.shape[-1] != keys.shape[-1]:
         raise ValueError(f'read_memory: query width {query.shape[-1]} != key width {keys.shape[-1]}')
     # The scale is folded into the (K,D) keys rather than applied to the (B,N,K) similarities: one pass less.
-    scaled_similarity = F.normalize(query, dim=-1, eps=1e-8) @ (F.normalize(keys, dim=-1, eps=1e-8) * scale).t()
+    # The normalisation runs in float32 (explicit cast, autocast off): in fp16 eps=1e-8 is 0 (a zero query, common
+    # after ReLU, gives 0/0) and the squared norm overflows beyond |x| = 256. Unit vectors and cosines in [-1, 1]
+    # are safe in half precision again, so the (B,N,K) matmul and the reads run in the autocast dtype.
+    with fp32_region(query):
+        unit_query = F.normalize(at_least_fp32(query), dim=-1, eps=1e-8)
+        unit_keys = F.normalize(at_least_fp32(keys), dim=-1, eps=1e-8) * scale
+    scaled_similarity = unit_query @ unit_keys.t()
     weights = torch.softmax(scaled_similarity, dim=-1)                                          # (B,N,K)
     return weights @ keys, weights
 

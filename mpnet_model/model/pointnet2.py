@@ -7,6 +7,13 @@ tie-breaking and padding rules, so that a model trained with either implementati
 ONNX: the modules contain no data-dependent Python control flow. Farthest point sampling is an
 inherently sequential loop; for export pass its indices in from outside (`sample_indices`), so the
 exported graph only contains gathers, top-k and convolutions.
+
+Precision: coordinates, distances, neighbour search and interpolation weights are float32 whatever the autocast
+state (docs/precision.md). Half precision breaks them: |q|^2 + |p|^2 - 2 q.p cancels to <= 0 for the coincident
+coarse / fine points of every FP level, the 1e-8 of the interpolation underflows to 0, 1/0 = inf, inf/inf = NaN;
+and ball-query sets change (47 % of the slots at r = 0.1 on real blocks). The explicit casts below
+(`at_least_fp32`) survive ONNX export as Cast nodes; `mpnet_model.infer.precision` marks that subgraph fp32 for
+fp16 runtimes.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mpnet_model.config import ModelConfig
+from mpnet_model.model.fp32 import at_least_fp32, fp32_region
 
 
 def _squared_distances(queries: Tensor, points: Tensor) -> Tensor:
@@ -25,7 +33,13 @@ def _squared_distances(queries: Tensor, points: Tensor) -> Tensor:
     memory-bound and ~10x slower on CPU for 4096-point blocks). The rounding differs from the reference
     kernels' (dx^2 + dy^2 + dz^2) by ~1e-7 relative, which only matters for points exactly on a radius.
     Values may be slightly negative for coincident points; callers clamp only what they take the root of.
+    Always float32: autocast is switched off here and the inputs are cast (autocast would run baddbmm in fp16).
     """
+    with fp32_region(queries):
+        return _squared_distances_fp32(at_least_fp32(queries), at_least_fp32(points))
+
+
+def _squared_distances_fp32(queries: Tensor, points: Tensor) -> Tensor:
     query_norms = (queries * queries).sum(dim=-1, keepdim=True)                # (B,S,1)
     point_norms = (points * points).sum(dim=-1).unsqueeze(1)                    # (B,1,N)
     return torch.baddbmm(query_norms + point_norms, queries, points.transpose(1, 2), alpha=-2.0)
@@ -78,9 +92,11 @@ def ball_query(radius: float, nsample: int, xyz: Tensor, new_xyz: Tensor) -> Ten
     batch, num_points, _ = xyz.shape
     dist = _squared_distances(new_xyz, xyz)                                 # (B,S,N)
     # Key = point index inside the ball, num_points outside; the k smallest keys are the first k hits.
-    # float32 keys are exact for indices < 2^24 and keep top-k on the fastest ONNX Runtime path.
+    # float32 keys (explicitly, as `dist`) are exact for indices < 2^24 and keep top-k on the fastest ONNX Runtime
+    # path; fp16 keys would be exact only up to 2048 and merge neighbouring indices beyond it.
     index_keys = torch.arange(num_points, device=xyz.device, dtype=torch.float32).expand_as(dist)
-    keys = torch.where(dist < radius * radius, index_keys, torch.full_like(dist, float(num_points)))
+    outside = torch.full_like(dist, float(num_points), dtype=torch.float32)
+    keys = torch.where(dist < radius * radius, index_keys, outside)
     k = min(nsample, int(num_points))        # a Python int: a constant K for TopK in exported graphs (TensorRT)
     first_keys = torch.topk(keys, k, dim=-1, largest=False, sorted=True).values  # (B,S,k) ascending
     if k < nsample:  # fewer points than slots: the extra slots are padding anyway
@@ -98,14 +114,17 @@ def three_nn_interpolate(unknown_xyz: Tensor, known_xyz: Tensor, known_features:
     unknown_xyz (B,n,3), known_xyz (B,m,3), known_features (B,m,C) -> (B,n,C).
     Weights are 1/(d+1e-8) normalised to sum 1, d the Euclidean distance (reference three_nn +
     three_interpolate). With m < 3 the available neighbours are used.
+    The weights are computed in float32 (1/(0 + 1e-8) = 1e8 is finite there; in fp16 1e-8 is 0 and 1/0 = inf) and
+    cast to the features' dtype only for the weighted sum: a convex combination, safe in half precision.
     """
-    dist = _squared_distances(unknown_xyz, known_xyz)                       # (B,n,m)
+    dist = _squared_distances(unknown_xyz, known_xyz)                       # (B,n,m) float32
     k = min(3, known_xyz.shape[1])
     nearest_dist2, nearest_index = torch.topk(dist, k, dim=-1, largest=False, sorted=True)  # (B,n,k)
-    inverse = 1.0 / (torch.sqrt(nearest_dist2.clamp_min(0.0)) + 1e-8)
-    weights = inverse / inverse.sum(dim=-1, keepdim=True)                  # (B,n,k)
+    with fp32_region(dist):
+        inverse = 1.0 / (torch.sqrt(nearest_dist2.clamp_min(0.0)) + 1e-8)
+        weights = inverse / inverse.sum(dim=-1, keepdim=True)              # (B,n,k), each row sums to 1
     neighbour_features = gather_points(known_features, nearest_index)      # (B,n,k,C)
-    return (weights.unsqueeze(-1) * neighbour_features).sum(dim=2)
+    return (weights.to(neighbour_features.dtype).unsqueeze(-1) * neighbour_features).sum(dim=2)
 
 
 def _shared_mlp(in_channels: int, widths: Sequence[int], conv: type[nn.Module], norm: type[nn.Module]) -> nn.Sequential:
@@ -198,7 +217,8 @@ class PointNet2Encoder(nn.Module):
         if sample_indices is not None and len(sample_indices) != len(self.levels):
             raise ValueError(f'PointNet2Encoder: got {len(sample_indices)} sample index tensors, '
                              f'need one per SA level ({len(self.levels)})')
-        xyz_levels, feature_levels = [points[..., :3]], [points]
+        # Coordinates stay float32 at every level (explicit cast: also under autocast or a half-precision input).
+        xyz_levels, feature_levels = [at_least_fp32(points[..., :3])], [points]
         for depth, level in enumerate(self.levels):
             index = None if sample_indices is None else sample_indices[depth]
             new_xyz, new_features, _ = level(xyz_levels[-1], feature_levels[-1], index)

@@ -1,8 +1,15 @@
 """One trainer for every MPNet variant (Table-1 rows are config switches): loop, schedule, resume, AMP, DDP, logs.
 
+AMP: run.amp (CUDA) / run.amp_cpu (CPU) with run.amp_dtype fp16 (GradScaler) or bf16; see docs/precision.md.
+
 Checkpoints (the one format of `mpnet_model.model.checkpoint`) are written atomically at the end of every epoch:
-`last.pt` carries the optimiser and progress so a run killed at any moment (kill -9 included) resumes from the last
-finished epoch; `best.pt` holds the weights with the best validation mIoU.
+`last.pt` carries the optimiser, grad scaler, progress (which drives the LR / BN-momentum schedule) and every RNG
+state (torch, CUDA, numpy, python `random`), so a run killed at any moment (kill -9 included) resumes from the last
+finished epoch and reaches the same weights as an uninterrupted run (the loader and dataset generators are
+re-derived from (seed, epoch), see `_loader` and `BlockDataset`); `best.pt` holds the weights with the best
+validation mIoU.
+What happens at the end of an epoch is a plain list of callables `(trainer, summary) -> None` (`epoch_end`,
+default `default_epoch_end()`: validation, history + TensorBoard, checkpoints); add or drop entries to change it.
 Distributed: launch with `torchrun --nproc_per_node K mpnet-train ...`; NCCL on CUDA, gloo on CPU.
 """
 from __future__ import annotations
@@ -10,7 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,14 +100,74 @@ def init_distributed(device_name: str) -> DistInfo:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
+    random.seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state the training loop may draw from, in checkpoint-safe types (tensors, lists, ints)."""
+    numpy_state = np.random.get_state(legacy=False)
+    version, python_state, gauss = random.getstate()
+    return {'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'numpy': {'key': torch.from_numpy(numpy_state['state']['key'].astype(np.int64)),
+                      'pos': int(numpy_state['state']['pos']), 'has_gauss': int(numpy_state['has_gauss']),
+                      'gauss': float(numpy_state['gauss'])},
+            'python': {'version': version, 'state': list(python_state), 'gauss': gauss}}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned (CUDA states only where CUDA is available)."""
+    torch.set_rng_state(state['torch'].cpu())
+    if state.get('cuda') and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
+    numpy_state = state['numpy']
+    np.random.set_state({'bit_generator': 'MT19937',
+                         'state': {'key': numpy_state['key'].numpy().astype(np.uint32), 'pos': numpy_state['pos']},
+                         'has_gauss': numpy_state['has_gauss'], 'gauss': numpy_state['gauss']})
+    python_state = state['python']
+    random.setstate((python_state['version'], tuple(python_state['state']), python_state['gauss']))
+
+
+EpochEnd = Callable[['Trainer', dict[str, float]], None]
+
+
+def validate_epoch(trainer: Trainer, summary: dict[str, float]) -> None:
+    """Validation metrics into the summary, every `run.val_every` epochs and after the last one (main rank)."""
+    cfg = trainer.cfg
+    if trainer.dist.is_main and (trainer.epoch % cfg.run.val_every == 0 or trainer.epoch == cfg.optim.epochs):
+        summary.update(trainer.validate())
+
+
+def record_epoch(trainer: Trainer, summary: dict[str, float]) -> None:
+    """Epoch number and wall time into the summary, the summary into the history, TensorBoard + log (main rank)."""
+    summary['epoch'] = trainer.epoch
+    summary['wall_s'] = time.monotonic() - trainer.fit_start
+    trainer.history.append(summary)
+    if trainer.dist.is_main:
+        trainer._log_epoch(summary)
+
+
+def save_checkpoints(trainer: Trainer, summary: dict[str, float]) -> None:
+    """best.pt when validation mIoU improved, then last.pt (main rank)."""
+    if not trainer.dist.is_main:
+        return
+    if summary.get('val_miou', -math.inf) > trainer.best_miou:
+        trainer.best_miou = summary['val_miou']
+        trainer.save(trainer.best_path, with_optimizer=False)
+    trainer.save(trainer.last_path)      # after best: a crash in between keeps the epoch re-runnable
+
+
+def default_epoch_end() -> list[EpochEnd]:
+    return [validate_epoch, record_epoch, save_checkpoints]
 
 
 class Trainer:
     """Trains `MPNet(cfg.model)` on a Dataset of (points (P,9), sem (P,), ins (P,)) blocks."""
 
     def __init__(self, cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None = None,
-                 dataset_stats: dict[str, list[float]] | None = None):
+                 dataset_stats: dict[str, list[float]] | None = None, epoch_end: list[EpochEnd] | None = None):
         self.cfg = cfg
+        self.epoch_end: list[EpochEnd] = default_epoch_end() if epoch_end is None else list(epoch_end)
         self.dist = init_distributed(cfg.run.device)
         self.device = resolve_device(cfg.run.device if not self.dist.enabled or cfg.run.device == 'cpu'
                                      else f'cuda:{self.dist.local_rank}' if torch.cuda.is_available() else 'cpu')
@@ -108,8 +177,16 @@ class Trainer:
         self.loss = MPNetLoss(cfg.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr,
                                           weight_decay=cfg.optim.weight_decay)
-        self.use_amp = cfg.run.amp and self.device.type == 'cuda'
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.use_amp)
+        # Mixed precision: autocast in run.amp_dtype (run.amp on CUDA, run.amp_cpu on CPU). The model keeps its
+        # geometry and memory normalisation in float32 itself and the losses run in float32 (docs/precision.md);
+        # fp16 needs loss scaling (GradScaler), bf16 has fp32's exponent range and does not.
+        self.use_amp = cfg.run.amp if self.device.type == 'cuda' else cfg.run.amp_cpu
+        self.amp_dtype = torch.bfloat16 if cfg.run.amp_dtype == 'bf16' else torch.float16
+        if self.use_amp and self.amp_dtype == torch.bfloat16 and self.device.type == 'cuda' \
+                and not torch.cuda.is_bf16_supported():
+            raise RuntimeError(f'run.amp_dtype=bf16: {torch.cuda.get_device_name(self.device)} has no bf16 support '
+                               '(Ampere or newer needed); use run.amp_dtype=fp16')
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.train_set, self.val_set = train_set, val_set
         self.dataset_stats = dict(dataset_stats or {})     # stored in every checkpoint's extra
         self.epoch = 0                # epochs finished
@@ -117,13 +194,15 @@ class Trainer:
         self.step = 0
         self.best_miou = -1.0
         self.history: list[dict[str, float]] = []
+        self.fit_start = time.monotonic()
         self.writer = None
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter  # lazy: only the main rank writes logs
             self.writer = SummaryWriter(str(self.out_dir / 'tb'))
-        if cfg.run.resume:
-            self.try_resume()
+        resumed = cfg.run.resume and self.try_resume()
+        if not resumed and cfg.run.init_from:
+            self.init_weights(cfg.run.init_from)
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             # Memory heads unused by a given ablation row leave parameters without gradients.
@@ -146,12 +225,12 @@ class Trainer:
                 'block_size': self.cfg.data.block_size, 'stride': self.cfg.data.stride,
                 'best_miou': self.best_miou, 'history': self.history, 'train_config': self.cfg.to_dict(),
                 'optimizer': self.optimizer.state_dict(), 'scaler': self.scaler.state_dict(),
-                'torch_rng': torch.get_rng_state()}
+                'rng': rng_state()}
 
     def save(self, path: Path, with_optimizer: bool = True) -> None:
         extra = self.progress_state()
         if not with_optimizer:
-            extra = {k: v for k, v in extra.items() if k not in ('optimizer', 'scaler', 'torch_rng')}
+            extra = {k: v for k, v in extra.items() if k not in ('optimizer', 'scaler', 'rng')}
         extra.update(self.dataset_stats)
         save_checkpoint(path, self.model, self.cfg.model, extra=extra)
 
@@ -167,12 +246,23 @@ class Trainer:
         extra = payload['extra']
         self.optimizer.load_state_dict(extra['optimizer'])
         self.scaler.load_state_dict(extra['scaler'])
-        torch.set_rng_state(extra['torch_rng'].cpu())
+        if 'rng' in extra:
+            set_rng_state(extra['rng'])
+        else:                                           # checkpoints written before all RNG states were kept
+            torch.set_rng_state(extra['torch_rng'].cpu())
         self.epoch, self.samples_seen, self.step = int(extra['epoch']), int(extra['samples_seen']), int(extra['step'])
         self.best_miou = float(extra['best_miou'])
         self.history = list(extra['history'])
         log.info('resumed from %s after epoch %d (%d samples)', self.last_path, self.epoch, self.samples_seen)
         return True
+
+    def init_weights(self, path: str | Path) -> None:
+        """Fine-tuning: the model weights of another checkpoint (same architecture), a fresh optimiser."""
+        try:
+            self.model.load_state_dict(read_checkpoint(path, map_location=self.device)['state_dict'])
+        except (CheckpointError, RuntimeError) as error:
+            raise CheckpointError(f'run.init_from={str(path)!r}: cannot start from it: {error}') from error
+        log.info('starting from the weights of %s', path)
 
     # ------------------------------------------------------------------ loop
     def _loader(self, dataset: Dataset, shuffle: bool, epoch: int) -> DataLoader:
@@ -199,14 +289,13 @@ class Trainer:
         self.ddp_model.train()
         lr = self._apply_schedule()
         points, sem, ins = (t.to(self.device, non_blocking=True) for t in (points, sem, ins))
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             outputs = self.ddp_model(points)
-        # Losses in fp32: the discriminative and hinge terms are sensitive to half precision.
+        # Losses in fp32 (outside autocast): the discriminative and hinge terms are sensitive to half precision.
         outputs = {k: (v.float() if torch.is_tensor(v) else v) for k, v in outputs.items()}
         total, terms = self.loss(outputs, points, sem, ins, self.model.semantic_memory())
-        if not torch.isfinite(total):
-            values = {k: float(v) for k, v in terms.items()}
-            values = {k: float(v) for k, v in terms.items()}
+        values = {k: float(v) for k, v in terms.items()}          # 'total' included
+        if not math.isfinite(values['total']):
             raise FloatingPointError(f'non-finite loss at step {self.step}: {values}')
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -217,7 +306,6 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         self.samples_seen += points.shape[0] * self.dist.world_size
-        values = {k: float(v) for k, v in terms.items()}
         values['lr'] = lr
         return values
 
@@ -277,26 +365,18 @@ class Trainer:
         return summary
 
     def fit(self) -> dict[str, float]:
-        """Train until `optim.epochs` (or `optim.max_steps`); returns the last epoch's summary."""
+        """Train until `optim.epochs` (or `optim.max_steps`); returns the last epoch's summary (as completed by
+        the `epoch_end` callables)."""
         summary: dict[str, float] = {}
-        start = time.monotonic()
+        self.fit_start = time.monotonic()
         epochs = range(self.epoch, self.cfg.optim.epochs)
         for _ in tqdm(epochs, desc='training', disable=not self.dist.is_main, dynamic_ncols=True):
             if self.reached_max_steps:
                 break
             summary = {f'train_{k}': v for k, v in self.train_epoch().items()}
             self.epoch += 1
-            if self.dist.is_main and (self.epoch % self.cfg.run.val_every == 0 or self.epoch == self.cfg.optim.epochs):
-                summary.update(self.validate())
-            summary['epoch'] = self.epoch
-            summary['wall_s'] = time.monotonic() - start
-            self.history.append(summary)
-            if self.dist.is_main:
-                self._log_epoch(summary)
-                if summary.get('val_miou', -math.inf) > self.best_miou:
-                    self.best_miou = summary['val_miou']
-                    self.save(self.best_path, with_optimizer=False)
-                self.save(self.last_path)      # after best: a crash in between keeps the epoch re-runnable
+            for callback in self.epoch_end:
+                callback(self, summary)
             if self.dist.enabled:
                 dist.barrier()
         if self.dist.is_main and not self.best_path.exists() and self.last_path.exists():

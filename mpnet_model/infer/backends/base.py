@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mpnet_model.infer.backends.registry import BACKEND_NAMES, find_backend
 from mpnet_model.infer.fps import farthest_point_sample_np, nested_sample_indices  # noqa: F401 (re-exported)
+from mpnet_model.infer.precision import PRECISIONS
 
-BACKEND_KINDS = ('torch', 'onnxruntime', 'tensorrt')
+BACKEND_KINDS = BACKEND_NAMES
 # Frame chunking (`Backend.run_frame`). CPU: blocks per backend call, the best batch measured with ONNX Runtime on
 # the shipped model, numpy FPS included (benchmarks/results/frame_batch.md: ms/block flat within noise from 4 to 16
 # blocks, ~10 % worse at 32-64 (cache), ~20 % worse at 1 and 128). CUDA: a chunk may use this fraction of the free
@@ -43,9 +45,17 @@ class BackendError(RuntimeError):
     """A backend cannot be created or run; the message names the file, input or value at fault."""
 
 
+DEFAULT_CLUSTER_BANDWIDTH = 0.6     # the paper's mean-shift bandwidth, for models that record none
+
+
 @dataclass
 class ModelMetadata:
-    """What a runtime must know about the model; stored as ONNX metadata_props and read back by the backends."""
+    """What a runtime must know about the model; stored as ONNX metadata_props and read back by the backends.
+
+    Geometry (block_size, stride, num_points) and tuned post-processing (cluster_bandwidth; the per-class size
+    filter = min_instance_fraction x class_mean_instance_points, off when either is absent) travel checkpoint
+    `extra` -> ONNX metadata -> every backend -> `SceneSegmenter.from_config` defaults -> node parameters.
+    """
 
     class_names: tuple[str, ...]
     in_channels: int = 9
@@ -56,6 +66,9 @@ class ModelMetadata:
     sa_npoints: tuple[int, ...] = (1024, 256, 64, 16)
     fps_in_graph: bool = False
     version: str = ''
+    cluster_bandwidth: float = DEFAULT_CLUSTER_BANDWIDTH
+    min_instance_fraction: float = 0.0                  # 0 = no per-class size filter
+    class_mean_instance_points: tuple[float, ...] = ()  # training set's mean instance size per class; () = unknown
     extra: dict[str, str] = field(default_factory=dict)
     # The graph takes blocks of fewer points too (point axis dynamic; sparse blocks run at `point_buckets()`).
     dynamic_points: bool = False
@@ -73,6 +86,13 @@ class ModelMetadata:
         while buckets[-1] % 2 == 0 and buckets[-1] // 2 >= self.sa_npoints[0] and len(buckets) < 3:
             buckets.append(buckets[-1] // 2)
         return tuple(sorted(buckets))
+
+    @property
+    def class_min_points(self) -> np.ndarray | None:
+        """Per-class minimum instance size (points) the model was tuned with, None when it records no filter."""
+        if self.min_instance_fraction <= 0 or not self.class_mean_instance_points:
+            return None
+        return self.min_instance_fraction * np.asarray(self.class_mean_instance_points, dtype=np.float64)
 
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for onnx metadata_props (lists as JSON)."""
@@ -92,6 +112,11 @@ class ModelMetadata:
                        stride=float(props['stride']), sa_npoints=tuple(json.loads(props['sa_npoints'])),
                        fps_in_graph=props['fps_in_graph'].lower() == 'true', version=props.get('version', ''),
                        dynamic_points=props.get('dynamic_points', 'false').lower() == 'true',
+                       # Optional (models exported before they existed): the defaults.
+                       cluster_bandwidth=float(props.get('cluster_bandwidth', DEFAULT_CLUSTER_BANDWIDTH)),
+                       min_instance_fraction=float(props.get('min_instance_fraction', 0.0)),
+                       class_mean_instance_points=tuple(float(v) for v in
+                                                        json.loads(props.get('class_mean_instance_points', '[]'))),
                        extra={k: v for k, v in props.items() if k not in {f for f in cls.__dataclass_fields__}})
         except KeyError as error:
             raise BackendError(f'{source}: model metadata lacks key {error}; re-export with mpnet-export') from error
@@ -211,24 +236,21 @@ class Backend(ABC):
 
 def make_backend(kind: str, model_path: str | Path, device: str = 'cpu', precision: str = 'fp32',
                  **options: Any) -> Backend:
-    """Create a backend by name: 'torch' (checkpoint .pt), 'onnxruntime' (.onnx) or 'tensorrt' (.onnx; the engine
-    is built / cached next to it). An empty `model_path` selects the shipped default model.
-    `options` go to the backend's constructor (e.g. intra_op_threads)."""
-    if precision not in ('fp32', 'fp16'):
-        raise BackendError(f"precision={precision!r}: choose 'fp32' or 'fp16'")
+    """Create a backend by name or alias (mpnet_model.infer.backends.registry): 'torch' (checkpoint .pt),
+    'onnxruntime' (.onnx) or 'tensorrt' (.onnx; the engine is built / cached from it). An empty `model_path` selects
+    the shipped default model. `options` go to the backend's constructor (e.g. intra_op_threads)."""
+    if precision not in PRECISIONS:
+        raise BackendError(f'precision={precision!r}: choose one of {", ".join(PRECISIONS)}')
+    spec = find_backend(kind)
+    if spec is None:
+        raise BackendError(f'backend={kind!r}: choose one of {BACKEND_KINDS}')
+    if precision not in spec.precisions:
+        raise BackendError(f'{spec.name} backend: precision={precision!r} is not supported; choose one of '
+                           f'{", ".join(spec.precisions)}')
     if not str(model_path):
         from mpnet_model.default_model import default_model_path
         try:
-            model_path = default_model_path(kind)
+            model_path = default_model_path(spec.name)
         except FileNotFoundError as error:
             raise BackendError(str(error)) from error
-    if kind == 'torch':
-        from mpnet_model.infer.backends.torch_backend import TorchBackend
-        return TorchBackend(model_path, device=device, precision=precision, **options)
-    if kind in ('onnxruntime', 'onnx', 'ort'):
-        from mpnet_model.infer.backends.onnx_backend import OnnxRuntimeBackend
-        return OnnxRuntimeBackend(model_path, device=device, precision=precision, **options)
-    if kind in ('tensorrt', 'trt'):
-        from mpnet_model.infer.backends.tensorrt_backend import TensorRTBackend
-        return TensorRTBackend(model_path, device=device, precision=precision, **options)
-    raise BackendError(f'backend={kind!r}: choose one of {BACKEND_KINDS}')
+    return spec.load()(model_path, device=device, precision=precision, **options)

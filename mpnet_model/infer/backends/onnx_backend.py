@@ -16,6 +16,7 @@ from mpnet_model.infer.backends.base import (
     fps_input_name,
     nested_sample_indices,
 )
+from mpnet_model.infer.precision import PrecisionError, cached_fp16
 
 
 def graph_feeds(blocks: np.ndarray, metadata: ModelMetadata) -> dict[str, np.ndarray]:
@@ -30,6 +31,9 @@ def graph_feeds(blocks: np.ndarray, metadata: ModelMetadata) -> dict[str, np.nda
 class OnnxRuntimeBackend(Backend):
     """onnxruntime InferenceSession with full graph optimisation.
 
+    precision='fp16' runs the fp16 conversion of the graph (`mpnet_model.infer.precision.cached_fp16`: the marked
+    fp32 nodes stay float32; cached next to the model, or in the user cache folder when that is read-only).
+
     device='cpu': CPU execution provider only. device='cuda' (or 'cuda:N'): the CUDA EP first, CPU as fallback for
     unsupported nodes; an error when this onnxruntime build has no CUDA EP. intra_op_threads: None = all cores.
     """
@@ -42,11 +46,20 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         path = Path(model_path)
-        if precision != 'fp32':
-            raise BackendError(f"onnxruntime backend: precision={precision!r} unsupported (the exported graph is "
-                               "fp32); use the tensorrt backend for fp16")
+        if precision not in ('fp32', 'fp16'):
+            raise BackendError(f"onnxruntime backend: precision={precision!r} unsupported; use 'fp32' or 'fp16'")
         if not path.is_file():
             raise BackendError(f'{path}: ONNX model file not found')
+        self.precision = precision
+        self.fp32_path = path
+        if precision == 'fp16':
+            # The fp16 graph keeps the model's fp32 nodes (metadata fp32_nodes) in float32; converted once, cached.
+            try:
+                path = cached_fp16(path)
+            except PrecisionError as error:
+                raise BackendError(f'onnxruntime backend: {error}') from error
+            except Exception as error:  # onnx / converter failures on a bad graph
+                raise BackendError(f'{path}: cannot convert the ONNX model to fp16: {error}') from error
         providers = ['CPUExecutionProvider']
         if device.startswith('cuda'):
             if 'CUDAExecutionProvider' not in ort.get_available_providers():

@@ -8,24 +8,43 @@ import numpy as np
 import torch
 
 from mpnet_model import __version__
-from mpnet_model.infer.backends.base import Backend, BackendError, ModelMetadata, nested_sample_indices
+from mpnet_model.infer.backends.base import (
+    DEFAULT_CLUSTER_BANDWIDTH,
+    Backend,
+    BackendError,
+    ModelMetadata,
+    nested_sample_indices,
+)
 from mpnet_model.infer.fps import NestedFps
+from mpnet_model.infer.precision import PRECISIONS, autocast_dtype
 
 
-def metadata_from_checkpoint(cfg, meta: dict, block_size: float = 1.0, stride: float = 0.5) -> ModelMetadata:
-    """ModelMetadata of a loaded checkpoint; block geometry from the checkpoint's `extra` when it records it."""
+def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, stride: float | None = None
+                             ) -> ModelMetadata:
+    """ModelMetadata of a loaded checkpoint. Block geometry: the explicit argument, else the checkpoint's `extra`
+    (the training geometry), else 1 m / 0.5 m. Post-processing values (`cluster_bandwidth`, `min_instance_fraction`,
+    `class_mean_instance_points`) from `extra` when it records them."""
     extra = meta.get('extra') or {}
+    block_size = float(extra.get('block_size', 1.0)) if block_size is None else float(block_size)
+    stride = float(extra.get('stride', 0.5)) if stride is None else float(stride)
+    means = extra.get('class_mean_instance_points')
     return ModelMetadata(class_names=tuple(cfg.class_names), in_channels=cfg.in_channels, num_points=cfg.num_points,
-                         embed_dim=cfg.embed_dim, block_size=float(extra.get('block_size', block_size)),
-                         stride=float(extra.get('stride', stride)), sa_npoints=tuple(cfg.sa_npoints),
-                         fps_in_graph=True, version=str(meta.get('version', __version__)), dynamic_points=True)
+                         embed_dim=cfg.embed_dim, block_size=block_size, stride=stride,
+                         sa_npoints=tuple(cfg.sa_npoints), fps_in_graph=True, dynamic_points=True,
+                         version=str(meta.get('version', __version__)),
+                         cluster_bandwidth=float(extra.get('cluster_bandwidth', DEFAULT_CLUSTER_BANDWIDTH)),
+                         min_instance_fraction=float(extra.get('min_instance_fraction', 0.0)),
+                         class_mean_instance_points=tuple(float(v) for v in means) if means is not None else ())
 
 
 class TorchBackend(Backend):
     """Checkpoint -> MPNet in eval mode under `torch.inference_mode`.
 
-    precision='fp16' uses CUDA autocast (outputs are returned as float32). fps: 'numpy' passes indices from the
-    (identical, faster on CPU) numpy FPS; 'torch' uses torch FPS: on CUDA the batched, CUDA-graph-captured
+    precision: 'fp32'; 'fp16' or 'bf16' run the model under autocast on the device (CPU or CUDA; bf16 on CUDA
+    needs an Ampere or newer GPU); outputs are returned as float32. The model keeps its geometry in float32 itself
+    (docs/precision.md). On CPUs without fp16 units (most x86) fp16 is slower than fp32 and is there for checking;
+    bf16 is faster on CPUs with bf16 units (avx512_bf16 / AMX). fps: 'numpy' passes indices from the (identical,
+    faster on CPU) numpy FPS; 'torch' uses torch FPS: on CUDA the batched, CUDA-graph-captured
     `mpnet_model.infer.fps.NestedFps`, on the CPU the model's own loop; 'auto' = numpy on CPU, torch on CUDA.
     """
 
@@ -38,8 +57,11 @@ class TorchBackend(Backend):
 
         if device.startswith('cuda') and not torch.cuda.is_available():
             raise BackendError(f'torch backend: device={device!r} requested but CUDA is not available')
-        if precision == 'fp16' and not device.startswith('cuda'):
-            raise BackendError("torch backend: precision='fp16' needs a CUDA device (CPU autocast is bf16 only)")
+        if precision not in PRECISIONS:
+            raise BackendError(f'torch backend: precision={precision!r}: choose one of {", ".join(PRECISIONS)}')
+        if precision == 'bf16' and device.startswith('cuda') and not torch.cuda.is_bf16_supported():
+            raise BackendError("torch backend: precision='bf16' needs a GPU with bf16 support (Ampere or newer); "
+                               "use 'fp16'")
         if fps not in ('auto', 'torch', 'numpy'):
             raise BackendError(f"torch backend: fps={fps!r}: choose 'auto', 'torch' or 'numpy'")
         if num_threads:
@@ -47,6 +69,7 @@ class TorchBackend(Backend):
         self.model, self.cfg, meta = load_checkpoint(model_path, map_location=device)
         self.model.eval()
         self.precision = precision
+        self.autocast_dtype = autocast_dtype(precision)
         self.fps = ('numpy' if device == 'cpu' else 'torch') if fps == 'auto' else fps
         super().__init__(metadata_from_checkpoint(self.cfg, meta), device, str(model_path))
         self._fps = NestedFps(self.metadata.sa_npoints)          # CUDA: graph-captured batched FPS
@@ -66,7 +89,9 @@ class TorchBackend(Backend):
                               for index in nested_sample_indices(xyz, self.metadata.sa_npoints)]
         elif self.device.startswith('cuda'):
             sample_indices = self._fps(points[..., :3])
-        with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16, enabled=self.precision == 'fp16'):
+        autocast = torch.autocast(torch.device(self.device).type, dtype=self.autocast_dtype or torch.float32,
+                                  enabled=self.autocast_dtype is not None)
+        with torch.inference_mode(), autocast:
             sem_logits, embeddings = self.model.predict(points, sample_indices)
         return sem_logits.float(), embeddings.float()
 

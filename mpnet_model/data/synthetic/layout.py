@@ -1,65 +1,26 @@
-"""Synthetic labelled indoor rooms written in the S3DIS raw on-disk layout.
+"""Room layouts: oriented boxes ("parts") grouped into labelled instances, placed the way S3DIS rooms are furnished.
 
-Why: the real S3DIS cannot be downloaded here, so training, evaluation and the rare-case study run on rooms
-that look like S3DIS to every consumer (same 13 classes, same files, similar class imbalance and scanner
-artefacts). Each room is a set of oriented boxes ("parts") grouped into instances; points are sampled on
-the box faces, then hidden points are removed the way a multi-station scanner would miss them:
-
-1. points outside the room or inside any solid part are dropped (floor under a bookcase, wall behind a door);
-2. a point is kept only if at least one virtual scanner sees its face (back-face test) without another
-   object's box in between (ray / oriented-box slab test);
-3. random elliptical holes, Gaussian position noise (~5 mm), per-instance colours with per-point noise and
-   low-frequency shading on floor/walls/ceiling.
-
-Layout on disk (what `mpnet_model.data.s3dis.load_room` reads)::
-
-    <root>/Area_<a>/<room>/<room>.txt                  all points, "x y z r g b"
-    <root>/Area_<a>/<room>/Annotations/<class>_<k>.txt  one instance, "%.3f %.3f %.3f %d %d %d"
-    <root>/Area_<a>/<room>/synthetic_meta.json          sidecar: room type, bounds, instances, rare cases
-
-The room file is the concatenation of the annotation files in instance-id order, as in S3DIS.
+A room is built in its own frame: floor at z = 0, walls at x = 0, x = L, y = 0, y = W (slabs just outside).
+`build_scene` lays out one room (structure, columns and beams, doors, windows, boards, furniture, clutter, rare
+arrangements); `mpnet_model.data.synthetic.floors` joins rooms and a corridor into a floor through doorways.
+Nothing here makes points: `sampling` scans a scene with static scanners, `raycast` with virtual sensors.
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
-import json
-import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from mpnet_model.data.classes import S3DIS_CLASSES
-from mpnet_model.io.atomic import atomic_write, atomic_write_text
+from mpnet_model.data.synthetic.shading import _METAL, CLASS_INDEX, _colour, _jitter
 
-CLASS_INDEX = {name: i for i, name in enumerate(S3DIS_CLASSES)}
-META_FILENAME = 'synthetic_meta.json'
-DEFAULT_DENSITY = 1500.0      # points per m^2 of surface before occlusion: ~100-300k points per room
-DEFAULT_NOISE = 0.005         # metres, std of the Gaussian position noise
-DEFAULT_RARE_PROB = 0.2       # probability that a room gets rare arrangements (1-2 of them)
+__all__ = ['CLASS_INDEX', 'ROOM_TYPES', 'RARE_KINDS', 'Doorway', 'build_scene']
 ROOM_TYPES = ('office', 'conferenceRoom', 'hallway', 'lobby', 'storage')
 ROOM_TYPE_WEIGHTS = (0.5, 0.16, 0.12, 0.08, 0.14)
 RARE_KINDS = ('stacked_chairs', 'back_to_back_chairs', 'sofa_in_middle', 'rotated_table', 'chair_on_table',
               'tipped_chair')
-
-# Class-typical colours as (hue, saturation, value) choices; each object jitters the chosen one.
-_PALETTES: dict[str, list[tuple[float, float, float]]] = {
-    'ceiling': [(0.12, 0.04, 0.88), (0.6, 0.03, 0.80), (0.1, 0.08, 0.75)],
-    'floor': [(0.6, 0.08, 0.38), (0.08, 0.45, 0.45), (0.1, 0.2, 0.62), (0.55, 0.15, 0.30)],
-    'wall': [(0.12, 0.08, 0.82), (0.1, 0.15, 0.75), (0.6, 0.05, 0.70), (0.3, 0.06, 0.78)],
-    'beam': [(0.12, 0.05, 0.80), (0.6, 0.04, 0.72)],
-    'column': [(0.12, 0.08, 0.78), (0.6, 0.05, 0.68)],
-    'window': [(0.58, 0.15, 0.55), (0.6, 0.05, 0.80)],
-    'door': [(0.08, 0.55, 0.50), (0.6, 0.06, 0.55), (0.07, 0.4, 0.30), (0.55, 0.25, 0.45)],
-    'table': [(0.09, 0.5, 0.55), (0.1, 0.05, 0.85), (0.6, 0.04, 0.45), (0.08, 0.6, 0.35)],
-    'chair': [(0.0, 0.0, 0.15), (0.62, 0.5, 0.35), (0.0, 0.6, 0.45), (0.6, 0.05, 0.40), (0.1, 0.4, 0.5)],
-    'sofa': [(0.6, 0.4, 0.40), (0.05, 0.5, 0.40), (0.3, 0.3, 0.35), (0.1, 0.2, 0.70), (0.0, 0.0, 0.2)],
-    'bookcase': [(0.08, 0.5, 0.45), (0.6, 0.04, 0.55), (0.1, 0.3, 0.70)],
-    'board': [(0.0, 0.0, 0.93), (0.35, 0.4, 0.30), (0.6, 0.02, 0.88)],
-}
-_METAL = (0.6, 0.04, 0.35)
+# Surface materials: they decide lidar intensity and RGB-D holes (see `raycast`); the static scans ignore them.
+MATERIALS = ('matte', 'metal', 'glass', 'glossy')
 
 
 @dataclass
@@ -74,6 +35,7 @@ class _Part:
     density: float = 1.0          # multiplier of the room's sampling density (glass is sparse)
     solid: bool = True            # points of other parts inside it are removed
     occluder: bool = True         # casts shadows towards the scanners
+    material: str = 'matte'       # one of MATERIALS
 
 
 @dataclass
@@ -85,6 +47,7 @@ class _LocalPart:
     faces: tuple[bool, ...] = (True, True, True, True, False, True)
     density: float = 1.0
     occluder: bool = True
+    material: str = 'matte'
 
 
 @dataclass
@@ -111,7 +74,8 @@ class _Scene:
         for p in local_parts:
             lo, hi = np.asarray(p.lo, float), np.asarray(p.hi, float)
             centre = rot @ ((lo + hi) / 2) + trans
-            self.parts.append(_Part(inst, centre, (hi - lo) / 2, rot, p.faces, p.rgb, p.density, solid, p.occluder))
+            self.parts.append(_Part(inst, centre, (hi - lo) / 2, rot, p.faces, p.rgb, p.density, solid, p.occluder,
+                                    p.material))
         return inst
 
 
@@ -158,24 +122,9 @@ def _wall_length(size: np.ndarray, wall: int) -> float:
     return float(size[0] if wall % 2 == 0 else size[1])
 
 
-# ----------------------------------------------------------------------------------------------- colours
-def _colour(rng: np.random.Generator, cls: str) -> np.ndarray:
-    """An object's base colour: a class-typical palette entry with per-object hue/saturation/value jitter."""
-    if cls == 'clutter':
-        h, s, v = rng.random(), rng.uniform(0.1, 0.8), rng.uniform(0.25, 0.9)
-    else:
-        options = _PALETTES[cls]
-        h, s, v = options[rng.integers(len(options))]
-        h, s, v = h + rng.normal(0, 0.02), s + rng.normal(0, 0.04), v + rng.normal(0, 0.05)
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0.05, 1))))
-
-
-def _jitter(rng: np.random.Generator, rgb: np.ndarray, amount: float = 0.04) -> np.ndarray:
-    return np.clip(rgb + rng.normal(0, amount, 3), 0, 1)
-
-
-def _box(lo, hi, rgb, faces=(True, True, True, True, False, True), density=1.0, occluder=True) -> _LocalPart:
-    return _LocalPart(tuple(lo), tuple(hi), rgb, faces, density, occluder)
+def _box(lo, hi, rgb, faces=(True, True, True, True, False, True), density=1.0, occluder=True,
+         material: str = 'matte') -> _LocalPart:
+    return _LocalPart(tuple(lo), tuple(hi), rgb, faces, density, occluder, material)
 
 
 # ----------------------------------------------------------------------------------------------- objects
@@ -189,22 +138,24 @@ def _chair_parts(rng: np.random.Generator, swivel: bool | None = None) -> list[_
              _box((-w / 2, -d / 2 - back_t, seat_h - seat_t), (w / 2, -d / 2, seat_h + back_h), fabric)]
     leg_top = seat_h - seat_t
     if (rng.random() < 0.35) if swivel is None else swivel:      # swivel chair: pole + cross base
-        parts.append(_box((-0.025, -0.025, 0.06), (0.025, 0.025, leg_top), frame))
-        parts.append(_box((-0.3, -0.03, 0.0), (0.3, 0.03, 0.06), frame))
-        parts.append(_box((-0.03, -0.3, 0.0), (0.03, 0.3, 0.06), frame))
+        parts.append(_box((-0.025, -0.025, 0.06), (0.025, 0.025, leg_top), frame, material='metal'))
+        parts.append(_box((-0.3, -0.03, 0.0), (0.3, 0.03, 0.06), frame, material='metal'))
+        parts.append(_box((-0.03, -0.3, 0.0), (0.03, 0.3, 0.06), frame, material='metal'))
         return parts
     r = 0.015
     for sx in (-1, 1):
         for sy in (-1, 1):
             cx, cy = sx * (w / 2 - 0.03), sy * (d / 2 - 0.03)
-            parts.append(_box((cx - r, cy - r, 0.0), (cx + r, cy + r, leg_top), frame))
+            parts.append(_box((cx - r, cy - r, 0.0), (cx + r, cy + r, leg_top), frame, material='metal'))
     return parts
 
 
 def _table_parts(rng: np.random.Generator, w: float, d: float, h: float) -> list[_LocalPart]:
     top_t = rng.uniform(0.025, 0.05)
     rgb = _colour(rng, 'table')
-    legs = _jitter(rng, rgb * 0.7) if rng.random() < 0.5 else _jitter(rng, np.array(colorsys.hsv_to_rgb(*_METAL)))
+    wooden = rng.random() < 0.5
+    legs = _jitter(rng, rgb * 0.7) if wooden else _jitter(rng, np.array(colorsys.hsv_to_rgb(*_METAL)))
+    leg_material = 'matte' if wooden else 'metal'
     parts = [_box((-w / 2, -d / 2, h - top_t), (w / 2, d / 2, h), rgb, faces=(True,) * 6)]
     if rng.random() < 0.3:     # panel ends
         for sx in (-1, 1):
@@ -216,7 +167,7 @@ def _table_parts(rng: np.random.Generator, w: float, d: float, h: float) -> list
         for sx in (-1, 1):
             for sy in (-1, 1):
                 cx, cy = sx * (w / 2 - 0.06), sy * (d / 2 - 0.06)
-                parts.append(_box((cx - r, cy - r, 0.0), (cx + r, cy + r, h - top_t), legs))
+                parts.append(_box((cx - r, cy - r, 0.0), (cx + r, cy + r, h - top_t), legs, material=leg_material))
     return parts
 
 
@@ -269,7 +220,7 @@ def _clutter_parts(rng: np.random.Generator, where: str) -> list[_LocalPart]:
             dark = _jitter(rng, np.array([0.08, 0.08, 0.09]), 0.02)
             return [_box((-0.12, -0.1, 0.0), (0.12, 0.1, 0.015), dark),
                     _box((-0.025, -0.02, 0.015), (0.025, 0.02, 0.12), dark),
-                    _box((-sw / 2, -0.05, 0.1), (sw / 2, -0.02, 0.1 + sh), dark, faces=(True,) * 6)]
+                    _box((-sw / 2, -0.05, 0.1), (sw / 2, -0.02, 0.1 + sh), dark, faces=(True,) * 6, material='glossy')]
         if kind < 0.55:     # paper stack / laptop base
             return [_box((-0.15, -0.11, 0.0), (0.15, 0.11, rng.uniform(0.01, 0.05)), _jitter(rng, rgb))]
         if kind < 0.75:     # bottle / cup
@@ -458,8 +409,9 @@ def _add_table_clutter(scene: _Scene, count: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- layouts
-def _structure(scene: _Scene) -> None:
-    """Floor, ceiling and 4 walls as slabs just outside the room, sampled on their inner face only."""
+def _structure(scene: _Scene, doorways: tuple[Doorway, ...] = ()) -> None:
+    """Floor, ceiling and 4 walls as slabs just outside the room, sampled on their inner face only; a wall with
+    doorways is split into pieces around each opening (the same instance)."""
     rng = scene.rng
     length, width, height = scene.size
     t = 0.1
@@ -471,9 +423,75 @@ def _structure(scene: _Scene) -> None:
              ('wall', (0.0, width, 0.0), (length, width + t, height), only[2]),
              ('wall', (-t, 0.0, 0.0), (0.0, width, height), only[1])]
     wall_rgb = _colour(rng, 'wall')
-    for cls, lo, hi, faces in slabs:
+    for index, (cls, lo, hi, faces) in enumerate(slabs):
         rgb = _jitter(rng, wall_rgb, 0.015) if cls == 'wall' else _colour(rng, cls)
-        scene.add(cls, [_LocalPart(lo, hi, rgb, faces, occluder=False)], np.eye(3), np.zeros(3), solid=False)
+        pieces = [(lo, hi)]
+        for door in doorways:
+            if cls == 'wall' and door.wall == index - 2:
+                pieces = [piece for lo_, hi_ in pieces for piece in _cut_opening(scene.size, door, lo_, hi_)]
+        scene.add(cls, [_LocalPart(a, b, rgb, faces, occluder=False) for a, b in pieces], np.eye(3), np.zeros(3),
+                  solid=False)
+
+
+@dataclass(frozen=True)
+class Doorway:
+    """An open doorway `width` wide centred `s` metres along wall `wall` (see `_wall_pose`); `door` adds the door
+    (frame lining the opening through both rooms' walls, leaf open into this room); the room on the other side
+    gets the same opening with door=False."""
+    wall: int
+    s: float
+    width: float = 0.95
+    door: bool = True
+    height: float = 2.1
+
+
+def _cut_opening(size: np.ndarray, door: Doorway, lo, hi) -> list[tuple[tuple, tuple]]:
+    """A wall slab (lo, hi) minus the doorway's opening: up to three boxes (left, right, lintel)."""
+    axis = 0 if door.wall % 2 == 0 else 1                        # walls 0, 2 run along x; 1, 3 along y
+    along = _wall_length(size, door.wall)
+    centre = door.s if door.wall in (0, 1) else along - door.s   # walls 2, 3 count s backwards
+    a, b = centre - door.width / 2, centre + door.width / 2
+    lo, hi = list(lo), list(hi)
+    if b <= lo[axis] or a >= hi[axis]:
+        return [(tuple(lo), tuple(hi))]
+    pieces = []
+    if a > lo[axis]:
+        left_hi = list(hi)
+        left_hi[axis] = a
+        pieces.append((tuple(lo), tuple(left_hi)))
+    if b < hi[axis]:
+        right_lo = list(lo)
+        right_lo[axis] = b
+        pieces.append((tuple(right_lo), tuple(hi)))
+    if door.height < hi[2]:
+        top_lo, top_hi = list(lo), list(hi)
+        top_lo[axis], top_hi[axis], top_lo[2] = max(a, lo[axis]), min(b, hi[axis]), door.height
+        pieces.append((tuple(top_lo), tuple(top_hi)))
+    return pieces
+
+
+def _doorway(scene: _Scene, door: Doorway) -> None:
+    """Reserve the opening (wall span and floor in front of it); with `door.door` add the door instance: a frame
+    lining the opening through both walls (0.2 m) and the leaf opened 90 degrees into the room."""
+    rng = scene.rng
+    w, hd, frame = door.width, door.height, 0.04
+    rot, trans = _wall_pose(scene.size, door.wall, door.s)
+    scene.wall_spans.setdefault(door.wall, []).append((door.s - w / 2 - 0.05, door.s + w / 2 + 0.05, 0.0, hd))
+    reserve = [_box((-w / 2 - 0.05, 0.0, 0.0), (w / 2 + 0.05, 1.1, 0.1), np.zeros(3))]
+    scene.footprints.append(_footprint(reserve, rot, trans))
+    if not door.door:
+        return
+    rgb = _colour(rng, 'door')
+    frame_rgb = _jitter(rng, rgb * 0.8)
+    leaf = w - 2 * frame
+    parts = [_box((-w / 2, -0.21, 0.0), (-w / 2 + frame, 0.02, hd), frame_rgb, faces=(True,) * 6),
+             _box((w / 2 - frame, -0.21, 0.0), (w / 2, 0.02, hd), frame_rgb, faces=(True,) * 6),
+             _box((-w / 2, -0.21, hd - frame), (w / 2, 0.02, hd), frame_rgb, faces=(True,) * 6),
+             _box((w / 2 - frame - 0.04, 0.02, 0.01), (w / 2 - frame, 0.02 + leaf, hd - frame - 0.01), rgb,
+                  faces=(True,) * 6),
+             _box((w / 2 - frame - 0.1, 0.02 + leaf - 0.14, 0.98), (w / 2 - frame - 0.04, 0.02 + leaf - 0.06, 1.02),
+                  np.array([0.6, 0.6, 0.6]), material='metal')]
+    scene.add('door', parts, rot, trans)
 
 
 def _columns_and_beams(scene: _Scene, p_column: float, p_beam: float) -> None:
@@ -524,7 +542,8 @@ def _openings(scene: _Scene, n_doors: int, n_windows: int, n_boards: int) -> Non
                  _box((-w / 2 - frame, -0.06, 0.0), (-w / 2, proud + 0.015, h + frame), frame_rgb, faces=back),
                  _box((w / 2, -0.06, 0.0), (w / 2 + frame, proud + 0.015, h + frame), frame_rgb, faces=back),
                  _box((-w / 2, -0.06, h), (w / 2, proud + 0.015, h + frame), frame_rgb, faces=back),
-                 _box((w / 2 - 0.14, proud, 0.98), (w / 2 - 0.06, proud + 0.06, 1.02), np.array([0.6, 0.6, 0.6]))]
+                 _box((w / 2 - 0.14, proud, 0.98), (w / 2 - 0.06, proud + 0.06, 1.02), np.array([0.6, 0.6, 0.6]),
+                      material='metal')]
         _place_on_wall(scene, 'door', parts, w + 2 * frame, -0.005, h + frame, floor_depth=0.8)
     walls = [int(rng.integers(4))]
     for _ in range(n_windows):
@@ -534,7 +553,8 @@ def _openings(scene: _Scene, n_doors: int, n_windows: int, n_boards: int) -> Non
         bar, proud = 0.05, rng.uniform(0.015, 0.05)
         rgb = _colour(rng, 'window')
         glass = _jitter(rng, np.array([0.35, 0.42, 0.5]) * rng.uniform(0.6, 1.3), 0.05)
-        parts = [_box((-w / 2, -0.06, 0.0), (w / 2, 0.005, h), glass, faces=back, density=0.5, occluder=False),
+        parts = [_box((-w / 2, -0.06, 0.0), (w / 2, 0.005, h), glass, faces=back, density=0.5, occluder=False,
+                      material='glass'),
                  _box((-w / 2, -0.06, 0.0), (w / 2, proud, bar), rgb, faces=back),
                  _box((-w / 2, -0.06, h - bar), (w / 2, proud, h), rgb, faces=back),
                  _box((-w / 2, -0.06, bar), (-w / 2 + bar, proud, h - bar), rgb, faces=back),
@@ -547,7 +567,7 @@ def _openings(scene: _Scene, n_doors: int, n_windows: int, n_boards: int) -> Non
         bottom = rng.uniform(0.8, 1.0)
         proud = rng.uniform(0.01, 0.025)
         rgb = _colour(rng, 'board')
-        parts = [_box((-w / 2, -0.03, 0.0), (w / 2, proud, h), rgb, faces=back),
+        parts = [_box((-w / 2, -0.03, 0.0), (w / 2, proud, h), rgb, faces=back, material='glossy'),
                  _box((-w / 2, -0.03, -0.03), (w / 2, proud + 0.06, 0.0), _jitter(rng, np.array([0.6, 0.6, 0.6])),
                       faces=back)]
         _place_on_wall(scene, 'board', parts, w, bottom - 0.03, bottom + h)
@@ -666,185 +686,15 @@ def _rare(scene: _Scene, kind: str) -> bool:
     raise ValueError(f'unknown rare arrangement {kind!r}; expected one of {RARE_KINDS}')
 
 
-# ----------------------------------------------------------------------------------------------- points
-@dataclass
-class _PartArrays:
-    centre: np.ndarray     # (P,3)
-    half: np.ndarray       # (P,3)
-    rot: np.ndarray        # (P,3,3)
-    faces: np.ndarray      # (P,6) bool
-    rgb: np.ndarray        # (P,3)
-    density: np.ndarray    # (P,)
-    solid: np.ndarray      # (P,) bool
-    occluder: np.ndarray   # (P,) bool
-    inst: np.ndarray       # (P,) int64
+# ----------------------------------------------------------------------------------------------- rooms
+def build_scene(rng: np.random.Generator, room_type: str | None = None, rare_prob: float = 0.2,
+                size: tuple[float, float, float] | None = None,
+                doorways: tuple[Doorway, ...] = ()) -> tuple[_Scene, str, list[str]]:
+    """Lay out one room: (scene, room type, rare arrangements placed).
 
-    @classmethod
-    def from_parts(cls, parts: list[_Part]) -> _PartArrays:
-        return cls(np.array([p.centre for p in parts]), np.array([p.half for p in parts]),
-                   np.array([p.rot for p in parts]), np.array([p.faces for p in parts], bool),
-                   np.array([p.rgb for p in parts]), np.array([p.density for p in parts]),
-                   np.array([p.solid for p in parts], bool), np.array([p.occluder for p in parts], bool),
-                   np.array([p.inst for p in parts], np.int64))
-
-    def aabb(self) -> tuple[np.ndarray, np.ndarray]:
-        """World axis-aligned bounds (P,3), (P,3) of every part."""
-        extent = np.einsum('pij,pj->pi', np.abs(self.rot), self.half)
-        return self.centre - extent, self.centre + extent
-
-
-def _sample_faces(arr: _PartArrays, density: float, rng: np.random.Generator):
-    """Uniform points on the enabled faces: xyz (n,3), outward normal (n,3), part index (n,)."""
-    part, face = np.nonzero(arr.faces)                      # (F,)
-    axis, sign = face // 2, np.where(face % 2 == 0, -1.0, 1.0)
-    u_axis, v_axis = (axis + 1) % 3, (axis + 2) % 3
-    rows = np.arange(part.size)
-    half = arr.half[part]                                   # (F,3)
-    rot = arr.rot[part]                                     # (F,3,3)
-    normal = rot[rows, :, axis] * sign[:, None]             # (F,3) world
-    centre = arr.centre[part] + normal * half[rows, axis][:, None]
-    u = rot[rows, :, u_axis] * half[rows, u_axis][:, None]  # (F,3) half-edge vectors
-    v = rot[rows, :, v_axis] * half[rows, v_axis][:, None]
-    area = 4.0 * half[rows, u_axis] * half[rows, v_axis]
-    counts = rng.poisson(area * density * arr.density[part])
-    of_point = np.repeat(rows, counts)                      # (n,)
-    st = rng.uniform(-1.0, 1.0, size=(of_point.size, 2))
-    xyz = centre[of_point] + st[:, :1] * u[of_point] + st[:, 1:] * v[of_point]
-    return xyz, normal[of_point], part[of_point]
-
-
-def _inside_solids(xyz_sorted: np.ndarray, arr: _PartArrays, shrink: float = 0.002) -> np.ndarray:
-    """Mask (n,) of points strictly inside any solid part. Points must be sorted by x so each part only
-    tests the slice of points within its x-range (a loop over parts, vectorised over points)."""
-    inside = np.zeros(len(xyz_sorted), bool)
-    lo, hi = arr.aabb()
-    xs = xyz_sorted[:, 0]
-    for k in np.flatnonzero(arr.solid):
-        a, b = np.searchsorted(xs, [lo[k, 0], hi[k, 0]])
-        if a == b:
-            continue
-        local = (xyz_sorted[a:b] - arr.centre[k]) @ arr.rot[k]     # (m,3) = R^T (p - c)
-        inside[a:b] |= np.all(np.abs(local) < arr.half[k] - shrink, axis=1)
-    return inside
-
-
-def _visible(xyz: np.ndarray, normal: np.ndarray, inst: np.ndarray, arr: _PartArrays,
-             scanners: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Mask (n,) of points seen by at least one scanner: the face turns towards it and no other object's
-    box cuts the segment scanner->point.
-
-    Vectorised over (point, occluder) pairs: a cheap cone test against each occluder's bounding sphere
-    picks candidate pairs, then an exact slab test in the occluder's frame decides.
+    `doorways` cut open doorways (see `Doorway`) into the walls, for rooms joined into a floor; without them the
+    room and its random stream are exactly the static benchmark's.
     """
-    unseen = np.ones(len(xyz), bool)
-    # thin sticks (legs, poles, handles) cast negligible shadows: only parts at least 8 cm wide in two axes
-    occ = np.flatnonzero(arr.occluder & (np.sort(arr.half, axis=1)[:, 1] >= 0.04))
-    if occ.size == 0:
-        return np.ones(len(xyz), bool)
-    centre, half, rot, occ_inst = arr.centre[occ], arr.half[occ], arr.rot[occ], arr.inst[occ]
-    radius = np.linalg.norm(half, axis=1)                                       # (K,)
-    for scanner in scanners:
-        cand = np.flatnonzero(unseen & (np.einsum('ij,ij->i', normal, scanner - xyz) > 0))
-        to_occ = centre - scanner                                               # (K,3)
-        occ_dist = np.linalg.norm(to_occ, axis=1)
-        occ_dir = to_occ / occ_dist[:, None]
-        # cosine of the half-angle of the cone that holds the sphere; -1 when the scanner is inside it
-        cos_cone = np.where(occ_dist > radius, np.sqrt(np.clip(1 - (radius / occ_dist) ** 2, 0, 1)), -1.0)
-        origin_local = np.einsum('kji,kj->ki', rot, scanner - centre)           # (K,3) = R^T (s - c)
-        shadow = np.zeros(cand.size, bool)
-        for a in range(0, cand.size, chunk):
-            idx = cand[a:a + chunk]
-            ray = xyz[idx] - scanner                                            # (m,3)
-            dist = np.linalg.norm(ray, axis=1)
-            near = (ray / dist[:, None]).astype(np.float32) @ occ_dir.T.astype(np.float32) > cos_cone   # (m,K)
-            near &= dist[:, None] > (occ_dist - radius)
-            near &= inst[idx][:, None] != occ_inst
-            pi, ki = np.nonzero(near)                                           # candidate pairs
-            if pi.size == 0:
-                continue
-            seg = np.einsum('pji,pj->pi', rot[ki], ray[pi])                     # (pairs,3) local direction
-            with np.errstate(divide='ignore', invalid='ignore'):
-                inv = 1.0 / seg
-                t1 = (-half[ki] - origin_local[ki]) * inv
-                t2 = (half[ki] - origin_local[ki]) * inv
-                t_near = np.minimum(t1, t2).max(axis=1)
-                t_far = np.maximum(t1, t2).min(axis=1)
-                # the box must sit at least 1 cm in front of the point
-                hit = (t_near <= t_far) & (t_far > 0) & (t_near < 1.0 - 0.01 / dist[pi])
-            shadow[a + pi[hit]] = True
-        unseen[cand[~shadow]] = False
-    return ~unseen
-
-
-def _scanner_positions(scene: _Scene, arr: _PartArrays) -> np.ndarray:
-    """2-4 tripod positions (1.3-1.7 m high) in free floor space, not inside any object."""
-    rng = scene.rng
-    length, width = scene.size[0], scene.size[1]
-    count = int(np.clip(round(length * width / 12.0) + 1, 2, 4))
-    lo, hi = arr.aabb()
-    lo, hi = lo[arr.occluder] - 0.1, hi[arr.occluder] + 0.1
-    positions = []
-    for i in range(count):
-        best = None
-        for _ in range(60):
-            # spread the stations: station i samples its x in the i-th slice of the longer side
-            frac = (i + rng.uniform(0.15, 0.85)) / count
-            p = np.array([frac * length, rng.uniform(0.4, width - 0.4), rng.uniform(1.3, 1.7)])
-            if width > length:
-                p[:2] = rng.uniform(0.4, length - 0.4), frac * width
-            best = p
-            if not np.any(np.all((p >= lo) & (p <= hi), axis=1)):
-                break
-        positions.append(best)
-    return np.array(positions)
-
-
-def _elliptical_holes(xyz_sorted: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
-    """Mask (n,) of points inside `count` random ellipsoids centred on existing points (missing returns)."""
-    drop = np.zeros(len(xyz_sorted), bool)
-    if count == 0 or len(xyz_sorted) == 0:
-        return drop
-    xs = xyz_sorted[:, 0]
-    for c in rng.integers(len(xyz_sorted), size=count):
-        axes = rng.uniform(0.04, 0.3, 3)
-        centre = xyz_sorted[c]
-        a, b = np.searchsorted(xs, [centre[0] - axes[0], centre[0] + axes[0]])
-        drop[a:b] |= np.sum(((xyz_sorted[a:b] - centre) / axes) ** 2, axis=1) < 1.0
-    return drop
-
-
-def _shade(xyz: np.ndarray, normal: np.ndarray, base: np.ndarray, sem: np.ndarray,
-           rng: np.random.Generator) -> np.ndarray:
-    """Point colours (n,3) uint8: base colour x face lighting x low-frequency stains (strong on floor, walls
-    and ceiling, so they are not uniform) + per-point sensor noise."""
-    light = 0.82 + 0.18 * normal[:, 2] + 0.05 * normal[:, 0] - 0.03 * normal[:, 1]      # (n,)
-    waves = rng.normal(0, 1, (4, 3))
-    waves *= (2 * np.pi / rng.uniform(0.6, 4.0, 4) / np.linalg.norm(waves, axis=1))[:, None]
-    stain = np.sin(xyz @ waves.T + rng.uniform(0, 2 * np.pi, 4)).mean(axis=1)           # (n,)
-    structural = np.isin(sem, [CLASS_INDEX['ceiling'], CLASS_INDEX['floor'], CLASS_INDEX['wall']])
-    amount = np.where(structural, 0.12, 0.04)
-    rgb = base * (light * (1.0 + amount * stain))[:, None] + rng.normal(0, 0.025, base.shape)
-    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
-
-
-def generate_room(rng: np.random.Generator, room_type: str | None = None, density: float = DEFAULT_DENSITY,
-                  noise: float = DEFAULT_NOISE, rare_prob: float = DEFAULT_RARE_PROB,
-                  size: tuple[float, float, float] | None = None, offset: bool = True,
-                  hole_rate: float = 0.15, min_instance_points: int = 10):
-    """One labelled room. Returns (xyz (N,3) float32, rgb (N,3) uint8, sem (N,) int64, ins (N,) int64, meta).
-
-    Points are ordered by instance id; instance i is the annotation file `meta['instances'][i]['name']`
-    (`<class>_<k>`), ids in the natural order of those names, so `s3dis.load_room` gives back the same ids.
-    `density` is points per m^2 before occlusion, `rare_prob` the chance that the room receives 1-2 rare
-    arrangements (see RARE_KINDS), `offset` moves the room away from the origin like S3DIS area coordinates,
-    `hole_rate` is elliptical holes per m^2 of room surface.
-    """
-    if density <= 0:
-        raise ValueError(f'density must be > 0 points/m^2, got {density}')
-    if noise < 0:
-        raise ValueError(f'noise must be >= 0 m, got {noise}')
-    if not 0.0 <= rare_prob <= 1.0:
-        raise ValueError(f'rare_prob must be in [0, 1], got {rare_prob}')
     if room_type is None:
         room_type = str(rng.choice(ROOM_TYPES, p=ROOM_TYPE_WEIGHTS))
     elif room_type not in ROOM_TYPES:
@@ -860,7 +710,9 @@ def generate_room(rng: np.random.Generator, room_type: str | None = None, densit
         raise ValueError(f'room size {size} too small: every side must be >= 1.5 m')
     scene = _Scene(rng, np.asarray(size, float))
 
-    _structure(scene)
+    _structure(scene, doorways)
+    for door in doorways:
+        _doorway(scene, door)
     _columns_and_beams(scene, p_column=0.35, p_beam=0.25)
     n_doors = int(rng.integers(2, 5)) if room_type == 'hallway' else int(rng.integers(1, 4))
     n_windows = 0 if room_type in ('hallway', 'storage') else int(rng.integers(1, 4))
@@ -874,228 +726,4 @@ def generate_room(rng: np.random.Generator, room_type: str | None = None, densit
             if len(rare_done) < wanted and _rare(scene, str(kind)):
                 rare_done.append(str(kind))
 
-    arr = _PartArrays.from_parts(scene.parts)
-    xyz, normal, part = _sample_faces(arr, density, rng)
-    in_room = np.all((xyz >= -1e-6) & (xyz <= scene.size + 1e-6), axis=1)
-    xyz, normal, part = xyz[in_room], normal[in_room], part[in_room]
-    order = np.argsort(xyz[:, 0], kind='stable')
-    xyz, normal, part = xyz[order], normal[order], part[order]
-    keep = ~_inside_solids(xyz, arr)
-    keep &= _visible(xyz, normal, arr.inst[part], arr, _scanner_positions(scene, arr))
-    xyz, normal, part = xyz[keep], normal[keep], part[keep]
-    surface = float(np.prod(scene.size[:2]) * 2 + 2 * scene.size[2] * scene.size[:2].sum())
-    keep = ~_elliptical_holes(xyz, rng, int(rng.poisson(hole_rate * surface)))
-    xyz, normal, part = xyz[keep], normal[keep], part[keep]
-
-    # Instance ids follow the natural order of the annotation names (class name, then k), which is the order
-    # in which `s3dis.load_room` numbers them; instances left with too few points are dropped.
-    inst = arr.inst[part]
-    counts = np.bincount(inst, minlength=len(scene.instances))
-    classes = np.array([CLASS_INDEX[i.cls] for i in scene.instances])
-    alphabetical = np.argsort(np.argsort(np.array(S3DIS_CLASSES)))       # class index -> rank of its name
-    alive = np.flatnonzero(counts >= max(1, min_instance_points))
-    alive = alive[np.lexsort((alive, alphabetical[classes[alive]]))]
-    new_id = np.full(len(scene.instances), -1, np.int64)
-    new_id[alive] = np.arange(alive.size)
-    ins = new_id[inst]
-    keep = ins >= 0
-    order = np.argsort(ins[keep], kind='stable')
-    xyz, normal, part, ins = xyz[keep][order], normal[keep][order], part[keep][order], ins[keep][order]
-    sem = classes[arr.inst[part]].astype(np.int64)
-    rgb = _shade(xyz, normal, arr.rgb[part], sem, rng)
-    xyz = xyz + rng.normal(0.0, noise, xyz.shape) if noise > 0 else xyz
-    origin = np.array([rng.uniform(0, 30), rng.uniform(0, 30), 0.0]) if offset else np.zeros(3)
-    xyz = (xyz + origin).astype(np.float32)
-
-    per_class: dict[str, int] = {}
-    instances = []
-    for new, old in enumerate(alive):
-        cls = scene.instances[old].cls
-        per_class[cls] = per_class.get(cls, 0) + 1
-        instances.append({'id': new, 'name': f'{cls}_{per_class[cls]}', 'class': cls,
-                          'num_points': int(counts[old]), 'rare': scene.instances[old].rare})
-    meta = {
-        'room_type': room_type, 'size': [round(float(v), 4) for v in scene.size],
-        'origin': [round(float(v), 4) for v in origin],
-        'bounds_min': [round(float(v), 4) for v in origin],
-        'bounds_max': [round(float(v), 4) for v in origin + scene.size],
-        'num_points': int(len(xyz)), 'density': float(density), 'noise': float(noise),
-        'rare_arrangements': rare_done, 'instances': instances,
-        'rare_instances': [i['name'] for i in instances if i['rare']],
-    }
-    return xyz, rgb, sem, ins, meta
-
-
-# ----------------------------------------------------------------------------------------------- writing
-def _format_points(xyz: np.ndarray, rgb: np.ndarray) -> str:
-    """S3DIS text lines '%.3f %.3f %.3f %d %d %d' (one big %-format: ~10x faster than np.savetxt)."""
-    if len(xyz) == 0:
-        return ''
-    table = np.concatenate([np.asarray(xyz, np.float64), np.asarray(rgb, np.float64)], axis=1)
-    return ('%.3f %.3f %.3f %d %d %d\n' * len(table)) % tuple(table.ravel().tolist())
-
-
-def write_room(root: str | os.PathLike, area: int, room_name: str, xyz: np.ndarray, rgb: np.ndarray,
-               sem: np.ndarray, ins: np.ndarray, meta: dict) -> Path:
-    """Write one room in the S3DIS raw layout (see module docstring); returns the room folder.
-
-    Annotation files are named from `meta['instances']` (id -> name); stale `*.txt` annotations left from an
-    earlier run in the same folder are removed so the folder always describes exactly this room.
-    """
-    n = len(xyz)
-    if not (len(rgb) == len(sem) == len(ins) == n):
-        raise ValueError(f'room {room_name}: xyz/rgb/sem/ins lengths differ: {n}, {len(rgb)}, {len(sem)}, {len(ins)}')
-    names = {i['id']: i['name'] for i in meta['instances']}
-    if n and (ins.min() < 0 or int(ins.max()) not in names or len(names) != int(ins.max()) + 1):
-        raise ValueError(f'room {room_name}: instance ids must be 0..K-1 and all listed in meta["instances"]')
-    room_dir = Path(root) / f'Area_{int(area)}' / room_name
-    ann_dir = room_dir / 'Annotations'
-    ann_dir.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(ins, kind='stable')
-    xyz, rgb, sem, ins = xyz[order], rgb[order], sem[order], ins[order]
-    bounds = np.searchsorted(ins, np.arange(len(names) + 1))
-    chunks = []
-    for k in range(len(names)):
-        a, b = bounds[k], bounds[k + 1]
-        if S3DIS_CLASSES[int(sem[a])] != meta['instances'][k]['class']:
-            raise ValueError(f'room {room_name}: instance {k} semantic label disagrees with meta')
-        text = _format_points(xyz[a:b], rgb[a:b])
-        atomic_write_text(ann_dir / f'{names[k]}.txt', text)
-        chunks.append(text)
-    wanted = {f'{v}.txt' for v in names.values()}
-    for stale in ann_dir.glob('*.txt'):
-        if stale.name not in wanted:
-            stale.unlink()
-    atomic_write_text(room_dir / f'{room_name}.txt', ''.join(chunks))
-    atomic_write_text(room_dir / META_FILENAME, json.dumps({'area': int(area), 'room': room_name, **meta}, indent=1))
-    return room_dir
-
-
-def room_rng(seed: int, area: int, index: int) -> np.random.Generator:
-    """Independent stream per (seed, area, room index): a room does not change when others are added."""
-    return np.random.default_rng([int(seed), int(area), int(index)])
-
-
-def generate_dataset(root: str | os.PathLike, areas: dict[int, int] | None = None, seed: int = 0,
-                     density: float = DEFAULT_DENSITY, noise: float = DEFAULT_NOISE,
-                     rare_prob: float = DEFAULT_RARE_PROB, progress: bool = True, preview: bool = False) -> dict:
-    """Generate `areas[a]` rooms in each Area_<a> under `root`; returns (and writes to
-    `<root>/synthetic_dataset.json`) a summary with per-room names, point counts, rare cases and timing."""
-    from tqdm import tqdm
-
-    areas = {1: 2} if areas is None else dict(areas)
-    for area, count in areas.items():
-        if int(area) < 1 or int(count) < 0:
-            raise ValueError(f'areas must map area number >= 1 to a room count >= 0, got {area}: {count}')
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    summary = {'seed': int(seed), 'density': float(density), 'noise': float(noise), 'rare_prob': float(rare_prob),
-               'classes': list(S3DIS_CLASSES), 'rooms': []}
-    class_points = np.zeros(len(S3DIS_CLASSES), np.int64)
-    bar = tqdm(total=sum(areas.values()), desc='synthetic rooms', unit='room', disable=not progress)
-    start = time.perf_counter()
-    for area in sorted(areas):
-        type_counts: dict[str, int] = {}
-        for index in range(int(areas[area])):
-            xyz, rgb, sem, ins, meta = generate_room(room_rng(seed, area, index), density=density, noise=noise,
-                                                     rare_prob=rare_prob)
-            type_counts[meta['room_type']] = type_counts.get(meta['room_type'], 0) + 1
-            name = f"{meta['room_type']}_{type_counts[meta['room_type']]}"
-            room_dir = write_room(root, area, name, xyz, rgb, sem, ins, meta)
-            if preview:
-                render_preview(xyz, sem, room_dir / 'preview.png', title=f'Area_{area}/{name}', ins=ins, meta=meta)
-            class_points += np.bincount(sem, minlength=len(S3DIS_CLASSES))
-            summary['rooms'].append({'area': int(area), 'room': name, 'points': int(len(xyz)),
-                                     'instances': len(meta['instances']), 'rare_instances': meta['rare_instances']})
-            bar.update(1)
-    bar.close()
-    elapsed = time.perf_counter() - start
-    total = max(int(class_points.sum()), 1)
-    summary['seconds'] = round(elapsed, 2)
-    summary['seconds_per_room'] = round(elapsed / max(len(summary['rooms']), 1), 3)
-    summary['class_fraction'] = {c: round(int(n) / total, 4) for c, n in zip(S3DIS_CLASSES, class_points, strict=True)}
-    atomic_write_text(root / 'synthetic_dataset.json', json.dumps(summary, indent=1))
-    return summary
-
-
-def render_preview(xyz: np.ndarray, sem: np.ndarray, path: str | os.PathLike, title: str = '',
-                   ins: np.ndarray | None = None, meta: dict | None = None) -> Path:
-    """Top view PNG coloured by class (ceiling and beams hidden so the furniture shows); rare instances
-    are circled in red when `ins` and `meta` are given."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    from mpnet_model.data.classes import palette
-
-    colours = np.array(palette(len(S3DIS_CLASSES))) / 255.0
-    hidden = np.isin(sem, [CLASS_INDEX['ceiling'], CLASS_INDEX['beam']])
-    order = np.argsort(xyz[:, 2][~hidden])
-    pts, lab = xyz[~hidden][order], sem[~hidden][order]
-    fig, ax = plt.subplots(figsize=(7, 7), dpi=110)
-    ax.scatter(pts[:, 0], pts[:, 1], c=colours[lab], s=1.0, linewidths=0)
-    if ins is not None and meta is not None:
-        for info in meta['instances']:
-            if info['rare']:
-                p = xyz[ins == info['id']]
-                ax.add_patch(plt.Circle(p[:, :2].mean(0), 0.6, fill=False, color='red', lw=1.5))
-    handles = [plt.Line2D([], [], marker='o', ls='', color=colours[i], label=c) for i, c in enumerate(S3DIS_CLASSES)]
-    ax.legend(handles=handles, loc='upper left', bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    ax.set_aspect('equal')
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_write(path, suffix='.tmp.png') as stream:
-            fig.savefig(stream, format='png')
-    finally:
-        plt.close(fig)
-    return path
-
-
-def _parse_areas(text: str) -> list[int]:
-    """'5' -> areas 1..5; '1,3,5' -> those areas."""
-    try:
-        if ',' in text:
-            areas = [int(a) for a in text.split(',') if a.strip()]
-        else:
-            areas = list(range(1, int(text) + 1))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f'--areas: expected a count (5) or a list (1,3,5), got {text!r}') from exc
-    if not areas or min(areas) < 1:
-        raise argparse.ArgumentTypeError(f'--areas: area numbers must be >= 1, got {text!r}')
-    return areas
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console entry `mpnet-synth`: write a synthetic S3DIS-layout dataset."""
-    parser = argparse.ArgumentParser(prog='mpnet-synth', description=__doc__.split('\n')[0])
-    parser.add_argument('--out', required=True, help='dataset root; Area_<a>/<room>/ folders are created in it')
-    parser.add_argument('--areas', type=_parse_areas, default=_parse_areas('5'),
-                        help='number of areas (1..N) or a comma list of area numbers (default 5)')
-    parser.add_argument('--rooms-per-area', type=int, default=4)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--density', type=float, default=DEFAULT_DENSITY, help='points per m^2 before occlusion')
-    parser.add_argument('--noise', type=float, default=DEFAULT_NOISE, help='position noise std in metres')
-    parser.add_argument('--rare-prob', type=float, default=DEFAULT_RARE_PROB,
-                        help='probability that a room gets 1-2 rare arrangements')
-    parser.add_argument('--preview', action='store_true', help='also write a top-view preview.png per room')
-    parser.add_argument('--quiet', action='store_true', help='no progress bar')
-    args = parser.parse_args(argv)
-    if args.rooms_per_area < 1:
-        parser.error(f'--rooms-per-area must be >= 1, got {args.rooms_per_area}')
-    try:
-        summary = generate_dataset(args.out, {a: args.rooms_per_area for a in args.areas}, seed=args.seed,
-                                   density=args.density, noise=args.noise, rare_prob=args.rare_prob,
-                                   progress=not args.quiet, preview=args.preview)
-    except ValueError as exc:
-        parser.error(str(exc))
-    points = [r['points'] for r in summary['rooms']]
-    print(f"wrote {len(points)} rooms to {args.out}: {int(np.mean(points))} points/room on average, "
-          f"{summary['seconds_per_room']} s/room")
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())
+    return scene, room_type, rare_done

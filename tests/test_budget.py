@@ -1,0 +1,194 @@
+"""Bounded work per frame: block estimates against the real block partition, the crop to the nearest range, the
+sane-extent check, the measured cost per block, and the pipeline's crop / refuse behaviour and memory after a
+large frame (measured)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from mpnet_model.data.blocks import partition_blocks
+from mpnet_model.infer.budget import (
+    BlockCost,
+    ExtentError,
+    calibrate,
+    check_extent,
+    estimate_blocks,
+    plan_frame,
+    release_memory,
+)
+
+
+def blocks_of(xyz, min_points=20):
+    return len(partition_blocks(xyz, 1.0, 0.5, min_points).offsets) - 1
+
+
+@pytest.mark.parametrize('extent, count, min_points', [
+    ((0.7, 0.7, 1.0), 500, 1), ((2.0, 2.0, 1.0), 4000, 20), ((7.3, 4.1, 3.0), 20000, 20),
+    ((30.0, 30.0, 3.0), 50000, 20), ((30.0, 30.0, 3.0), 50000, 100)])
+def test_estimate_equals_the_block_partition(extent, count, min_points):
+    xyz = np.random.default_rng(count).uniform(0, extent, (count, 3)).astype(np.float32)
+    assert estimate_blocks(xyz, 1.0, 0.5, min_points) == blocks_of(xyz, min_points)
+
+
+def test_estimate_on_a_real_scan():
+    pytest.importorskip('rosbags')
+    from ros_helpers import OUSTER_BAG, read_bag
+
+    from mpnet_ros.cloud_io import parse_cloud
+
+    if not OUSTER_BAG.exists():
+        pytest.skip(f'shared data not found at {OUSTER_BAG}')
+    xyz = parse_cloud(read_bag(OUSTER_BAG)[0][3]).xyz
+    assert estimate_blocks(xyz, 1.0, 0.5, 20) == blocks_of(xyz)
+
+
+def test_plan_crops_to_the_nearest_cells_within_the_cap():
+    xyz = np.random.default_rng(0).uniform((-30, -30, 0), (30, 30, 3), (200_000, 3)).astype(np.float32)
+    origin = np.array([5.0, -3.0, 1.0])
+    plan = plan_frame(xyz, origin, 85, 1.0, 0.5, 20)
+    assert not plan.fits and plan.blocks == blocks_of(xyz) > 10_000
+    kept = xyz[plan.keep]
+    assert 0 < plan.kept_blocks <= 85 and blocks_of(kept) <= 85
+    ranges = np.hypot(xyz[:, 0] - origin[0], xyz[:, 1] - origin[1])
+    # Nearest first (cell centres, so up to a cell diagonal of slack).
+    assert ranges[plan.keep].max() <= ranges[~plan.keep].min() + 0.5 * np.sqrt(2) + 1e-6
+    assert abs(plan.radius - ranges[plan.keep].max()) < 0.5
+    assert plan_frame(xyz, origin, 20_000, 1.0, 0.5, 20).fits
+
+
+def test_plan_bounds_the_grid_of_a_sparse_far_cloud():
+    rng = np.random.default_rng(1)
+    near = rng.uniform((0, 0, 0), (2, 2, 1), (3000, 3))
+    far = rng.uniform((900, 900, 0), (902, 902, 1), (3000, 3))
+    xyz = np.concatenate([near, far]).astype(np.float32)
+    plan = plan_frame(xyz, np.zeros(3), 1000, 1.0, 0.5, 20, max_grid_cells=100_000)
+    assert plan.blocks == blocks_of(xyz) < 40 and plan.grid_cells > 3_000_000      # few blocks, a huge grid
+    assert not plan.fits and plan.keep[:3000].all() and not plan.keep[3000:].any()
+
+
+def test_extent_check():
+    check_extent(np.array([[999.0, -999.0, 0.0]], dtype=np.float32), 1000.0)
+    xyz = np.array([[1.0, 2.0, 3.0], [1e30, 0.0, 0.0], [0.0, -2e3, 0.0]], dtype=np.float32)
+    with pytest.raises(ExtentError, match=r'2 of 3 points .* \+-1000 m .* 1e\+30'):
+        check_extent(xyz, 1000.0)
+
+
+def test_block_cost_average_and_cap():
+    cost = BlockCost(smoothing=0.5)
+    assert cost.cap(1000.0) > 10**12                  # nothing measured yet: no cap
+    cost.update(10, 1000.0)                           # 100 ms/block
+    cost.update(10, 500.0)                            # 50 -> average 75
+    assert cost.ms_per_block == pytest.approx(75.0) and cost.cap(1000.0) == 13 and cost.cap(10.0) == 1
+    cost.update(0, 100.0)                             # ignored
+    assert cost.samples == 2
+
+
+@pytest.fixture(scope='module')
+def tiny_segmenter(tmp_path_factory):
+    from ros_helpers import tiny_checkpoint
+
+    from mpnet_model.infer.scene import SceneSegmenter
+
+    path = tiny_checkpoint(tmp_path_factory.mktemp('budget') / 'tiny.pt')
+    return SceneSegmenter.from_config('torch', path), path
+
+
+def test_calibration_measures_the_real_segmenter(tiny_segmenter):
+    segmenter, _ = tiny_segmenter
+    cost = calibrate(segmenter)
+    assert cost.samples == 1 and 0.01 < cost.ms_per_block < 10_000
+
+
+def pipeline_for(tiny_segmenter, **values):
+    pytest.importorskip('rclpy')
+    from mpnet_ros.params import validate_params
+    from mpnet_ros.pipeline import ScenePipeline
+
+    segmenter, path = tiny_segmenter
+    notices = []
+    params = validate_params({'model_path': str(path), 'backend': 'torch', **values})
+    pipeline = ScenePipeline(params, segmenter, warn=lambda kind, message: notices.append((kind, message)))
+    return pipeline, notices
+
+
+def parsed(xyz, frame_id='sensor', stamp_ns=1):
+    from mpnet_ros.cloud_io import ParsedCloud
+
+    return ParsedCloud(xyz=xyz.astype(np.float32), rgb=None, intensity=None, source_index=np.arange(len(xyz)),
+                       frame_id=frame_id, stamp_ns=stamp_ns, num_input_points=len(xyz))
+
+
+def big_frame(count=300_000, seed=2):
+    return np.random.default_rng(seed).uniform((-30, -30, 0), (30, 30, 3), (count, 3)).astype(np.float32)
+
+
+def test_pipeline_crops_an_oversize_frame_and_says_so(tiny_segmenter):
+    pipeline, notices = pipeline_for(tiny_segmenter, processing_budget_ms=500.0)
+    pipeline.cost.ms_per_block = 50.0                 # a fixed cost keeps the cap at 10 blocks in this test
+    pipeline.add(parsed(big_frame()))
+    result = pipeline.process(pipeline.window.snapshot())
+    assert result.cropped_from == 300_000 and 0 < len(result.xyz) < 5_000 and result.blocks <= 10
+    assert len(result.labels) == len(result.xyz) == len(result.instances)
+    ((kind, message),) = notices
+    assert kind == 'oversize' and 'cropped a frame of 300,000 points' in message
+    assert 'cap of 10 blocks' in message and 'to the nearest' in message and 'processing_budget_ms 500' in message
+
+
+def test_pipeline_refuses_an_oversize_frame_when_told(tiny_segmenter):
+    from mpnet_ros.pipeline import FrameRejected
+
+    pipeline, _ = pipeline_for(tiny_segmenter, processing_budget_ms=500.0, oversize_action='refuse')
+    pipeline.cost.ms_per_block = 50.0
+    pipeline.add(parsed(big_frame()))
+    with pytest.raises(FrameRejected, match="refused a frame of 300,000 points.*oversize_action 'refuse'") as info:
+        pipeline.process(pipeline.window.snapshot())
+    assert info.value.kind == 'oversize' and pipeline.busy() is None
+
+
+def test_pipeline_rejects_corrupt_extent_without_numpy_warnings(tiny_segmenter):
+    from mpnet_ros.pipeline import FrameRejected
+
+    pipeline, _ = pipeline_for(tiny_segmenter)
+    xyz = np.random.default_rng(0).uniform(0, 1, (100, 3))
+    xyz[7] = (1e30, 0.0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                   # any numpy RuntimeWarning fails the test
+        with pytest.raises(FrameRejected, match='sane extent') as info:
+            pipeline.add(parsed(xyz))
+    assert info.value.kind == 'extent'
+
+
+def test_empty_frame_id_uses_the_fallback_with_a_warning(tiny_segmenter):
+    pipeline, notices = pipeline_for(tiny_segmenter, fallback_frame_id='lidar_fallback')
+    frame = pipeline.add(parsed(np.random.default_rng(0).uniform(0, 1, (100, 3)), frame_id=''))
+    assert frame.frame_id == 'lidar_fallback'
+    assert notices == [('frame_id', "cloud with an empty header.frame_id: using fallback_frame_id 'lidar_fallback'")]
+
+
+def test_memory_returns_after_a_large_frame(tiny_segmenter):
+    """RSS after a 2,000,000-point frame (60 x 60 x 3 m, cropped to the cap) is back within 300 MB of the steady
+    state of small frames (measured; printed)."""
+    psutil = pytest.importorskip('psutil')
+    process = psutil.Process()
+    pipeline, _ = pipeline_for(tiny_segmenter, processing_budget_ms=2000.0)
+    small = np.random.default_rng(5).uniform((0, 0, 0), (3, 3, 2), (20_000, 3))
+
+    def run(xyz, stamp):
+        pipeline.add(parsed(xyz, stamp_ns=stamp))
+        return pipeline.process(pipeline.window.snapshot())
+
+    for stamp in range(3):
+        run(small, stamp)
+    steady = process.memory_info().rss
+    result = run(big_frame(2_000_000, seed=3), 10)
+    assert result.cropped_from == 2_000_000
+    del result
+    for stamp in range(11, 14):
+        run(small, stamp)
+    after = process.memory_info().rss
+    print(f'RSS steady {steady / 1e6:.0f} MB, after the 2M-point frame and 3 small ones {after / 1e6:.0f} MB '
+          f'({(after - steady) / 1e6:+.0f} MB)')
+    assert after - steady < 300e6
+    assert release_memory()
