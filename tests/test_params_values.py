@@ -28,6 +28,7 @@ NON_DEFAULT = {
     'device': 'cuda:1',
     'cluster_bandwidth': 0.45,
     'min_instance_points': 120,
+    'block_layout': 'grid',
     'tracking': False,
     'track_max_distance': 2.5,
     'track_min_iou': 0.3,

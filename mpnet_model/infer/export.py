@@ -28,6 +28,7 @@ recorded as shape arithmetic are frozen to constants after export (TensorRT need
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import sys
@@ -106,6 +107,32 @@ def export_onnx(model: nn.Module, metadata: ModelMetadata, output: str | Path, o
     with atomic_write(output) as stream:      # (onnx.save wants a named stream; this one is an fd)
         stream.write(proto.SerializeToString())
     return output
+
+
+@contextlib.contextmanager
+def static_point_graph(onnx_path: str | Path):
+    """Yield a path to the graph with its point axis fixed to the model's `num_points` (a copy of the same file name
+    in a scratch folder) when the graph's point axis is dynamic, else `onnx_path` itself. For runtimes that build
+    for one block size (TensorRT engines: their optimisation profile spans the batch axis only)."""
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    tensors = [t for t in list(model.graph.input) + list(model.graph.output)
+               if t.name in (INPUT_POINTS, *OUTPUT_NAMES)]
+    dynamic = [t for t in tensors if len(t.type.tensor_type.shape.dim) > 1
+               and not t.type.tensor_type.shape.dim[1].HasField('dim_value')]
+    if not dynamic or 'num_points' not in props:
+        yield onnx_path
+        return
+    for tensor in dynamic:
+        tensor.type.tensor_type.shape.dim[1].dim_value = int(props['num_points'])
+    del model.graph.value_info[:]          # symbolic intermediate shapes: re-inferred from the fixed inputs
+    with tempfile.TemporaryDirectory(prefix='mpnet-static-') as scratch:
+        path = Path(scratch) / onnx_path.name
+        path.write_bytes(model.SerializeToString())
+        yield path
 
 
 def _freeze_topk_k(proto, inputs: tuple[torch.Tensor, ...], fewest_points: int | None = None) -> None:

@@ -365,7 +365,10 @@ def load_or_build_engine(onnx_path: str | Path, precision: str, builder: EngineB
     LOG.info('building TensorRT %s engine from %s with TensorRT %s on %s (minutes on a Jetson); it goes to %s',
              precision, onnx_path, builder.version, builder.device_name, target)
     start = time.monotonic()
-    engine_bytes = builder.build(onnx_path, precision, tuple(profile_batch), int(workspace_bytes))
+    from mpnet_model.infer.export import static_point_graph
+
+    with static_point_graph(onnx_path) as graph_path:      # engines take the model's P (profile: batch axis only)
+        engine_bytes = builder.build(graph_path, precision, tuple(profile_batch), int(workspace_bytes))
     seconds = time.monotonic() - start
     try:
         with atomic_write(target) as stream:
