@@ -43,7 +43,7 @@ class Evaluation:
         return out
 
     def summary(self) -> dict[str, float]:
-        keys = {'semantic': ('oAcc', 'mAcc', 'mIoU'), 'instance': ('mCov', 'mWCov', 'mPrec', 'mRec'),
+        keys = {'semantic': ('oAcc', 'mAcc', 'mIoU'), 'instance': ('mCov', 'mWCov', 'mPrec', 'mRec', 'mFrag', 'mSplit'),
                 'scannet_ap': ('mAP', 'mAP50', 'mAP25')}
         return {name: float(part[name]) for section, names in keys.items()
                 for part in [self.results().get(section)] if part is not None for name in names}

@@ -130,7 +130,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     payload = read_checkpoint(path, map_location)
     try:
-        cfg = ModelConfig.from_dict(payload['config'])
+        cfg = ModelConfig.from_stored(payload['config'])
     except (ConfigError, TypeError) as error:
         raise CheckpointError(f'{path}: invalid model config in checkpoint: {error}') from error
     if list(payload['class_names']) != list(cfg.class_names):
