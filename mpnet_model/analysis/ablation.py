@@ -27,7 +27,8 @@ from mpnet_model.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 EVAL_MARKER = 'analysis_eval.json'
-PER_CLASS_KEYS = {'semantic': ('iou', 'acc'), 'instance': ('precision', 'recall', 'cov', 'wcov')}
+PER_CLASS_KEYS = {'semantic': ('iou', 'acc'),
+                  'instance': ('precision', 'recall', 'cov', 'wcov', 'fragments', 'split')}
 
 
 def _json_safe(value):
