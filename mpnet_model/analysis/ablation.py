@@ -14,6 +14,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,10 +53,13 @@ class RunSpec:
     row: str               # Table-1 row (ABLATIONS key)
     mem_per_class: int     # Mc
     seed: int
+    overrides: tuple[tuple[str, Any], ...] = ()   # further model-config values, e.g. (('memory_scale', 5.0),)
 
     @property
     def name(self) -> str:
-        return f'{self.row}-mc{self.mem_per_class}-seed{self.seed}'
+        suffix = ''.join(f'-{key}{value:g}' if isinstance(value, float) else f'-{key}{value}'
+                         for key, value in self.overrides)
+        return f'{self.row}-mc{self.mem_per_class}-seed{self.seed}{suffix}'
 
 
 @dataclass
@@ -95,7 +99,7 @@ class RunResult:
 
 def run_config(base: TrainConfig, spec: RunSpec, out_dir: Path) -> TrainConfig:
     """The base config with the row's switches, Mc and seed applied, training into the run's folder."""
-    model = base.model.replace(mem_per_class=spec.mem_per_class, **ABLATIONS[spec.row])
+    model = base.model.replace(mem_per_class=spec.mem_per_class, **{**ABLATIONS[spec.row], **dict(spec.overrides)})
     run = dataclasses.replace(base.run, out_dir=str(out_dir / 'runs' / spec.name), seed=spec.seed)
     return dataclasses.replace(base, model=model, run=run, ablation=spec.row)
 
@@ -203,14 +207,16 @@ def training_sizes(base: TrainConfig, progress: bool = True) -> list[float] | No
 
 
 def row_runs(base: TrainConfig, acfg: AnalysisConfig, row: str, out_dir: Path, progress: bool = True,
-             mem_per_class: int | None = None) -> list[RunResult]:
+             mem_per_class: int | None = None, overrides: tuple[tuple[str, Any], ...] = ()) -> list[RunResult]:
     """The runs of one row over all seeds (trained / evaluated as needed)."""
     mc = base.model.mem_per_class if mem_per_class is None else mem_per_class
-    return [ensure_run(base, acfg, RunSpec(row, mc, seed), out_dir, progress) for seed in acfg.seeds]
+    return [ensure_run(base, acfg, RunSpec(row, mc, seed, overrides), out_dir, progress) for seed in acfg.seeds]
 
 
 # ---------------------------------------------------------------------------------------------------- tables
 SUMMARY_COLUMNS = ('mPrec', 'mRec', 'mCov', 'mWCov', 'mIoU', 'oAcc')
+# Over-segmentation (class means): predicted instances per gt instance (a ratio) and share of gt instances split.
+OVERSEG_COLUMNS = ('mFrag', 'mSplit')
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -229,6 +235,15 @@ def format_percent(mean: float, std: float = float('nan')) -> str:
     return f'{100 * mean:.1f}' + ('' if math.isnan(std) else f' ± {100 * std:.1f}')
 
 
+def format_metric(key: str, mean: float, std: float = float('nan')) -> str:
+    """A summary metric as the tables print it: mFrag as a ratio, every other metric in %."""
+    if key != 'mFrag':
+        return format_percent(mean, std)
+    if math.isnan(mean):
+        return 'n/a'
+    return f'{mean:.2f}' + ('' if math.isnan(std) else f' ± {std:.2f}')
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
     return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
@@ -236,7 +251,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def row_metrics(results: list[RunResult]) -> dict[str, tuple[float, float]]:
     """Seed mean ± std of the summary metrics and the per-tier instance precision / recall of one row."""
-    metrics = {key: mean_std([r.summary.get(key, float('nan')) for r in results]) for key in SUMMARY_COLUMNS}
+    metrics = {key: mean_std([r.summary.get(key, float('nan')) for r in results])
+               for key in SUMMARY_COLUMNS + OVERSEG_COLUMNS}
     for metric, short in (('precision', 'mPrec'), ('recall', 'mRec')):
         per_seed = [r.tiers(metric) for r in results]
         for tier in TIERS:
@@ -250,7 +266,7 @@ def ablation_table(rows: dict[str, list[RunResult]], split: str = 'test') -> str
              'Regul': 'use_regularization'}
     metrics = {row: row_metrics(results) for row, results in rows.items()}
     main_rows = [[row] + ['✓' if ABLATIONS[row][key] else '' for key in marks.values()]
-                 + [format_percent(*metrics[row][c]) for c in SUMMARY_COLUMNS] for row in rows]
+                 + [format_metric(c, *metrics[row][c]) for c in SUMMARY_COLUMNS + OVERSEG_COLUMNS] for row in rows]
     tier_columns = [f'{m}.{t}' for m in ('mPrec', 'mRec') for t in TIERS]
     tier_rows = [[row] + [format_percent(*metrics[row][c]) for c in tier_columns] for row in rows]
     first = next(iter(rows.values()))[0]
@@ -261,8 +277,10 @@ def ablation_table(rows: dict[str, list[RunResult]], split: str = 'test') -> str
     return '\n'.join([
         '# Ablation (paper Table 1)', '',
         f'Whole-room evaluation on the {split} split; metrics in %, mean'
-        f'{" ± std" if len(seeds) > 1 else ""} over seeds {seeds}. Instance metrics at IoU 0.5 (ASIS definitions).',
-        '', markdown_table(['row', *marks, *SUMMARY_COLUMNS], main_rows), '',
+        f'{" ± std" if len(seeds) > 1 else ""} over seeds {seeds}. Instance metrics at IoU 0.5 (ASIS definitions); '
+        'over-segmentation: mFrag = predicted instances per gt instance, mSplit = share of gt instances split '
+        'into >= 2 predictions (class means).',
+        '', markdown_table(['row', *marks, *SUMMARY_COLUMNS, *OVERSEG_COLUMNS], main_rows), '',
         '## Dominance tiers (paper §4.4, Fig. 6)', '',
         'Classes sorted by their share of training points: ' + '; '.join(
             f'{t} ({100 * shares[t]:.1f} % of points): {members[t]}' for t in TIERS) + '.', '',
