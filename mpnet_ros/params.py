@@ -57,7 +57,8 @@ SPECS: dict[str, ParamSpec] = {
                              "'' = next to model_path)."),
     'precision': ParamSpec('fp32', 'Inference precision.', choices=PRECISIONS),
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'."),
-    'cluster_bandwidth': ParamSpec(0.6, 'Mean-shift bandwidth on instance embeddings.', 0.01, 10.0),
+    'cluster_bandwidth': ParamSpec(0.0, "Mean-shift bandwidth on instance embeddings (0 = the model's tuned value, "
+                                   '0.6 when the model records none).', 0.0, 10.0),
     'min_instance_points': ParamSpec(50, 'Instances with fewer points are dropped (instance -1).', 1, 10_000_000),
     'max_points': ParamSpec(2_000_000, 'Reject clouds (and windows) with more points than this.', 1, 100_000_000),
     'processing_budget_ms': ParamSpec(1000.0, 'Per-cloud processing time budget; diagnostics warn above it.',

@@ -44,10 +44,11 @@ def make_segmenter(params: SegmentParams) -> Any:
     from mpnet_model.infer.scene import SceneSegmenter
 
     backend_options = {'engine_path': params.engine_path} if params.backend == 'tensorrt' and params.engine_path else {}
+    # Block geometry always, the bandwidth unless set (cluster_bandwidth 0), come from the model's metadata.
+    tuned = {'bandwidth': params.cluster_bandwidth} if params.cluster_bandwidth > 0 else {}
     return SceneSegmenter.from_config(params.backend, params.model_path, device=params.device,
                                       precision=params.precision, backend_options=backend_options,
-                                      bandwidth=params.cluster_bandwidth,
-                                      min_instance_points=params.min_instance_points)
+                                      min_instance_points=params.min_instance_points, **tuned)
 
 
 class ScenePipeline:

@@ -158,8 +158,32 @@ def tiny_checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
     # Narrower than small_config: 256 points per block keeps node / bag tests to seconds on a shared 2-core box.
     cfg = small_config(num_points=256, sa_npoints=(128, 32, 8, 4), sa_nsample=16, mem_per_class=4)
-    save_checkpoint(path, MPNet(cfg).eval(), cfg)
+    model = MPNet(cfg)
+    with torch.no_grad():  # spread BN statistics: a fresh model labels every point alike, which would hide mix-ups
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.2, 2.0)
+    save_checkpoint(path, model.eval(), cfg)
     return path
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds passed (its last value): waits on an event,
+    the timeout only bounds a failure."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def labeled_records(cloud) -> np.ndarray:
+    """The structured points (x y z rgb label instance score) of a labelled output cloud."""
+    from mpnet_ros.cloud_io import labeled_cloud_dtype
+
+    return np.frombuffer(bytes(cloud.data), dtype=labeled_cloud_dtype())
 
 
 def rss_bytes(pid: int | None = None) -> int:

@@ -20,7 +20,7 @@ from mpnet_model.model.mpnet import MPNet
 from mpnet_ros.accumulate import range_mask
 from mpnet_ros.bag_tool import read_bag_clouds
 
-DATA = Path(os.environ.get('MPNET_SHARED_DATA', '/work/shared/data'))
+DATA = Path(os.environ.get('MPNET_SHARED_DATA', Path(__file__).resolve().parents[2] / 'shared' / 'data'))
 OFFICE_PCD = DATA / 'pcl_office1.pcd'
 OUSTER_BAG = DATA / 'ouster_os1_128'
 

@@ -55,7 +55,6 @@ def test_torch_and_onnxruntime_agree_on_real_blocks(models, blocks):
     assert np.abs(reference[0]).max() > 1e-2       # a non-degenerate model, or agreement would mean nothing
 
 
-@pytest.mark.slow
 def test_torch_numpy_fps_path_is_identical(models, blocks):
     checkpoint, _ = models
     a = make_backend('torch', checkpoint, fps='torch').run(blocks[:1])
@@ -80,7 +79,6 @@ def test_onnxruntime_errors_name_the_problem(models, tmp_path):
         make_backend('onnxruntime', onnx_path, precision='fp16')
 
 
-@pytest.mark.slow
 def test_default_config_batch1_agrees(tmp_path):
     from mpnet_model.config import ModelConfig
     from mpnet_model.model.checkpoint import save_checkpoint

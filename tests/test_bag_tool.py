@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip('rclpy')
-pytest.importorskip('mpnet_model.infer.merging')
-from ros_helpers import KINECT_BAG, OUSTER_BAG, read_bag, tiny_checkpoint  # noqa: E402
+from ros_helpers import KINECT_BAG, OUSTER_BAG, labeled_records, read_bag, tiny_checkpoint  # noqa: E402
 
 from mpnet_ros import bag_tool  # noqa: E402
 from mpnet_ros.cloud_io import parse_cloud  # noqa: E402
 from mpnet_ros.params import validate_params  # noqa: E402
-from mpnet_ros.pipeline import ScenePipeline  # noqa: E402
+from mpnet_ros.pipeline import ScenePipeline, make_segmenter  # noqa: E402
 
 CROP_BOX = [0.0, -10.0, -3.0, 1.5, -8.5, 5.0]  # a wall: a few blocks
 
@@ -71,8 +70,16 @@ def test_cli_kinect_to_sqlite3_and_refuses_existing_output(checkpoint, tmp_path,
     assert [_stamp(c) for c in clouds] == [_stamp(m) for m in inputs]
     # Voxel down-sampling only thins what is segmented: every valid input point comes back labelled.
     assert [c.width for c in clouds] == [len(parse_cloud(m)) for m in inputs]
-    labels = np.frombuffer(clouds[0].data.tobytes(), np.uint8).reshape(-1, 28)[:, 16]
-    assert labels.max() < 13
+    # Each frame's labels and instances are the library's for the parameters the command line asked for.
+    params = validate_params({'model_path': str(checkpoint), 'backend': 'torch', 'voxel_size': 0.05})
+    segmenter = make_segmenter(params)
+    for cloud, msg in zip(clouds, inputs):
+        pipeline = ScenePipeline(params, segmenter)
+        pipeline.add(parse_cloud(msg))
+        expected = pipeline.process(pipeline.window.snapshot())
+        records = labeled_records(cloud)
+        np.testing.assert_array_equal(records['label'], expected.labels)
+        np.testing.assert_array_equal(records['instance'].astype(np.int64), expected.instances.astype(np.int64) % 2**32)
 
     assert bag_tool.main(argv) == 2  # output exists: refused, nothing overwritten
     assert bag_tool.main([str(KINECT_BAG), str(tmp_path / 'x'), '--model', str(tmp_path / 'missing.pt')]) == 2

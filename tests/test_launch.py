@@ -16,7 +16,6 @@ import pytest
 launch = pytest.importorskip('launch', reason='launch is not importable (install the wheels from shared/wheels)')
 launch_pytest = pytest.importorskip('launch_pytest', reason='launch_pytest is not importable')
 pytest.importorskip('launch_ros', reason='launch_ros is not importable')
-pytest.importorskip('mpnet_model.infer.merging')
 
 import rclpy  # noqa: E402
 from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable  # noqa: E402
@@ -26,7 +25,7 @@ from ros_helpers import tiny_checkpoint, to_rclpy, xyz_cloud  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 
 pytestmark = pytest.mark.ros
-DOMAIN_ID = 72
+DOMAIN_ID = int(os.environ['ROS_DOMAIN_ID'])     # this session's private domain (conftest)
 PREFIX = Path(sys.prefix)
 os.environ.setdefault('AMENT_PREFIX_PATH', str(PREFIX))  # where launch_ros finds share/ and lib/ of the package
 LAUNCH_FILE = PREFIX / 'share' / 'mpnet_ros' / 'launch' / 'segment.launch.py'

@@ -40,7 +40,6 @@ def test_matches_sklearn_small(num_points, num_clusters, std, box):
     assert centres.shape[0] == expected_centres.shape[0]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(('num_clusters', 'std', 'box'), [
     (5, 0.1, 3.0), (15, 0.15, 3.0), (30, 0.2, 3.0), (10, 0.4, 3.0), (20, 0.3, 1.5),
 ])

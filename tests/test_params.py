@@ -1,6 +1,7 @@
 """params: validation names the bad key and value; YAML defaults equal the specs; descriptors carry ranges."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_descriptors_declared_with_ranges():
     from mpnet_ros.params import declare_and_read
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=61)
+    rclpy.init(context=context, domain_id=int(os.environ['ROS_DOMAIN_ID']))
     try:
         node = rclpy.create_node('params_test', context=context)
         params = declare_and_read(node, check_files=False)

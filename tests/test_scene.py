@@ -74,8 +74,18 @@ def test_lidar_without_rgb(segmenter):
     assert len(xyz) > 200
     result = segmenter.segment(xyz, None, intensity)
     assert result.labels.shape == (len(xyz),) and result.labels.min() >= 0
-    grey = intensity_to_grey(np.array([0, 1, 2, 3, 1000], np.float32))
-    assert grey.shape == (5, 3) and np.all(grey[:, 0] == grey[:, 2]) and grey.max() == 1.0 and grey.min() == 0.0
+
+
+def test_intensity_to_grey_scales_between_percentiles():
+    # 0..999 plus one retro-reflector at 1e6: np.percentile (linear) puts the 1st / 99th percentiles at 10 / 990,
+    # so 500 -> (500 - 10) / 980 = 0.5 (min-max scaling would give 0.0005), and the ends clip to 0 and 1.
+    intensity = np.append(np.arange(1000, dtype=np.float32), np.float32(1e6))
+    grey = intensity_to_grey(intensity)
+    assert grey.shape == (1001, 3) and grey.dtype == np.float32 and np.all(grey == grey[:, :1])
+    assert grey[500, 0] == pytest.approx(0.5, abs=1e-6)
+    assert grey[255, 0] == pytest.approx(245 / 980, abs=1e-6)
+    assert grey[0, 0] == grey[5, 0] == 0.0 and grey[995, 0] == grey[-1, 0] == 1.0
+    assert intensity_to_grey(np.full(10, 7.0, np.float32)).max() == 0.0       # flat: no division by zero
 
 
 def test_empty_and_tiny_clouds(segmenter):

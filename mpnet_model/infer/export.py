@@ -3,7 +3,9 @@
 Graph: inputs `points` (B,P,in_channels) float32 and `fps_0..fps_{L-1}` (B,npoint_l) int64 (nested farthest point
 sample indices, see `mpnet_model.infer.backends.base.nested_sample_indices`); outputs `sem_logits` (B,P,C) and
 `ins_embed` (B,P,E). The batch axis is dynamic. metadata_props: class_names (JSON), in_channels, num_points,
-embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version.
+embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version, cluster_bandwidth, min_instance_fraction,
+class_mean_instance_points (JSON); geometry and post-processing values come from the checkpoint (see
+`metadata_from_checkpoint`), --block-size / --stride override the geometry.
 
 Exporter: torch 2.13 still ships the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, deprecated);
 it is used here because it handles this model's gathers / top-k with a dynamic batch axis in ~2 s and gives a
@@ -133,9 +135,10 @@ def _freeze_topk_k(proto, inputs: tuple[torch.Tensor, ...]) -> None:
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, opset: int = MIN_OPSET,
-                      example_batch: int = 2, fps_in_graph: bool = False, block_size: float = 1.0,
-                      stride: float = 0.5) -> Path:
-    """Load a checkpoint (mpnet_model.model.checkpoint format) and export it; default output: CHECKPOINT.onnx."""
+                      example_batch: int = 2, fps_in_graph: bool = False, block_size: float | None = None,
+                      stride: float | None = None) -> Path:
+    """Load a checkpoint (mpnet_model.model.checkpoint format) and export it; default output: CHECKPOINT.onnx.
+    block_size / stride: None = the checkpoint's training geometry (1 m / 0.5 m when it records none)."""
     from mpnet_model.model.checkpoint import load_checkpoint
 
     model, cfg, meta = load_checkpoint(checkpoint)
@@ -152,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('-o', '--output', help='ONNX file to write (default: CHECKPOINT with .onnx suffix)')
     parser.add_argument('--opset', type=int, default=MIN_OPSET, help=f'ONNX opset (>= {MIN_OPSET})')
     parser.add_argument('--batch', type=int, default=2, help='example batch used for tracing (axis stays dynamic)')
-    parser.add_argument('--block-size', type=float, default=1.0, help='block edge (m) stored in the metadata')
-    parser.add_argument('--stride', type=float, default=0.5, help='block stride (m) stored in the metadata')
+    parser.add_argument('--block-size', type=float, help='block edge (m) for the metadata (default: the checkpoint\'s '
+                        'training block size, else 1)')
+    parser.add_argument('--stride', type=float, help='block stride (m) for the metadata (default: the checkpoint\'s '
+                        'training stride, else 0.5)')
     parser.add_argument('--fps-in-graph', action='store_true', help='trace FPS into the graph (slow, for tests)')
     parser.add_argument('--build-engine', action='store_true',
                         help='also build (or reuse) the TensorRT engine next to the ONNX file, then exit')

@@ -106,10 +106,13 @@ class SceneSegmenter:
     def from_config(cls, backend: str = 'onnxruntime', model_path: str | Path = '', device: str = 'cpu',
                     precision: str = 'fp32', backend_options: dict | None = None, **segmenter_options
                     ) -> SceneSegmenter:
-        """Build backend + segmenter in one call (the factory used by the node, bag tool and demo)."""
+        """Build backend + segmenter in one call (the factory used by the node, bag tool and demo). Block geometry,
+        bandwidth and per-class size filter default to the model's metadata; explicit options win."""
         runtime = make_backend(backend, model_path, device=device, precision=precision, **(backend_options or {}))
         segmenter_options.setdefault('block_size', runtime.metadata.block_size)
         segmenter_options.setdefault('stride', runtime.metadata.stride)
+        segmenter_options.setdefault('bandwidth', runtime.metadata.cluster_bandwidth)
+        segmenter_options.setdefault('class_min_points', runtime.metadata.class_min_points)
         return cls(runtime, **segmenter_options)
 
     def colours(self, num_points: int, rgb: np.ndarray | None, intensity: np.ndarray | None) -> np.ndarray:

@@ -1,8 +1,13 @@
 """One trainer for every MPNet variant (Table-1 rows are config switches): loop, schedule, resume, AMP, DDP, logs.
 
 Checkpoints (the one format of `mpnet_model.model.checkpoint`) are written atomically at the end of every epoch:
-`last.pt` carries the optimiser and progress so a run killed at any moment (kill -9 included) resumes from the last
-finished epoch; `best.pt` holds the weights with the best validation mIoU.
+`last.pt` carries the optimiser, grad scaler, progress (which drives the LR / BN-momentum schedule) and every RNG
+state (torch, CUDA, numpy, python `random`), so a run killed at any moment (kill -9 included) resumes from the last
+finished epoch and reaches the same weights as an uninterrupted run (the loader and dataset generators are
+re-derived from (seed, epoch), see `_loader` and `BlockDataset`); `best.pt` holds the weights with the best
+validation mIoU.
+What happens at the end of an epoch is a plain list of callables `(trainer, summary) -> None` (`epoch_end`,
+default `default_epoch_end()`: validation, history + TensorBoard, checkpoints); add or drop entries to change it.
 Distributed: launch with `torchrun --nproc_per_node K mpnet-train ...`; NCCL on CUDA, gloo on CPU.
 """
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,14 +98,74 @@ def init_distributed(device_name: str) -> DistInfo:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
+    random.seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state the training loop may draw from, in checkpoint-safe types (tensors, lists, ints)."""
+    numpy_state = np.random.get_state(legacy=False)
+    version, python_state, gauss = random.getstate()
+    return {'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'numpy': {'key': torch.from_numpy(numpy_state['state']['key'].astype(np.int64)),
+                      'pos': int(numpy_state['state']['pos']), 'has_gauss': int(numpy_state['has_gauss']),
+                      'gauss': float(numpy_state['gauss'])},
+            'python': {'version': version, 'state': list(python_state), 'gauss': gauss}}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned (CUDA states only where CUDA is available)."""
+    torch.set_rng_state(state['torch'].cpu())
+    if state.get('cuda') and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
+    numpy_state = state['numpy']
+    np.random.set_state({'bit_generator': 'MT19937',
+                         'state': {'key': numpy_state['key'].numpy().astype(np.uint32), 'pos': numpy_state['pos']},
+                         'has_gauss': numpy_state['has_gauss'], 'gauss': numpy_state['gauss']})
+    python_state = state['python']
+    random.setstate((python_state['version'], tuple(python_state['state']), python_state['gauss']))
+
+
+EpochEnd = Callable[['Trainer', dict[str, float]], None]
+
+
+def validate_epoch(trainer: Trainer, summary: dict[str, float]) -> None:
+    """Validation metrics into the summary, every `run.val_every` epochs and after the last one (main rank)."""
+    cfg = trainer.cfg
+    if trainer.dist.is_main and (trainer.epoch % cfg.run.val_every == 0 or trainer.epoch == cfg.optim.epochs):
+        summary.update(trainer.validate())
+
+
+def record_epoch(trainer: Trainer, summary: dict[str, float]) -> None:
+    """Epoch number and wall time into the summary, the summary into the history, TensorBoard + log (main rank)."""
+    summary['epoch'] = trainer.epoch
+    summary['wall_s'] = time.monotonic() - trainer.fit_start
+    trainer.history.append(summary)
+    if trainer.dist.is_main:
+        trainer._log_epoch(summary)
+
+
+def save_checkpoints(trainer: Trainer, summary: dict[str, float]) -> None:
+    """best.pt when validation mIoU improved, then last.pt (main rank)."""
+    if not trainer.dist.is_main:
+        return
+    if summary.get('val_miou', -math.inf) > trainer.best_miou:
+        trainer.best_miou = summary['val_miou']
+        trainer.save(trainer.best_path, with_optimizer=False)
+    trainer.save(trainer.last_path)      # after best: a crash in between keeps the epoch re-runnable
+
+
+def default_epoch_end() -> list[EpochEnd]:
+    return [validate_epoch, record_epoch, save_checkpoints]
 
 
 class Trainer:
     """Trains `MPNet(cfg.model)` on a Dataset of (points (P,9), sem (P,), ins (P,)) blocks."""
 
     def __init__(self, cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None = None,
-                 dataset_stats: dict[str, list[float]] | None = None):
+                 dataset_stats: dict[str, list[float]] | None = None, epoch_end: list[EpochEnd] | None = None):
         self.cfg = cfg
+        self.epoch_end: list[EpochEnd] = default_epoch_end() if epoch_end is None else list(epoch_end)
         self.dist = init_distributed(cfg.run.device)
         self.device = resolve_device(cfg.run.device if not self.dist.enabled or cfg.run.device == 'cpu'
                                      else f'cuda:{self.dist.local_rank}' if torch.cuda.is_available() else 'cpu')
@@ -117,6 +184,7 @@ class Trainer:
         self.step = 0
         self.best_miou = -1.0
         self.history: list[dict[str, float]] = []
+        self.fit_start = time.monotonic()
         self.writer = None
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,12 +214,12 @@ class Trainer:
                 'block_size': self.cfg.data.block_size, 'stride': self.cfg.data.stride,
                 'best_miou': self.best_miou, 'history': self.history, 'train_config': self.cfg.to_dict(),
                 'optimizer': self.optimizer.state_dict(), 'scaler': self.scaler.state_dict(),
-                'torch_rng': torch.get_rng_state()}
+                'rng': rng_state()}
 
     def save(self, path: Path, with_optimizer: bool = True) -> None:
         extra = self.progress_state()
         if not with_optimizer:
-            extra = {k: v for k, v in extra.items() if k not in ('optimizer', 'scaler', 'torch_rng')}
+            extra = {k: v for k, v in extra.items() if k not in ('optimizer', 'scaler', 'rng')}
         extra.update(self.dataset_stats)
         save_checkpoint(path, self.model, self.cfg.model, extra=extra)
 
@@ -167,7 +235,10 @@ class Trainer:
         extra = payload['extra']
         self.optimizer.load_state_dict(extra['optimizer'])
         self.scaler.load_state_dict(extra['scaler'])
-        torch.set_rng_state(extra['torch_rng'].cpu())
+        if 'rng' in extra:
+            set_rng_state(extra['rng'])
+        else:                                           # checkpoints written before all RNG states were kept
+            torch.set_rng_state(extra['torch_rng'].cpu())
         self.epoch, self.samples_seen, self.step = int(extra['epoch']), int(extra['samples_seen']), int(extra['step'])
         self.best_miou = float(extra['best_miou'])
         self.history = list(extra['history'])
@@ -277,26 +348,18 @@ class Trainer:
         return summary
 
     def fit(self) -> dict[str, float]:
-        """Train until `optim.epochs` (or `optim.max_steps`); returns the last epoch's summary."""
+        """Train until `optim.epochs` (or `optim.max_steps`); returns the last epoch's summary (as completed by
+        the `epoch_end` callables)."""
         summary: dict[str, float] = {}
-        start = time.monotonic()
+        self.fit_start = time.monotonic()
         epochs = range(self.epoch, self.cfg.optim.epochs)
         for _ in tqdm(epochs, desc='training', disable=not self.dist.is_main, dynamic_ncols=True):
             if self.reached_max_steps:
                 break
             summary = {f'train_{k}': v for k, v in self.train_epoch().items()}
             self.epoch += 1
-            if self.dist.is_main and (self.epoch % self.cfg.run.val_every == 0 or self.epoch == self.cfg.optim.epochs):
-                summary.update(self.validate())
-            summary['epoch'] = self.epoch
-            summary['wall_s'] = time.monotonic() - start
-            self.history.append(summary)
-            if self.dist.is_main:
-                self._log_epoch(summary)
-                if summary.get('val_miou', -math.inf) > self.best_miou:
-                    self.best_miou = summary['val_miou']
-                    self.save(self.best_path, with_optimizer=False)
-                self.save(self.last_path)      # after best: a crash in between keeps the epoch re-runnable
+            for callback in self.epoch_end:
+                callback(self, summary)
             if self.dist.enabled:
                 dist.barrier()
         if self.dist.is_main and not self.best_path.exists() and self.last_path.exists():

@@ -32,9 +32,17 @@ class BackendError(RuntimeError):
     """A backend cannot be created or run; the message names the file, input or value at fault."""
 
 
+DEFAULT_CLUSTER_BANDWIDTH = 0.6     # the paper's mean-shift bandwidth, for models that record none
+
+
 @dataclass
 class ModelMetadata:
-    """What a runtime must know about the model; stored as ONNX metadata_props and read back by the backends."""
+    """What a runtime must know about the model; stored as ONNX metadata_props and read back by the backends.
+
+    Geometry (block_size, stride, num_points) and tuned post-processing (cluster_bandwidth; the per-class size
+    filter = min_instance_fraction x class_mean_instance_points, off when either is absent) travel checkpoint
+    `extra` -> ONNX metadata -> every backend -> `SceneSegmenter.from_config` defaults -> node parameters.
+    """
 
     class_names: tuple[str, ...]
     in_channels: int = 9
@@ -45,11 +53,21 @@ class ModelMetadata:
     sa_npoints: tuple[int, ...] = (1024, 256, 64, 16)
     fps_in_graph: bool = False
     version: str = ''
+    cluster_bandwidth: float = DEFAULT_CLUSTER_BANDWIDTH
+    min_instance_fraction: float = 0.0                  # 0 = no per-class size filter
+    class_mean_instance_points: tuple[float, ...] = ()  # training set's mean instance size per class; () = unknown
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def class_min_points(self) -> np.ndarray | None:
+        """Per-class minimum instance size (points) the model was tuned with, None when it records no filter."""
+        if self.min_instance_fraction <= 0 or not self.class_mean_instance_points:
+            return None
+        return self.min_instance_fraction * np.asarray(self.class_mean_instance_points, dtype=np.float64)
 
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for onnx metadata_props (lists as JSON)."""
@@ -68,6 +86,11 @@ class ModelMetadata:
                        embed_dim=int(props['embed_dim']), block_size=float(props['block_size']),
                        stride=float(props['stride']), sa_npoints=tuple(json.loads(props['sa_npoints'])),
                        fps_in_graph=props['fps_in_graph'].lower() == 'true', version=props.get('version', ''),
+                       # Optional (models exported before they existed): the defaults.
+                       cluster_bandwidth=float(props.get('cluster_bandwidth', DEFAULT_CLUSTER_BANDWIDTH)),
+                       min_instance_fraction=float(props.get('min_instance_fraction', 0.0)),
+                       class_mean_instance_points=tuple(float(v) for v in
+                                                        json.loads(props.get('class_mean_instance_points', '[]'))),
                        extra={k: v for k, v in props.items() if k not in {f for f in cls.__dataclass_fields__}})
         except KeyError as error:
             raise BackendError(f'{source}: model metadata lacks key {error}; re-export with mpnet-export') from error

@@ -8,16 +8,31 @@ import numpy as np
 import torch
 
 from mpnet_model import __version__
-from mpnet_model.infer.backends.base import Backend, BackendError, ModelMetadata, nested_sample_indices
+from mpnet_model.infer.backends.base import (
+    DEFAULT_CLUSTER_BANDWIDTH,
+    Backend,
+    BackendError,
+    ModelMetadata,
+    nested_sample_indices,
+)
 
 
-def metadata_from_checkpoint(cfg, meta: dict, block_size: float = 1.0, stride: float = 0.5) -> ModelMetadata:
-    """ModelMetadata of a loaded checkpoint; block geometry from the checkpoint's `extra` when it records it."""
+def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, stride: float | None = None
+                             ) -> ModelMetadata:
+    """ModelMetadata of a loaded checkpoint. Block geometry: the explicit argument, else the checkpoint's `extra`
+    (the training geometry), else 1 m / 0.5 m. Post-processing values (`cluster_bandwidth`, `min_instance_fraction`,
+    `class_mean_instance_points`) from `extra` when it records them."""
     extra = meta.get('extra') or {}
+    block_size = float(extra.get('block_size', 1.0)) if block_size is None else float(block_size)
+    stride = float(extra.get('stride', 0.5)) if stride is None else float(stride)
+    means = extra.get('class_mean_instance_points')
     return ModelMetadata(class_names=tuple(cfg.class_names), in_channels=cfg.in_channels, num_points=cfg.num_points,
-                         embed_dim=cfg.embed_dim, block_size=float(extra.get('block_size', block_size)),
-                         stride=float(extra.get('stride', stride)), sa_npoints=tuple(cfg.sa_npoints),
-                         fps_in_graph=True, version=str(meta.get('version', __version__)))
+                         embed_dim=cfg.embed_dim, block_size=block_size, stride=stride,
+                         sa_npoints=tuple(cfg.sa_npoints), fps_in_graph=True,
+                         version=str(meta.get('version', __version__)),
+                         cluster_bandwidth=float(extra.get('cluster_bandwidth', DEFAULT_CLUSTER_BANDWIDTH)),
+                         min_instance_fraction=float(extra.get('min_instance_fraction', 0.0)),
+                         class_mean_instance_points=tuple(float(v) for v in means) if means is not None else ())
 
 
 class TorchBackend(Backend):
