@@ -150,3 +150,21 @@ def test_mpnet_eval_tune_stores_and_uses_the_values(checkpoint, tmp_path, capsys
     assert again['mPrec'] == pytest.approx(tuned['mPrec'], nan_ok=True)
     assert again['mFrag'] == pytest.approx(tuned['mFrag'], nan_ok=True)
     assert 'tuned bandwidth' in capsys.readouterr().out
+
+
+def test_tuned_values_reach_the_segmenter_through_export_and_every_backend(checkpoint, room, tmp_path):
+    # The real producer (tune_postprocessing -> TuningResult.to_extra -> update_checkpoint_extra) feeding the
+    # metadata chain: checkpoint -> ONNX metadata (mpnet-export) -> backend -> SceneSegmenter.from_config.
+    from mpnet_model.infer.export import main as export_main
+
+    path = tmp_path / 'tuned.pt'
+    path.write_bytes(checkpoint.read_bytes())
+    sizes = read_checkpoint(path)['extra']['class_mean_instance_points']
+    result = tune_postprocessing(make_backend('torch', path), [room], sizes, bandwidths=(0.45,), fractions=(0.3,),
+                                 progress=False)
+    update_checkpoint_extra(path, result.to_extra())
+    assert export_main([str(path), '-o', str(tmp_path / 'tuned.onnx')]) == 0
+    for kind, model in (('torch', path), ('onnxruntime', tmp_path / 'tuned.onnx')):
+        segmenter = SceneSegmenter.from_config(kind, model)
+        assert segmenter.bandwidth == pytest.approx(0.45), kind
+        np.testing.assert_allclose(segmenter.class_min_points, 0.3 * np.asarray(sizes), err_msg=kind)
