@@ -4,9 +4,10 @@ BlockMerging → every point), so a metric measures what ships.
 `mpnet-eval --checkpoint runs/x/best.pt --config config/train_s3dis.yaml --out results/x`
 
 The mean-shift bandwidth and the size-filter fraction are the checkpoint's tuned values (`extra` keys
-`cluster_bandwidth`, `min_instance_fraction`) when it has them, else ASIS's 0.6 and 0.25; `--bandwidth` /
-`--min-instance-fraction` override them. `--tune` first chooses both on the validation rooms
-(`mpnet_model.eval.tune`), writes them into the checkpoint (atomically) and then evaluates with them.
+`cluster_bandwidth`, `min_instance_fraction`) when it has them, else ASIS's 0.6 and 0.25 (an exported .onnx model
+uses the values in its metadata); `--bandwidth` / `--min-instance-fraction` override them. `--tune` first chooses
+both on the validation rooms (`mpnet_model.eval.tune`), writes them into the checkpoint (atomically) and then
+evaluates with them.
 """
 from __future__ import annotations
 
@@ -204,16 +205,20 @@ def main(argv: list[str] | None = None) -> int:
         room_dirs = getattr(split, args.split)
         if not room_dirs:
             raise FileNotFoundError(f'the {args.split} split of {d.root} holds no rooms')
-        extra = read_checkpoint(args.checkpoint)['extra'] if args.checkpoint.endswith('.pt') else {}
+        is_checkpoint = args.checkpoint.endswith('.pt')
+        extra = read_checkpoint(args.checkpoint)['extra'] if is_checkpoint else {}
         if args.tune:
             extra = {**extra, **tune_checkpoint(args, split, extra, d.cache_dir)}
         shares, sizes = extra.get('class_shares'), extra.get('class_mean_instance_points')
-        bandwidth, fraction = postprocess_settings(extra, args.bandwidth, args.min_instance_fraction)
-        if sizes is None and fraction > 0:
-            sizes = training_instance_sizes(split, d.cache_dir)
-        log.info('post-processing: bandwidth %g, size fraction %g', bandwidth, fraction)
-        segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device, bandwidth=bandwidth,
-                                               class_min_points=class_min_points(sizes, fraction))
+        options = {}
+        if is_checkpoint or args.bandwidth is not None or args.min_instance_fraction is not None:
+            # An exported model otherwise brings its own values in its metadata (SceneSegmenter.from_config).
+            bandwidth, fraction = postprocess_settings(extra, args.bandwidth, args.min_instance_fraction)
+            if sizes is None and fraction > 0:
+                sizes = training_instance_sizes(split, d.cache_dir)
+            log.info('post-processing: bandwidth %g, size fraction %g', bandwidth, fraction)
+            options = {'bandwidth': bandwidth, 'class_min_points': class_min_points(sizes, fraction)}
+        segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device, **options)
         evaluation = evaluate_rooms(segmenter, (split.loader(r) for r in room_dirs),
                                     scannet_ap=d.dataset == 'scannet')
     except (ConfigError, FileNotFoundError, CheckpointError, BackendError, ValueError) as error:
