@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='choose bandwidth and size fraction on the validation rooms, store them in the '
                              'checkpoint (.pt, rewritten atomically), then evaluate --split with them')
     parser.add_argument('--bandwidths', type=_float_list, default=None, metavar='B1,B2,...',
-                        help='bandwidths tried by --tune (default 0.3,0.4,0.5,0.6,0.8,1.0)')
+                        help='bandwidths tried by --tune (default 0.3,0.4,0.5,0.6,0.8,1.0,1.2,1.5)')
     parser.add_argument('--fractions', type=_float_list, default=None, metavar='F1,F2,...',
-                        help='size fractions tried by --tune (default 0,0.1,0.25,0.5,0.75)')
+                        help='size fractions tried by --tune (default 0,0.1,0.25,0.5,0.75,1)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     try:

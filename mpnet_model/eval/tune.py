@@ -28,8 +28,8 @@ from mpnet_model.infer.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BANDWIDTHS = (0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
-DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75)
+DEFAULT_BANDWIDTHS = (0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5)
+DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 BANDWIDTH_KEY = 'cluster_bandwidth'          # checkpoint extra keys (the contract with the runtimes)
 FRACTION_KEY = 'min_instance_fraction'
 SIZES_KEY = 'class_mean_instance_points'
