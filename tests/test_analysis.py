@@ -15,6 +15,7 @@ from mpnet_model.analysis.visualise import blocks_with_most_instances, point_slo
 from mpnet_model.config import ConfigError
 from mpnet_model.data.blocks import Blocks
 from mpnet_model.eval.block_curves import ClassInstanceCurves
+from mpnet_model.model.checkpoint import read_checkpoint
 
 TINY = {
     'model': dict(num_points=128, feature_dim=32, sa_npoints=[64, 16, 8, 4],
@@ -25,7 +26,8 @@ TINY = {
     'optim': {'epochs': 1, 'batch_size': 4, 'lr': 0.005, 'max_steps': 1},
     'run': {'device': 'cpu', 'amp': False, 'num_workers': 0, 'log_every': 1},
     'analysis': {'rows': ['baseline', 'full'], 'sweep_mem_per_class': [2, 4], 'curve_val_blocks': 4,
-                 'sweep_memory_scale': [1.0, 4.0], 'addressing_blocks': 3,
+                 'sweep_memory_scale': [1.0, 4.0], 'addressing_blocks': 3, 'tune_postprocess': True,
+                 'tune_bandwidths': [0.5, 1.0], 'tune_fractions': [0.0, 0.5],
                  'min_instance_points': 5, 'vis_scenes': 1, 'vis_slots': 2, 'tsne_blocks': 1, 'tsne_points': 100,
                  'tsne_iter': 250, 'synthetic': {'areas': {1: 2, 5: 1}, 'density': 100, 'seed': 3, 'rare_prob': 1.0}},
 }
@@ -55,6 +57,14 @@ def test_ablation_table_lists_every_row_and_tier(analysed):
     assert 0.0 <= data['full']['metrics']['oAcc']['mean'] <= 1.0
     for run in ('baseline-mc4-seed0', 'full-mc4-seed0'):
         assert (analysed / 'runs' / run / 'eval' / 'analysis_eval.json').is_file()
+        assert (analysed / 'runs' / run / 'eval_tuned' / 'tuning.md').is_file()
+    # The tuned evaluation: its values chosen from the grid, stored in the run's best.pt, reported per seed.
+    assert 'post-processing tuned on the validation rooms' in text and 'bandwidth/fraction per seed' in text
+    chosen = data['full']['tuned']['postprocess'][0]
+    assert chosen['bandwidth'] in (0.5, 1.0) and chosen['min_instance_fraction'] in (0.0, 0.5)
+    extra = read_checkpoint(analysed / 'runs' / 'full-mc4-seed0' / 'best.pt')['extra']
+    assert (extra['cluster_bandwidth'], extra['min_instance_fraction']) == (chosen['bandwidth'],
+                                                                          chosen['min_instance_fraction'])
 
 
 def test_sweep_reuses_the_matching_run_and_plots(analysed):

@@ -35,6 +35,10 @@ class AnalysisConfig:
     eval_batch_size: int = 8
     bandwidth: float = 0.6
     min_instance_points: int = 50
+    # Also evaluate every ablation run with bandwidth / size fraction tuned on the validation rooms (eval_tuned/).
+    tune_postprocess: bool = False
+    tune_bandwidths: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5])
+    tune_fractions: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
     # Memory-size sweep (§4.3 "Memory Size"): Mc values, trained as `sweep_row`.
     sweep_mem_per_class: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
     sweep_row: str = 'full'
