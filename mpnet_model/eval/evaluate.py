@@ -242,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate_frames(args, d, frame_paths) -> int:
-    """Sensor frames: no ASIS size filter (its sizes are static-scan point counts; the robot's
-    min_instance_points rules), one row per window size."""
+    """Sensor frames, one row per window size, with the post-processing the robot gets from the model: its
+    metadata's bandwidth and size filter (a tuned model's `min_instance_fraction` x class mean instance sizes;
+    none for an untuned model, where the robot's min_instance_points alone rules)."""
     from mpnet_model.eval import frames as frame_eval
 
     segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device)
