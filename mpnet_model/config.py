@@ -19,9 +19,13 @@ class ConfigError(ValueError):
 class ModelConfig:
     class_names: tuple[str, ...] = S3DIS_CLASSES
     in_channels: int = 9                     # xyz (block-centred) + rgb + normalised room xyz (ASIS)
+    # Level-0 point features of the first SA level and the last FP skip. 'non_xyz' (ASIS): the channels after
+    # xyz (rgb + room xyz, 6 of 9), xyz only as coordinates; 'all': every input channel, xyz included.
+    level0_features: str = 'non_xyz'
     num_points: int = 4096                   # points per 1 m x 1 m block
     feature_dim: int = 128                   # D: width of F_seg / F_ins and of the memory rows
     embed_dim: int = 5                       # c': instance embedding dimension
+    embed_dropout: float = 0.5               # dropout before the last embedding layer (ASIS: keep_prob 0.5)
     # PointNet++ SSG backbone (paper: vanilla PointNet++ as in ASIS).
     sa_npoints: tuple[int, ...] = (1024, 256, 64, 16)
     sa_radii: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
@@ -41,6 +45,7 @@ class ModelConfig:
     delta_v: float = 0.5
     delta_d: float = 1.5
     dis_reg_weight: float = 0.001
+    dis_norm: str = 'l1'                     # norm in L_dis's pull / push / regulariser: 'l1' (ASIS's code) | 'l2'
     rseg_margin: float = 5.0
     rseg_form: str = 'per_negative'          # 'literal' (eq. 4 as printed, sum over negatives) | 'per_negative'
     lambda_ins: float = 1.0                  # λ for R_ins in eq. 6
@@ -82,11 +87,17 @@ class ModelConfig:
             raise bad('fp_mlps', f'last FP layer must output feature_dim={self.feature_dim}')
         if self.rseg_form not in ('literal', 'per_negative'):
             raise bad('rseg_form', "must be 'literal' or 'per_negative'")
+        if self.dis_norm not in ('l1', 'l2'):
+            raise bad('dis_norm', "must be 'l1' or 'l2'")
+        if self.level0_features not in ('all', 'non_xyz'):
+            raise bad('level0_features', "must be 'all' or 'non_xyz'")
         for key in ('memory_scale', 'delta_v', 'delta_d', 'rseg_margin', 'focal_gamma'):
             if not float(getattr(self, key)) > 0:
                 raise bad(key, 'must be > 0')
         if self.lambda_ins < 0 or self.dis_reg_weight < 0 or not 0 <= self.dropout < 1:
             raise bad('lambda_ins', 'lambda_ins and dis_reg_weight must be >= 0, dropout in [0, 1)')
+        if not 0 <= self.embed_dropout < 1:
+            raise bad('embed_dropout', 'must be in [0, 1)')
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,8 +110,18 @@ class ModelConfig:
             raise ConfigError(f'model config: unknown key(s) {unknown}; known keys: {sorted(known)}')
         return cls(**data)
 
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> ModelConfig:
+        """A config stored in a checkpoint: keys it lacks predate them and take their value of that time
+        (`STORED_LEGACY`), not today's default, so that older checkpoints rebuild the model they were trained as."""
+        return cls.from_dict({**STORED_LEGACY, **data})
+
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+
+# Values of keys added after checkpoints were first written, as those checkpoints were trained.
+STORED_LEGACY: dict[str, Any] = {'level0_features': 'all', 'embed_dropout': 0.0, 'dis_norm': 'l2'}
 
 
 # Table 1 rows as config presets (applied on top of any base config).

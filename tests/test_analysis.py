@@ -15,6 +15,7 @@ from mpnet_model.analysis.visualise import blocks_with_most_instances, point_slo
 from mpnet_model.config import ConfigError
 from mpnet_model.data.blocks import Blocks
 from mpnet_model.eval.block_curves import ClassInstanceCurves
+from mpnet_model.model.checkpoint import read_checkpoint
 
 TINY = {
     'model': dict(num_points=128, feature_dim=32, sa_npoints=[64, 16, 8, 4],
@@ -25,6 +26,8 @@ TINY = {
     'optim': {'epochs': 1, 'batch_size': 4, 'lr': 0.005, 'max_steps': 1},
     'run': {'device': 'cpu', 'amp': False, 'num_workers': 0, 'log_every': 1},
     'analysis': {'rows': ['baseline', 'full'], 'sweep_mem_per_class': [2, 4], 'curve_val_blocks': 4,
+                 'sweep_memory_scale': [1.0, 4.0], 'addressing_blocks': 3, 'tune_postprocess': True,
+                 'tune_bandwidths': [0.5, 1.0], 'tune_fractions': [0.0, 0.5],
                  'min_instance_points': 5, 'vis_scenes': 1, 'vis_slots': 2, 'tsne_blocks': 1, 'tsne_points': 100,
                  'tsne_iter': 250, 'synthetic': {'areas': {1: 2, 5: 1}, 'density': 100, 'seed': 3, 'rare_prob': 1.0}},
 }
@@ -54,6 +57,14 @@ def test_ablation_table_lists_every_row_and_tier(analysed):
     assert 0.0 <= data['full']['metrics']['oAcc']['mean'] <= 1.0
     for run in ('baseline-mc4-seed0', 'full-mc4-seed0'):
         assert (analysed / 'runs' / run / 'eval' / 'analysis_eval.json').is_file()
+        assert (analysed / 'runs' / run / 'eval_tuned' / 'tuning.md').is_file()
+    # The tuned evaluation: its values chosen from the grid, stored in the run's best.pt, reported per seed.
+    assert 'post-processing tuned on the validation rooms' in text and 'bandwidth/fraction per seed' in text
+    chosen = data['full']['tuned']['postprocess'][0]
+    assert chosen['bandwidth'] in (0.5, 1.0) and chosen['min_instance_fraction'] in (0.0, 0.5)
+    extra = read_checkpoint(analysed / 'runs' / 'full-mc4-seed0' / 'best.pt')['extra']
+    assert (extra['cluster_bandwidth'], extra['min_instance_fraction']) == (chosen['bandwidth'],
+                                                                          chosen['min_instance_fraction'])
 
 
 def test_sweep_reuses_the_matching_run_and_plots(analysed):
@@ -61,7 +72,44 @@ def test_sweep_reuses_the_matching_run_and_plots(analysed):
     assert '| 2 | 26 |' in text and '| 4 | 52 |' in text
     _non_empty(analysed / 'memory_sweep.png')
     runs = sorted(p.name for p in (analysed / 'runs').iterdir())
-    assert runs == ['baseline-mc4-seed0', 'full-mc2-seed0', 'full-mc4-seed0']     # Mc=4 shared with the ablation
+    assert runs == ['baseline-mc4-seed0', 'full-mc2-seed0', 'full-mc4-seed0',      # Mc=4 shared with the ablation
+                    'full-mc4-seed0-memory_scale4']                                 # the scale sweep's
+
+
+def test_scale_sweep_measures_addressing_and_over_segmentation(analysed):
+    text = _non_empty(analysed / 'memory_scale.md').read_text()
+    assert '| 1 |' in text and '| 4 |' in text and 'ins H/logM' in text and 'mSplit' in text
+    _non_empty(analysed / 'memory_scale.png')
+    data = json.loads((analysed / 'memory_scale.json').read_text())
+    for scale in ('1', '4'):
+        assert 0 < data[scale]['addressing']['ins_entropy'] <= 1
+        assert data[scale]['metrics']['mFrag']['mean'] is None or data[scale]['metrics']['mFrag']['mean'] >= 0
+    assert (analysed / 'runs' / 'full-mc4-seed0' / 'eval' / 'addressing.json').is_file()
+    assert 'mFrag' in (analysed / 'ablation.md').read_text()
+
+
+def test_addressing_stats_of_a_uniform_memory():
+    # Identical memory rows: every cosine is equal, so every reader is uniform (H / log K = 1, max w = 1 / K) and
+    # every point reads the same vector (spread 0). The baseline has no reader at all (NaN).
+    from mpnet_model.analysis.memory_addressing import addressing_stats
+    from mpnet_model.config import ablation_config
+    from mpnet_model.model.mpnet import MPNet
+
+    cfg = ablation_config('full', load_analysis_config(None, '.')[0].model).replace(**TINY['model'])
+    torch.manual_seed(0)
+    model = MPNet(cfg)
+    with torch.no_grad():
+        model.memory.memory.copy_(torch.randn(1, cfg.feature_dim).expand_as(model.memory.memory))
+    blocks = np.random.default_rng(0).random((3, cfg.num_points, 9)).astype(np.float32)
+    stats = addressing_stats(model, blocks, batch_size=2)
+    assert stats['ins_entropy'] == pytest.approx(1.0, abs=1e-6)
+    assert stats['seg_entropy'] == pytest.approx(1.0, abs=1e-6)
+    assert stats['ins_max_weight'] == pytest.approx(1 / cfg.memory_slots, rel=1e-5)
+    assert stats['seg_max_weight'] == pytest.approx(1 / cfg.num_classes, rel=1e-5)
+    assert stats['ins_spread'] == pytest.approx(0.0, abs=1e-5) and stats['seg_spread'] == pytest.approx(0.0, abs=1e-5)
+    baseline = addressing_stats(MPNet(cfg.replace(use_ins_memory=False, use_seg_memory=False,
+                                                  use_regularization=False)), blocks)
+    assert np.isnan(baseline['ins_entropy']) and np.isnan(baseline['seg_spread'])
 
 
 def test_rare_cases_report_counts_planted_instances(analysed):

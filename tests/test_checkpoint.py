@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mpnet_model import __version__
-from mpnet_model.config import ablation_config, small_config
+from mpnet_model.config import STORED_LEGACY, ablation_config, small_config
 from mpnet_model.model.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -131,3 +131,17 @@ def test_unsafe_extra_is_rejected_before_writing(tmp_path, trained_like):
     with pytest.raises(CheckpointError, match=r"extra\['when'\]: object cannot be stored"):
         save_checkpoint(tmp_path / 'model.pt', model, cfg, extra={'when': object()})
     assert not any(tmp_path.iterdir())
+
+
+def test_stored_config_without_new_keys_rebuilds_the_legacy_model(tmp_path):
+    # Checkpoints written before level0_features / embed_dropout / dis_norm existed were trained with 'all',
+    # no embedding dropout and the L2 loss: they must load as that model, not as today's defaults.
+    legacy = small_config(**STORED_LEGACY)
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / 'old.pt', MPNet(legacy), legacy)
+    payload = torch.load(path, weights_only=True)
+    for key in STORED_LEGACY:
+        del payload['config'][key]
+    torch.save(payload, path)
+    _, cfg, _ = load_checkpoint(path)
+    assert {key: getattr(cfg, key) for key in STORED_LEGACY} == STORED_LEGACY

@@ -56,6 +56,47 @@ def test_dis_known_pull_push_reg_values():
     assert total.item() == pytest.approx(expected, abs=1e-5)
 
 
+def test_dis_l1_and_l2_hand_example():
+    # One block, two instances in 2-D, delta_v = 0.5, delta_d = 1.5.
+    # A = {(0,0), (2,2)}: centre (1,1), each point (1,1) from it: L2 sqrt 2 = 1.4142, L1 2.
+    # B = {(4,1)}: centre (4,1), no spread. mu_A - mu_B = (-3, 0): L2 3, L1 3 -> push 0 for both (2 delta_d = 3).
+    # pull: L2 ((sqrt2 - 0.5)^2 + 0) / 2 = 0.41789; L1 ((2 - 0.5)^2 + 0) / 2 = 1.125.
+    # reg: L2 (sqrt 2 + sqrt 17) / 2; L1 (2 + 5) / 2 = 3.5.
+    # Second block, centres (0,0) and (1,1) (one point each): gap L2 sqrt 2 -> (3 - sqrt2)^2, L1 2 -> (3-2)^2 = 1.
+    embeddings = _t([[[0, 0], [2, 2], [4, 1]], [[0, 0], [1, 1], [1, 1]]])
+    labels = torch.tensor([[0, 0, 1], [0, 1, -1]])
+    l2 = discriminative_loss_terms(embeddings, labels, 0.5, 1.5, norm='l2')
+    l1 = discriminative_loss_terms(embeddings, labels, 0.5, 1.5, norm='l1')
+    root2 = math.sqrt(2)
+    assert l2['pull'].item() == pytest.approx(((root2 - 0.5) ** 2 / 2 + 0) / 2, abs=1e-5)
+    assert l1['pull'].item() == pytest.approx((1.5 ** 2 / 2 + 0) / 2, abs=1e-5)
+    assert l2['push'].item() == pytest.approx((0 + (3 - root2) ** 2) / 2, abs=1e-5)
+    assert l1['push'].item() == pytest.approx((0 + 1.0) / 2, abs=1e-5)
+    assert l2['reg'].item() == pytest.approx(((root2 + math.sqrt(17)) / 2 + root2 / 2) / 2, abs=1e-5)
+    assert l1['reg'].item() == pytest.approx((3.5 + 1.0) / 2, abs=1e-5)
+    total = discriminative_loss(embeddings, labels, 0.5, 1.5, reg_weight=0.001, norm='l1')
+    assert total.item() == pytest.approx(0.5625 + 0.5 + 0.001 * 2.25, abs=1e-5)
+    with pytest.raises(LossInputError, match='dis_norm'):
+        discriminative_loss_terms(embeddings, labels, norm='l3')
+
+
+def test_dis_l1_gradients_finite_and_mpnet_loss_uses_config_norm():
+    torch.manual_seed(0)
+    embeddings = torch.zeros(2, 6, 5, requires_grad=True)               # coincident: |x| at 0 everywhere
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2], [0, 0, 0, 1, 1, 1]])
+    discriminative_loss(embeddings, labels, norm='l1').backward()
+    assert torch.isfinite(embeddings.grad).all()
+    cfg = small_config(use_ins_memory=False, use_seg_memory=False, use_regularization=False)
+    outputs = {'sem_logits': torch.randn(2, 6, cfg.num_classes), 'ins_embed': torch.randn(2, 6, 5)}
+    points = torch.randn(2, 6, 9)
+    sem = torch.zeros(2, 6, dtype=torch.long)
+    for norm in ('l1', 'l2'):
+        _, terms = MPNetLoss(cfg.replace(dis_norm=norm))(outputs, points, sem, labels)
+        expected = discriminative_loss(outputs['ins_embed'], labels, cfg.delta_v, cfg.delta_d, cfg.dis_reg_weight,
+                                       norm)
+        assert terms['dis'].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_dis_batch_equals_mean_of_single_blocks():
     torch.manual_seed(0)
     embeddings = torch.randn(4, 64, 5)

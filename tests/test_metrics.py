@@ -8,6 +8,7 @@ from mpnet_model.eval.metrics import (
     MetricInputError,
     ScanNetAPEvaluator,
     SemanticEvaluator,
+    fragments_per_gt,
     masks_from_instance_labels,
     precision_on_subset,
     select_rare_cases,
@@ -93,6 +94,37 @@ def test_instance_single_room_hand_example():
     assert result['mPrec'] == pytest.approx(0.75)
     assert result['mRec'] == pytest.approx(1.0)
     np.testing.assert_array_equal(result['num_pred'], [2, 2])
+
+
+def test_over_segmentation_hand_example():
+    # gt: wall g0 (class 0, 6 pts), chair g1 (class 1, 3 pts), table g2 (class 1, 3 pts).
+    # pred: the wall in three pieces p0 (3), p1 (2), p2 (1 pt, also class 0); p3 swallows the chair and 1 point of
+    #       the table (home: the chair, 3 of its 4 points); p4 = the other 2 table points (home: the table).
+    # fragments: g0 3 (split), g1 1, g2 1. class 0: 3.0 fragments, split 1/1; class 1: (1 + 1) / 2, split 0.
+    gt_sem = np.array([0] * 6 + [1] * 6)
+    gt_ins = np.array([0] * 6 + [1] * 3 + [2] * 3)
+    pred_ins = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 4])
+    evaluator = InstanceEvaluator(2)
+    evaluator.add(gt_sem, pred_ins, gt_sem, gt_ins, room_id='r')
+    result = evaluator.compute()
+    np.testing.assert_allclose(result['fragments'], [3.0, 1.0])
+    np.testing.assert_allclose(result['split'], [1.0, 0.0])
+    assert result['mFrag'] == pytest.approx(2.0)
+    assert result['mSplit'] == pytest.approx(0.5)
+    # A second room: the chair missed entirely (nothing predicted) -> 0 fragments, not split.
+    evaluator.add(np.array([1, 1]), np.array([-1, -1]), np.array([1, 1]), np.array([0, 0]), room_id='s')
+    result = evaluator.compute()
+    np.testing.assert_allclose(result['fragments'], [3.0, 2 / 3])
+    np.testing.assert_allclose(result['split'], [1.0, 0.0])
+    # Classes without gt instances are undefined, not 0.
+    assert np.isnan(InstanceEvaluator(3).compute()['fragments']).all()
+
+
+def test_fragments_per_gt_tie_and_untouched_predictions():
+    # p0 touches g0 and g1 with 2 points each (tie -> g0); p1 lies on no gt instance.
+    intersection = np.array([[2, 2], [0, 0]])
+    np.testing.assert_array_equal(fragments_per_gt(intersection), [1, 0])
+    np.testing.assert_array_equal(fragments_per_gt(np.zeros((0, 3), dtype=np.int64)), [0, 0, 0])
 
 
 def test_instance_coverage_is_mean_of_room_means_as_asis():

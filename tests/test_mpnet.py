@@ -134,3 +134,28 @@ def test_rejects_wrong_channel_count():
     model = build(small_config(**TINY))
     with pytest.raises(ValueError, match='points must be'):
         model(torch.rand(1, 256, 6))
+
+
+def test_level0_features_switch_sets_sa1_and_last_fp_widths():
+    # ASIS ('non_xyz'): SA1 groups 3 local coordinates + the 6 channels after xyz; 'all' adds the 3 block xyz.
+    # The last FP layer concatenates the same level-0 features as its skip input.
+    for mode, features in (('non_xyz', 6), ('all', 9)):
+        model = build(small_config(level0_features=mode, **TINY))
+        assert model.backbone.encoder.levels[0].mlp[0].in_channels == 3 + features
+        last_fp = model.backbone.decoders[0].levels[-1].mlp[0]
+        assert last_fp.in_channels == small_config().fp_mlps[-2][-1] + features
+    with pytest.raises(ValueError, match='level0_features'):
+        small_config(level0_features='xyz')
+
+
+def test_embedding_dropout_only_in_training():
+    cfg = small_config(embed_dropout=0.5, **TINY)
+    model = build(cfg)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in model.embedding)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in build(cfg.replace(embed_dropout=0.0)).embedding)
+    points = random_points(2, TINY['num_points'])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(points)['ins_embed'], model(points)['ins_embed'])
+    with pytest.raises(ValueError, match='embed_dropout'):
+        small_config(embed_dropout=1.0)

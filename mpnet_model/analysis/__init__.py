@@ -35,9 +35,17 @@ class AnalysisConfig:
     eval_batch_size: int = 8
     bandwidth: float = 0.6
     min_instance_points: int = 50
+    # Also evaluate every ablation run with bandwidth / size fraction tuned on the validation rooms (eval_tuned/).
+    tune_postprocess: bool = False
+    tune_bandwidths: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5])
+    tune_fractions: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
     # Memory-size sweep (§4.3 "Memory Size"): Mc values, trained as `sweep_row`.
     sweep_mem_per_class: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
     sweep_row: str = 'full'
+    # Memory addressing sharpness (eq. 2): softmax(scale * cos) for every scale, trained as `sweep_row`, with
+    # entropy / largest weight / spread of the read feature measured on `addressing_blocks` evaluated blocks.
+    sweep_memory_scale: list[float] = field(default_factory=lambda: [1.0, 5.0, 20.0])
+    addressing_blocks: int = 64
     # Rare cases (§4.4): the `rare_fraction` of gt instances with the lowest IoU under `rare_reference`.
     rare_fraction: float = 0.2
     rare_reference: str = 'baseline'
@@ -78,8 +86,10 @@ class AnalysisConfig:
         unknown = [c for c in self.curve_classes if c not in class_names]
         if unknown:
             raise bad('curve_classes', self.curve_classes, f'unknown class(es) {unknown}; classes: {class_names}')
+        if not self.sweep_memory_scale or any(not s > 0 for s in self.sweep_memory_scale):
+            raise bad('sweep_memory_scale', self.sweep_memory_scale, 'need a non-empty list of numbers > 0')
         for key in ('eval_batch_size', 'min_instance_points', 'vis_scenes', 'vis_slots', 'tsne_blocks',
-                    'tsne_points', 'tsne_iter'):
+                    'tsne_points', 'tsne_iter', 'addressing_blocks'):
             if getattr(self, key) < 1:
                 raise bad(key, getattr(self, key), 'must be >= 1')
         if self.bandwidth <= 0 or self.curve_val_blocks < 0:

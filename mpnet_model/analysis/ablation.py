@@ -14,6 +14,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,9 @@ from mpnet_model.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 EVAL_MARKER = 'analysis_eval.json'
-PER_CLASS_KEYS = {'semantic': ('iou', 'acc'), 'instance': ('precision', 'recall', 'cov', 'wcov')}
+TUNED_EVAL = 'eval_tuned'         # the evaluation with post-processing tuned on the validation rooms
+PER_CLASS_KEYS = {'semantic': ('iou', 'acc'),
+                  'instance': ('precision', 'recall', 'cov', 'wcov', 'fragments', 'split')}
 
 
 def _json_safe(value):
@@ -51,10 +54,13 @@ class RunSpec:
     row: str               # Table-1 row (ABLATIONS key)
     mem_per_class: int     # Mc
     seed: int
+    overrides: tuple[tuple[str, Any], ...] = ()   # further model-config values, e.g. (('memory_scale', 5.0),)
 
     @property
     def name(self) -> str:
-        return f'{self.row}-mc{self.mem_per_class}-seed{self.seed}'
+        suffix = ''.join(f'-{key}{value:g}' if isinstance(value, float) else f'-{key}{value}'
+                         for key, value in self.overrides)
+        return f'{self.row}-mc{self.mem_per_class}-seed{self.seed}{suffix}'
 
 
 @dataclass
@@ -66,27 +72,30 @@ class RunResult:
     per_class: dict[str, np.ndarray]           # 'instance.precision', 'semantic.iou', ... (C,)
     class_shares: list[float]                  # training-set point share per class (for the tiers)
     class_names: list[str]
+    eval_name: str = 'eval'                    # 'eval' (ASIS's fixed post-processing) or TUNED_EVAL
+    postprocess: dict[str, float] | None = None  # bandwidth and size fraction the evaluation used
 
     @property
     def checkpoint(self) -> Path:
         return self.folder / 'best.pt'
 
     def records(self) -> InstanceEvaluationRecords:
-        return InstanceEvaluationRecords(gt=InstanceRecords.load(str(self.folder / 'eval' / 'gt_instances.npz')),
-                                         pred=InstanceRecords.load(str(self.folder / 'eval' / 'pred_instances.npz')))
+        folder = self.folder / self.eval_name
+        return InstanceEvaluationRecords(gt=InstanceRecords.load(str(folder / 'gt_instances.npz')),
+                                         pred=InstanceRecords.load(str(folder / 'pred_instances.npz')))
 
     def tiers(self, metric: str) -> dict[str, float]:
         """Mean of a per-class instance metric ('precision' | 'recall') in each dominance tier."""
         return tier_means(self.per_class[f'instance.{metric}'], self.class_shares)
 
     @classmethod
-    def load(cls, spec: RunSpec, folder: Path) -> RunResult:
-        path = folder / 'eval' / EVAL_MARKER
+    def load(cls, spec: RunSpec, folder: Path, eval_name: str = 'eval') -> RunResult:
+        path = folder / eval_name / EVAL_MARKER
         try:
             data = json.loads(path.read_text())
             return cls(spec, folder, {k: _nan(v) for k, v in data['summary'].items()},
                        {k: np.array([_nan(x) for x in v]) for k, v in data['per_class'].items()},
-                       list(data['class_shares']), list(data['class_names']))
+                       list(data['class_shares']), list(data['class_names']), eval_name, data.get('postprocess'))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f'cannot read the evaluation of run {spec.name} from {path}: {error}; delete the file '
                              'to evaluate the run again') from error
@@ -94,7 +103,7 @@ class RunResult:
 
 def run_config(base: TrainConfig, spec: RunSpec, out_dir: Path) -> TrainConfig:
     """The base config with the row's switches, Mc and seed applied, training into the run's folder."""
-    model = base.model.replace(mem_per_class=spec.mem_per_class, **ABLATIONS[spec.row])
+    model = base.model.replace(mem_per_class=spec.mem_per_class, **{**ABLATIONS[spec.row], **dict(spec.overrides)})
     run = dataclasses.replace(base.run, out_dir=str(out_dir / 'runs' / spec.name), seed=spec.seed)
     return dataclasses.replace(base, model=model, run=run, ablation=spec.row)
 
@@ -141,37 +150,74 @@ def train_run(cfg: TrainConfig, acfg: AnalysisConfig, progress: bool = True) -> 
 
 
 def evaluate_run(spec: RunSpec, folder: Path, rooms: list[Path], acfg: AnalysisConfig, device: str,
-                 progress: bool = True, instance_sizes: list[float] | None = None) -> RunResult:
-    """Whole-room evaluation of `folder/best.pt` (the path the robot runs); writes eval/ and the marker last.
+                 progress: bool = True, instance_sizes: list[float] | None = None, eval_name: str = 'eval',
+                 bandwidth: float | None = None, fraction: float | None = None) -> RunResult:
+    """Whole-room evaluation of `folder/best.pt` (the path the robot runs); writes `eval_name`/ and the marker last.
 
-    Predicted instances under 0.25 x the training set's mean instance size of their class are dropped (ASIS);
-    the sizes come from the checkpoint, else from `instance_sizes`."""
+    Mean shift at `bandwidth` (default `analysis.bandwidth`, ASIS's 0.6); predicted instances under `fraction`
+    (default ASIS's 0.25) x the training set's mean instance size of their class are dropped; the sizes come from
+    the checkpoint, else from `instance_sizes`."""
     from mpnet_model.data.room import load_room_npz
-    from mpnet_model.eval.evaluate import class_min_points, evaluate_rooms, write_evaluation
+    from mpnet_model.eval.evaluate import ASIS_MIN_INSTANCE_FRACTION, class_min_points, evaluate_rooms, write_evaluation
     from mpnet_model.infer.scene import SceneSegmenter
     from mpnet_model.model.checkpoint import read_checkpoint
 
     checkpoint = folder / 'best.pt'
     extra = read_checkpoint(checkpoint)['extra']
     sizes = extra.get('class_mean_instance_points', instance_sizes)
+    bandwidth = acfg.bandwidth if bandwidth is None else float(bandwidth)
+    fraction = ASIS_MIN_INSTANCE_FRACTION if fraction is None else float(fraction)
     segmenter = SceneSegmenter.from_config('torch', checkpoint, device=device, batch_size=acfg.eval_batch_size,
-                                           bandwidth=acfg.bandwidth, min_instance_points=acfg.min_instance_points,
-                                           class_min_points=class_min_points(sizes))   # geometry: the checkpoint's
+                                           bandwidth=bandwidth, min_instance_points=acfg.min_instance_points,
+                                           class_min_points=class_min_points(sizes, fraction))  # geometry: checkpoint's
     shares = extra.get('class_shares')
     evaluation = evaluate_rooms(segmenter, (load_room_npz(p) for p in rooms), progress=progress)
     if shares is None:
         shares = evaluation.semantic['gt_points'].tolist()
     class_names = list(segmenter.class_names)
-    eval_dir = folder / 'eval'
-    write_evaluation(evaluation, class_names, shares, eval_dir, f'{spec.name} on {acfg.split}')
+    eval_dir = folder / eval_name
+    write_evaluation(evaluation, class_names, shares, eval_dir, f'{spec.name} on {acfg.split} ({eval_name})')
     per_class = {f'{section}.{key}': np.asarray(getattr(evaluation, section)[key], dtype=np.float64)
                  for section, keys in PER_CLASS_KEYS.items() for key in keys}
     payload = {'run': spec.name, 'row': spec.row, 'mem_per_class': spec.mem_per_class, 'seed': spec.seed,
                'rooms': evaluation.rooms, 'summary': evaluation.summary(), 'class_names': class_names,
                'class_shares': [float(s) for s in shares],
-               'per_class': {k: v.tolist() for k, v in per_class.items()}}
+               'per_class': {k: v.tolist() for k, v in per_class.items()},
+               'postprocess': {'bandwidth': bandwidth, 'min_instance_fraction': fraction}}
     atomic_write_text(eval_dir / EVAL_MARKER, json.dumps(_json_safe(payload), indent=1))
-    return RunResult.load(spec, folder)
+    return RunResult.load(spec, folder, eval_name)
+
+
+def tune_run(result: RunResult, base: TrainConfig, acfg: AnalysisConfig, progress: bool = True) -> RunResult:
+    """The run evaluated again with bandwidth and size fraction chosen on the validation rooms
+    (`mpnet_model.eval.tune`); the chosen values are stored in its best.pt, the report goes to eval_tuned/."""
+    from mpnet_model.data.dataset import build_cache
+    from mpnet_model.data.room import load_room_npz
+    from mpnet_model.eval.tune import tune_postprocessing
+    from mpnet_model.infer.backends.base import make_backend
+    from mpnet_model.model.checkpoint import read_checkpoint, update_checkpoint_extra
+    from mpnet_model.train.trainer import resolve_device
+
+    folder = result.folder
+    if (folder / TUNED_EVAL / EVAL_MARKER).is_file():
+        return RunResult.load(result.spec, folder, TUNED_EVAL)
+    split = base.data.split()
+    if not split.val:
+        raise FileNotFoundError(f'analysis.tune_postprocess needs validation rooms; the split of {base.data.root} '
+                                f'has none (data.val_fraction={base.data.val_fraction})')
+    val_rooms = build_cache(split.val, base.data.cache_dir, split.loader, progress=progress)
+    extra = read_checkpoint(result.checkpoint)['extra']
+    sizes = extra.get('class_mean_instance_points') or training_sizes(base, progress)
+    device = str(resolve_device(base.run.device))
+    tuned = tune_postprocessing(make_backend('torch', result.checkpoint, device=device),
+                                (load_room_npz(p) for p in val_rooms), sizes, acfg.tune_bandwidths,
+                                acfg.tune_fractions, progress, batch_size=acfg.eval_batch_size,
+                                min_instance_points=acfg.min_instance_points)
+    update_checkpoint_extra(result.checkpoint, tuned.to_extra('val'))
+    atomic_write_text(folder / TUNED_EVAL / 'tuning.md', f'# {result.spec.name}: post-processing tuned on the '
+                      f'validation rooms\n\n{tuned.markdown()}')
+    return evaluate_run(result.spec, folder, evaluation_rooms(base, acfg, progress), acfg, device, progress,
+                        sizes, TUNED_EVAL, tuned.bandwidth, tuned.fraction)
 
 
 def ensure_run(base: TrainConfig, acfg: AnalysisConfig, spec: RunSpec, out_dir: Path, progress: bool = True
@@ -202,14 +248,19 @@ def training_sizes(base: TrainConfig, progress: bool = True) -> list[float] | No
 
 
 def row_runs(base: TrainConfig, acfg: AnalysisConfig, row: str, out_dir: Path, progress: bool = True,
-             mem_per_class: int | None = None) -> list[RunResult]:
-    """The runs of one row over all seeds (trained / evaluated as needed)."""
+             mem_per_class: int | None = None, overrides: tuple[tuple[str, Any], ...] = (), tuned: bool = False
+             ) -> list[RunResult]:
+    """The runs of one row over all seeds (trained / evaluated as needed); `tuned`: their evaluations with
+    post-processing tuned on the validation rooms (`tune_run`)."""
     mc = base.model.mem_per_class if mem_per_class is None else mem_per_class
-    return [ensure_run(base, acfg, RunSpec(row, mc, seed), out_dir, progress) for seed in acfg.seeds]
+    results = [ensure_run(base, acfg, RunSpec(row, mc, seed, overrides), out_dir, progress) for seed in acfg.seeds]
+    return [tune_run(r, base, acfg, progress) for r in results] if tuned else results
 
 
 # ---------------------------------------------------------------------------------------------------- tables
 SUMMARY_COLUMNS = ('mPrec', 'mRec', 'mCov', 'mWCov', 'mIoU', 'oAcc')
+# Over-segmentation (class means): predicted instances per gt instance (a ratio) and share of gt instances split.
+OVERSEG_COLUMNS = ('mFrag', 'mSplit')
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -228,6 +279,15 @@ def format_percent(mean: float, std: float = float('nan')) -> str:
     return f'{100 * mean:.1f}' + ('' if math.isnan(std) else f' ± {100 * std:.1f}')
 
 
+def format_metric(key: str, mean: float, std: float = float('nan')) -> str:
+    """A summary metric as the tables print it: mFrag as a ratio, every other metric in %."""
+    if key != 'mFrag':
+        return format_percent(mean, std)
+    if math.isnan(mean):
+        return 'n/a'
+    return f'{mean:.2f}' + ('' if math.isnan(std) else f' ± {std:.2f}')
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
     return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
@@ -235,7 +295,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def row_metrics(results: list[RunResult]) -> dict[str, tuple[float, float]]:
     """Seed mean ± std of the summary metrics and the per-tier instance precision / recall of one row."""
-    metrics = {key: mean_std([r.summary.get(key, float('nan')) for r in results]) for key in SUMMARY_COLUMNS}
+    metrics = {key: mean_std([r.summary.get(key, float('nan')) for r in results])
+               for key in SUMMARY_COLUMNS + OVERSEG_COLUMNS}
     for metric, short in (('precision', 'mPrec'), ('recall', 'mRec')):
         per_seed = [r.tiers(metric) for r in results]
         for tier in TIERS:
@@ -243,13 +304,22 @@ def row_metrics(results: list[RunResult]) -> dict[str, tuple[float, float]]:
     return metrics
 
 
-def ablation_table(rows: dict[str, list[RunResult]], split: str = 'test') -> str:
-    """Markdown: Table 1 (switches + metrics) and the dominance-tier table of the same runs."""
+def postprocess_column(results: list[RunResult]) -> str:
+    """The bandwidth / size fraction each seed's evaluation used, e.g. '1/0.5, 0.8/0.5'."""
+    return ', '.join(f'{r.postprocess["bandwidth"]:g}/{r.postprocess["min_instance_fraction"]:g}'
+                     if r.postprocess else '?' for r in results)
+
+
+def ablation_table(rows: dict[str, list[RunResult]], split: str = 'test', title: str = '# Ablation (paper Table 1)',
+                   note: str = '', show_postprocess: bool = False) -> str:
+    """Markdown: Table 1 (switches + metrics, optionally each seed's bandwidth / size fraction) and the
+    dominance-tier table of the same runs."""
     marks = {'FL': 'use_focal_loss', 'InsMem': 'use_ins_memory', 'SegMem': 'use_seg_memory',
              'Regul': 'use_regularization'}
     metrics = {row: row_metrics(results) for row, results in rows.items()}
     main_rows = [[row] + ['✓' if ABLATIONS[row][key] else '' for key in marks.values()]
-                 + [format_percent(*metrics[row][c]) for c in SUMMARY_COLUMNS] for row in rows]
+                 + [format_metric(c, *metrics[row][c]) for c in SUMMARY_COLUMNS + OVERSEG_COLUMNS]
+                 + ([postprocess_column(results)] if show_postprocess else []) for row, results in rows.items()]
     tier_columns = [f'{m}.{t}' for m in ('mPrec', 'mRec') for t in TIERS]
     tier_rows = [[row] + [format_percent(*metrics[row][c]) for c in tier_columns] for row in rows]
     first = next(iter(rows.values()))[0]
@@ -258,10 +328,13 @@ def ablation_table(rows: dict[str, list[RunResult]], split: str = 'test') -> str
     members = {t: ', '.join(n for n, tier in zip(first.class_names, tiers) if tier == t) for t in TIERS}
     seeds = sorted({r.spec.seed for results in rows.values() for r in results})
     return '\n'.join([
-        '# Ablation (paper Table 1)', '',
+        title, '', *([note, ''] if note else []),
         f'Whole-room evaluation on the {split} split; metrics in %, mean'
-        f'{" ± std" if len(seeds) > 1 else ""} over seeds {seeds}. Instance metrics at IoU 0.5 (ASIS definitions).',
-        '', markdown_table(['row', *marks, *SUMMARY_COLUMNS], main_rows), '',
+        f'{" ± std" if len(seeds) > 1 else ""} over seeds {seeds}. Instance metrics at IoU 0.5 (ASIS definitions); '
+        'over-segmentation: mFrag = predicted instances per gt instance, mSplit = share of gt instances split '
+        'into >= 2 predictions (class means).',
+        '', markdown_table(['row', *marks, *SUMMARY_COLUMNS, *OVERSEG_COLUMNS]
+                           + (['bandwidth/fraction per seed'] if show_postprocess else []), main_rows), '',
         '## Dominance tiers (paper §4.4, Fig. 6)', '',
         'Classes sorted by their share of training points: ' + '; '.join(
             f'{t} ({100 * shares[t]:.1f} % of points): {members[t]}' for t in TIERS) + '.', '',
@@ -273,9 +346,19 @@ def run_ablation(base: TrainConfig, acfg: AnalysisConfig, out_dir: str | Path, p
     """Train / evaluate every row of `acfg.rows` and write ablation.md and ablation.json to `out_dir`."""
     out_dir = Path(out_dir)
     rows = {row: row_runs(base, acfg, row, out_dir, progress) for row in acfg.rows}
-    table = atomic_write_text(out_dir / 'ablation.md', ablation_table(rows, acfg.split))
+    text = ablation_table(rows, acfg.split)
     data = {row: {'runs': [r.spec.name for r in results],
                   'metrics': {k: {'mean': m, 'std': s} for k, (m, s) in row_metrics(results).items()}}
             for row, results in rows.items()}
+    if acfg.tune_postprocess:
+        tuned = {row: [tune_run(r, base, acfg, progress) for r in results] for row, results in rows.items()}
+        text += '\n' + ablation_table(
+            tuned, acfg.split, '# The same runs, post-processing tuned on the validation rooms',
+            'Each run\'s mean-shift bandwidth and size-filter fraction chosen on the validation rooms '
+            '(max F1 of mPrec / mRec, `mpnet_model.eval.tune`) and stored in its best.pt.', show_postprocess=True)
+        for row, results in tuned.items():
+            data[row]['tuned'] = {'postprocess': [r.postprocess for r in results],
+                                  'metrics': {k: {'mean': m, 'std': s} for k, (m, s) in row_metrics(results).items()}}
+    table = atomic_write_text(out_dir / 'ablation.md', text)
     raw = atomic_write_text(out_dir / 'ablation.json', json.dumps(_json_safe(data), indent=1))
     return {'table': table, 'json': raw}

@@ -2,6 +2,7 @@
 
   mpnet-analyse ablation  --config config/analysis_synthetic.yaml --out runs/analysis   # Table 1 (+ tiers)
   mpnet-analyse sweep     ...   # memory size Mc vs mPrec / mRec (table + PNG)
+  mpnet-analyse scale     ...   # memory_scale vs addressing entropy, spread of the read feature, metrics
   mpnet-analyse rare      ...   # dominance tiers, rare cases, planted rare arrangements
   mpnet-analyse visualise ...   # Fig. 3 memory slots, Fig. 4 t-SNE, Fig. 5 training curves (PNG)
   mpnet-analyse all       ...
@@ -20,13 +21,14 @@ from mpnet_model.analysis import load_analysis_config
 from mpnet_model.config import ConfigError
 from mpnet_model.model.checkpoint import CheckpointError
 
-COMMANDS = ('ablation', 'sweep', 'rare', 'visualise', 'all')
+COMMANDS = ('ablation', 'sweep', 'scale', 'rare', 'visualise', 'all')
 
 
 def run_command(command: str, config: str | None, out: str | Path, overrides: list[str] = (),
                 progress: bool = True) -> dict[str, Path]:
     """Run one analysis (or all) and return the written files by name."""
     from mpnet_model.analysis.ablation import run_ablation
+    from mpnet_model.analysis.memory_addressing import run_scale_sweep
     from mpnet_model.analysis.memory_sweep import run_memory_sweep
     from mpnet_model.analysis.rare_cases import run_rare_cases
     from mpnet_model.analysis.visualise import run_visualise
@@ -35,7 +37,7 @@ def run_command(command: str, config: str | None, out: str | Path, overrides: li
         raise ValueError(f'unknown analysis {command!r}: choose one of {COMMANDS}')
     out = Path(out)
     base, acfg = load_analysis_config(config, out, list(overrides))
-    steps = {'ablation': run_ablation, 'sweep': run_memory_sweep, 'rare': run_rare_cases,
+    steps = {'ablation': run_ablation, 'sweep': run_memory_sweep, 'scale': run_scale_sweep, 'rare': run_rare_cases,
              'visualise': run_visualise}
     written: dict[str, Path] = {}
     for name in (steps if command == 'all' else [command]):

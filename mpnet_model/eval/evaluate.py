@@ -4,6 +4,12 @@ BlockMerging → every point), so a metric measures what ships.
 `mpnet-eval --checkpoint runs/x/best.pt --config config/train_s3dis.yaml --out results/x`
 `mpnet-eval --checkpoint model.pt --config config/eval_sim_lidar.yaml --window 1,5 --out results/lidar` (simulated
 sensor frames, `data.dataset: frames`: single frames and accumulated windows, per class, instance and range band)
+
+The mean-shift bandwidth and the size-filter fraction are the checkpoint's tuned values (`extra` keys
+`cluster_bandwidth`, `min_instance_fraction`) when it has them, else ASIS's 0.6 and 0.25 (an exported .onnx model
+uses the values in its metadata); `--bandwidth` / `--min-instance-fraction` override them. `--tune` first chooses
+both on the validation rooms (`mpnet_model.eval.tune`), writes them into the checkpoint (atomically) and then
+evaluates with them.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ class Evaluation:
         return out
 
     def summary(self) -> dict[str, float]:
-        keys = {'semantic': ('oAcc', 'mAcc', 'mIoU'), 'instance': ('mCov', 'mWCov', 'mPrec', 'mRec'),
+        keys = {'semantic': ('oAcc', 'mAcc', 'mIoU'), 'instance': ('mCov', 'mWCov', 'mPrec', 'mRec', 'mFrag', 'mSplit'),
                 'scannet_ap': ('mAP', 'mAP50', 'mAP25')}
         return {name: float(part[name]) for section, names in keys.items()
                 for part in [self.results().get(section)] if part is not None for name in names}
@@ -99,6 +105,19 @@ def write_evaluation(evaluation: Evaluation, class_names, class_shares, out_dir:
 
 
 ASIS_MIN_INSTANCE_FRACTION = 0.25   # ASIS / SGPN: drop instances under 0.25 x the class's mean training instance
+ASIS_BANDWIDTH = 0.6                # ASIS / MPNet: mean-shift bandwidth on the instance embeddings
+
+
+def postprocess_settings(extra: dict, bandwidth: float | None = None, fraction: float | None = None
+                         ) -> tuple[float, float]:
+    """(bandwidth, size fraction): the given values, else the checkpoint's tuned ones, else ASIS's 0.6 / 0.25."""
+    from mpnet_model.eval.tune import BANDWIDTH_KEY, FRACTION_KEY
+
+    if bandwidth is None:
+        bandwidth = float(extra.get(BANDWIDTH_KEY, ASIS_BANDWIDTH))
+    if fraction is None:
+        fraction = float(extra.get(FRACTION_KEY, ASIS_MIN_INSTANCE_FRACTION))
+    return bandwidth, fraction
 
 
 def class_min_points(mean_instance_points, fraction: float = ASIS_MIN_INSTANCE_FRACTION) -> np.ndarray | None:
@@ -116,6 +135,42 @@ def training_instance_sizes(split, cache_dir: str | Path, progress: bool = True)
         return None
     paths = build_cache(split.train, cache_dir, split.loader, progress=progress)
     return BlockDataset(paths, num_points=1, progress=False).class_mean_instance_points().tolist()
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(',') if v.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}') from error
+
+
+def tune_checkpoint(args, split, extra: dict, cache_dir: str) -> dict:
+    """`--tune`: choose bandwidth and size fraction on the validation rooms, write them into the checkpoint and
+    the grid into --out; returns the new `extra` entries."""
+    from mpnet_model.eval.tune import DEFAULT_BANDWIDTHS, DEFAULT_FRACTIONS, tune_postprocessing
+    from mpnet_model.infer.backends.base import make_backend
+    from mpnet_model.model.checkpoint import update_checkpoint_extra
+
+    if not args.checkpoint.endswith('.pt'):
+        raise ValueError(f'--tune stores the values in a checkpoint (.pt); got {args.checkpoint}')
+    if not split.val:
+        raise FileNotFoundError('--tune needs validation rooms: the config\'s split has none (data.val_fraction)')
+    sizes = extra.get('class_mean_instance_points')
+    if sizes is None:
+        sizes = training_instance_sizes(split, cache_dir)
+    backend = make_backend(args.backend, args.checkpoint, device=args.device)
+    result = tune_postprocessing(backend, (split.loader(r) for r in split.val), sizes,
+                                 args.bandwidths or DEFAULT_BANDWIDTHS, args.fractions or DEFAULT_FRACTIONS)
+    updates = result.to_extra('val')
+    if 'class_mean_instance_points' not in extra and sizes is not None:
+        updates['class_mean_instance_points'] = [float(v) for v in sizes]
+    update_checkpoint_extra(args.checkpoint, updates)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / 'tuning.md', f'# Post-processing tuned on the validation rooms\n\n{result.markdown()}')
+    print(f'mpnet-eval: tuned bandwidth {result.bandwidth:g}, size fraction {result.fraction:g} '
+          f'(stored in {args.checkpoint})')
+    return updates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,12 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--no-sparse-points', dest='sparse_points', action='store_false',
                         help='sample every block to the model\'s full points per block (no smaller buckets)')
     parser.add_argument('--out', required=True, help='folder for the report')
-    parser.add_argument('--min-instance-fraction', type=float, default=ASIS_MIN_INSTANCE_FRACTION,
+    parser.add_argument('--min-instance-fraction', type=float, default=None,
                         help='drop predicted instances under this fraction of the mean training instance size of '
-                             'their class (ASIS: 0.25; 0 = off)')
+                             'their class (0 = off; default: the checkpoint\'s tuned value, else ASIS\'s 0.25)')
     parser.add_argument('--window', default='1', help='sensor frames: comma list of window sizes (frames accumulated)')
     parser.add_argument('--gravity-align', choices=('off', 'auto'), default='off',
                         help='sensor frames: level each cloud on its floor plane first (as the node does without tf)')
+    parser.add_argument('--bandwidth', type=float, default=None,
+                        help='mean-shift bandwidth (default: the checkpoint\'s tuned value, else ASIS\'s 0.6)')
+    parser.add_argument('--tune', action='store_true',
+                        help='choose bandwidth and size fraction on the validation rooms, store them in the '
+                             'checkpoint (.pt, rewritten atomically), then evaluate --split with them')
+    parser.add_argument('--bandwidths', type=_float_list, default=None, metavar='B1,B2,...',
+                        help='bandwidths tried by --tune (default 0.3,0.4,0.5,0.6,0.8,1.0,1.2,1.5)')
+    parser.add_argument('--fractions', type=_float_list, default=None, metavar='F1,F2,...',
+                        help='size fractions tried by --tune (default 0,0.1,0.25,0.5,0.75,1)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     try:
@@ -156,15 +220,24 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f'the {args.split} split of {d.root} holds no rooms')
         if d.dataset == 'frames':
             return _evaluate_frames(args, d, room_dirs)
-        extra = read_checkpoint(args.checkpoint)['extra'] if args.checkpoint.endswith('.pt') else {}
+        is_checkpoint = args.checkpoint.endswith('.pt')
+        extra = read_checkpoint(args.checkpoint)['extra'] if is_checkpoint else {}
+        if args.tune:
+            extra = {**extra, **tune_checkpoint(args, split, extra, d.cache_dir)}
         shares, sizes = extra.get('class_shares'), extra.get('class_mean_instance_points')
-        if sizes is None and args.min_instance_fraction > 0:
-            sizes = training_instance_sizes(split, d.cache_dir)
-        layout = {'layout': args.layout} if args.layout else {}
+        options = {}
+        if is_checkpoint or args.bandwidth is not None or args.min_instance_fraction is not None:
+            # An exported model otherwise brings its own values in its metadata (SceneSegmenter.from_config).
+            bandwidth, fraction = postprocess_settings(extra, args.bandwidth, args.min_instance_fraction)
+            if sizes is None and fraction > 0:
+                sizes = training_instance_sizes(split, d.cache_dir)
+            log.info('post-processing: bandwidth %g, size fraction %g', bandwidth, fraction)
+            options = {'bandwidth': bandwidth, 'class_min_points': class_min_points(sizes, fraction)}
+        if args.layout:
+            options['layout'] = args.layout
         segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device,
-                                               class_min_points=class_min_points(sizes, args.min_instance_fraction),
                                                sampler=args.sampler, seed=args.seed,
-                                               sparse_points=args.sparse_points, **layout)
+                                               sparse_points=args.sparse_points, **options)
         evaluation = evaluate_rooms(segmenter, (split.loader(r) for r in room_dirs),
                                     scannet_ap=d.dataset == 'scannet')
     except (ConfigError, FileNotFoundError, CheckpointError, BackendError, ValueError) as error:
@@ -181,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate_frames(args, d, frame_paths) -> int:
-    """Sensor frames: no ASIS size filter (its sizes are static-scan point counts; the robot's
-    min_instance_points rules), one row per window size."""
+    """Sensor frames, one row per window size, with the post-processing the robot gets from the model: its
+    metadata's bandwidth and size filter (a tuned model's `min_instance_fraction` x class mean instance sizes;
+    none for an untuned model, where the robot's min_instance_points alone rules)."""
     from mpnet_model.eval import frames as frame_eval
 
     segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device)

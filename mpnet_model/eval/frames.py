@@ -74,7 +74,8 @@ def evaluate_clouds(segment: Callable[[Room], np.ndarray], items, num_classes: i
     return {'clouds': count, 'points_per_cloud': points / count,
             'oAcc': float(sem['oAcc']), 'mAcc': float(sem['mAcc']), 'mIoU': float(sem['mIoU']),
             'iou': [float(v) for v in sem['iou']], 'mPrec': float(ins['mPrec']), 'mRec': float(ins['mRec']),
-            'mCov': float(ins['mCov']), 'range_bands': bands_out}
+            'mCov': float(ins['mCov']), 'mWCov': float(ins['mWCov']), 'mFrag': float(ins['mFrag']),
+            'mSplit': float(ins['mSplit']), 'range_bands': bands_out}
 
 
 def segment_with(segmenter, gravity_align: str = 'off') -> Callable[[Room], tuple[np.ndarray, np.ndarray]]:
@@ -91,11 +92,14 @@ def segment_with(segmenter, gravity_align: str = 'off') -> Callable[[Room], tupl
 
 
 def summary_markdown(results: dict[str, dict], class_names) -> str:
-    """Rows = runs (e.g. 'lidar, window 1'), columns = mIoU / oAcc / mPrec / mRec, then per class and range band."""
-    lines = ['| run | clouds | points/cloud | mIoU | oAcc | mAcc | mPrec | mRec |', '|---|---|---|---|---|---|---|---|']
+    """Rows = runs (e.g. 'lidar, window 1'), columns = mIoU / oAcc / mPrec / mRec and over-segmentation (mFrag:
+    predicted fragments per gt instance, mSplit: share of gt instances split), then per class and range band."""
+    lines = ['| run | clouds | points/cloud | mIoU | oAcc | mAcc | mPrec | mRec | mFrag | mSplit |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     for name, r in results.items():
+        frag, split = r.get('mFrag', float('nan')), r.get('mSplit', float('nan'))
         lines.append(f"| {name} | {r['clouds']} | {r['points_per_cloud']:,.0f} | {r['mIoU']:.3f} | {r['oAcc']:.3f} | "
-                     f"{r['mAcc']:.3f} | {r['mPrec']:.3f} | {r['mRec']:.3f} |")
+                     f"{r['mAcc']:.3f} | {r['mPrec']:.3f} | {r['mRec']:.3f} | {frag:.2f} | {split:.2f} |")
     lines += ['', '| run | ' + ' | '.join(class_names) + ' |', '|---|' + '---|' * len(class_names)]
     for name, r in results.items():
         lines.append(f'| {name} | ' + ' | '.join('-' if np.isnan(v) else f'{v:.2f}' for v in r['iou']) + ' |')

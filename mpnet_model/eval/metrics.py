@@ -212,15 +212,33 @@ def _group_instances(instance_ids: np.ndarray, sem: np.ndarray, num_classes: int
     return ids, point_index, class_counts.argmax(axis=1), class_counts.sum(axis=1)
 
 
-def _pairwise_iou(pred_index: np.ndarray, gt_index: np.ndarray, pred_sizes: np.ndarray,
-                  gt_sizes: np.ndarray) -> np.ndarray:
-    """(P, G) IoU of disjoint point groupings, from a contingency matrix (bincount of pred * G + gt)."""
-    num_pred, num_gt = pred_sizes.shape[0], gt_sizes.shape[0]
+def _intersections(pred_index: np.ndarray, gt_index: np.ndarray, num_pred: int, num_gt: int) -> np.ndarray:
+    """(P, G) shared point counts of disjoint point groupings (bincount of pred * G + gt)."""
     both = (pred_index >= 0) & (gt_index >= 0)
-    intersection = np.bincount(pred_index[both] * num_gt + gt_index[both],
-                               minlength=num_pred * num_gt).reshape(num_pred, num_gt)
+    return np.bincount(pred_index[both] * num_gt + gt_index[both],
+                       minlength=num_pred * num_gt).reshape(num_pred, num_gt)
+
+
+def _pairwise_iou(intersection: np.ndarray, pred_sizes: np.ndarray, gt_sizes: np.ndarray) -> np.ndarray:
+    """(P, G) IoU from the (P, G) intersections and the group sizes."""
     union = pred_sizes[:, None] + gt_sizes[None, :] - intersection
     return _safe_divide(intersection, union)
+
+
+def fragments_per_gt(intersection: np.ndarray) -> np.ndarray:
+    """(G,) number of predicted instances that are fragments of each gt instance.
+
+    A predicted instance is a fragment of the gt instance holding most of its points (its *home*; ties -> the
+    smaller gt index); a prediction that touches no gt instance is nobody's fragment. Classes play no part: this
+    measures grouping only. 1 = one piece, >= 2 = split (over-segmented), 0 = missed or swallowed by a prediction
+    whose home is another gt instance (under-segmented).
+    """
+    num_pred, num_gt = intersection.shape
+    if num_pred == 0 or num_gt == 0:
+        return np.zeros(num_gt, dtype=np.int64)
+    touches = intersection.max(axis=1) > 0
+    home = intersection.argmax(axis=1)[touches]
+    return np.bincount(home, minlength=num_gt).astype(np.int64)
 
 
 def _best_same_class(iou: np.ndarray, same_class: np.ndarray, other_ids: np.ndarray, axis: int):
@@ -249,6 +267,8 @@ class InstanceEvaluator:
         self._num_gt = np.zeros(num_classes, dtype=np.int64)
         self._num_pred = np.zeros(num_classes, dtype=np.int64)
         self._true_positive = np.zeros(num_classes, dtype=np.int64)
+        self._fragments = np.zeros(num_classes, dtype=np.int64)     # over-segmentation: see fragments_per_gt
+        self._split = np.zeros(num_classes, dtype=np.int64)         # gt instances with >= 2 fragments
         self._gt_parts: list[InstanceRecords] = []
         self._pred_parts: list[InstanceRecords] = []
         self._rooms: set[str] = set()
@@ -275,7 +295,8 @@ class InstanceEvaluator:
 
         gt_ids, gt_index, gt_class, gt_sizes = _group_instances(gt_ins, gt_sem, self.num_classes)
         pred_ids, pred_index, pred_class, pred_sizes = _group_instances(pred_ins, pred_sem, self.num_classes)
-        iou = _pairwise_iou(pred_index, gt_index, pred_sizes, gt_sizes)               # (P, G)
+        intersection = _intersections(pred_index, gt_index, pred_ids.shape[0], gt_ids.shape[0])   # (P, G)
+        iou = _pairwise_iou(intersection, pred_sizes, gt_sizes)                       # (P, G)
         same_class = pred_class[:, None] == gt_class[None, :]
         gt_best, gt_match = _best_same_class(iou, same_class, pred_ids, axis=0)      # (G,)
         pred_best, pred_match = _best_same_class(iou, same_class, gt_ids, axis=1)    # (P,)
@@ -292,6 +313,9 @@ class InstanceEvaluator:
         self._num_gt += gt_per_class
         self._num_pred += np.bincount(pred_class, minlength=classes)
         self._true_positive += np.bincount(pred_class[pred_best >= self.iou_threshold], minlength=classes)
+        fragments = fragments_per_gt(intersection)                                   # (G,)
+        self._fragments += np.bincount(gt_class, weights=fragments, minlength=classes).astype(np.int64)
+        self._split += np.bincount(gt_class[fragments >= 2], minlength=classes)
 
         self._gt_parts.append(InstanceRecords(np.full(gt_ids.shape[0], room, dtype=object), gt_ids, gt_class,
                                               gt_sizes, gt_best, gt_match))
@@ -299,15 +323,24 @@ class InstanceEvaluator:
                                                 pred_class, pred_sizes, pred_best, pred_match))
 
     def compute(self) -> dict:
-        """Per-class arrays (C,) `cov`, `wcov`, `precision`, `recall`, counts, and means mCov, mWCov, mPrec, mRec."""
+        """Per-class arrays (C,) `cov`, `wcov`, `precision`, `recall`, counts, and means mCov, mWCov, mPrec, mRec.
+
+        Over-segmentation, per gt class: `fragments` = predicted instances per gt instance (their mean number of
+        fragments, `fragments_per_gt`), `split` = share of gt instances split into >= 2 fragments; class means
+        mFrag / mSplit. The perfect grouping has 1.0 and 0.0.
+        """
         cov = _safe_divide(self._cov_sum, self._rooms_with_gt)
         wcov = _safe_divide(self._wcov_sum, self._rooms_with_gt)
         precision = _safe_divide(self._true_positive, self._num_pred)
         precision[(self._num_pred == 0) & (self._num_gt > 0)] = 0.0   # missed class: a failure, not undefined
         recall = _safe_divide(self._true_positive, self._num_gt)
+        fragments = _safe_divide(self._fragments, self._num_gt)
+        split = _safe_divide(self._split, self._num_gt)
         return {
             'mCov': _nanmean(cov), 'mWCov': _nanmean(wcov), 'mPrec': _nanmean(precision), 'mRec': _nanmean(recall),
+            'mFrag': _nanmean(fragments), 'mSplit': _nanmean(split),
             'cov': cov, 'wcov': wcov, 'precision': precision, 'recall': recall,
+            'fragments': fragments, 'split': split,
             'num_gt': self._num_gt.copy(), 'num_pred': self._num_pred.copy(),
             'true_positive': self._true_positive.copy(),
         }

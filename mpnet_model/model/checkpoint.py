@@ -130,7 +130,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     payload = read_checkpoint(path, map_location)
     try:
-        cfg = ModelConfig.from_dict(payload['config'])
+        cfg = ModelConfig.from_stored(payload['config'])
     except (ConfigError, TypeError) as error:
         raise CheckpointError(f'{path}: invalid model config in checkpoint: {error}') from error
     if list(payload['class_names']) != list(cfg.class_names):
@@ -148,3 +148,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     meta = {'version': payload['version'], 'class_names': list(payload['class_names']),
             'extra': payload['extra'], 'path': str(path)}
     return model, cfg, meta
+
+
+def update_checkpoint_extra(path: str | os.PathLike, updates: dict[str, Any]) -> Path:
+    """Merge `updates` into the `extra` of the checkpoint at `path` and rewrite it atomically (weights, config and
+    everything else unchanged; a reader never sees a half-written file)."""
+    path = Path(path)
+    payload = read_checkpoint(path)
+    if not isinstance(payload['extra'], dict):
+        raise CheckpointError(f'{path}: extra is a {type(payload["extra"]).__name__}, expected a dict')
+    try:
+        payload['extra'] = {**payload['extra'], **_weights_only_safe(dict(updates), 'extra')}
+    except TypeError as error:
+        raise CheckpointError(f'{path}: cannot update checkpoint: {error}') from error
+    with atomic_write(path) as stream:
+        torch.save(payload, stream)
+    return path

@@ -37,6 +37,19 @@ def _safe_norm(vectors: torch.Tensor) -> torch.Tensor:
     return (vectors * vectors).sum(-1).clamp_min(_NORM_EPS).sqrt()
 
 
+DIS_NORMS = ('l1', 'l2')
+
+
+def _dis_norm(vectors: torch.Tensor, norm: str) -> torch.Tensor:
+    """The norm L_dis measures distances with, over the last axis: 'l1' (sum of |x|, as ASIS's
+    `tf.norm(ord=1)`; its gradient at 0 is 0) or 'l2' (Euclidean, finite gradient at 0)."""
+    if norm == 'l1':
+        return vectors.abs().sum(-1)
+    if norm == 'l2':
+        return _safe_norm(vectors)
+    raise LossInputError(f'dis_norm={norm!r}: choose one of {DIS_NORMS}')
+
+
 def _zero_like_graph(tensor: torch.Tensor) -> torch.Tensor:
     """A scalar 0 that is still connected to `tensor` (so `.backward()` works when a term has nothing to do)."""
     return tensor.sum() * 0.0
@@ -162,11 +175,15 @@ def rseg_loss(features: torch.Tensor, class_memory: torch.Tensor, labels: torch.
 # Instance terms
 # ----------------------------------------------------------------------------------------------------------------
 def discriminative_loss_terms(embeddings: torch.Tensor, instance_labels: torch.Tensor, delta_v: float = 0.5,
-                              delta_d: float = 1.5) -> dict[str, torch.Tensor]:
+                              delta_d: float = 1.5, norm: str = 'l2') -> dict[str, torch.Tensor]:
     """Pull (variance), push (distance) and centre-norm regulariser of eq. 5, each averaged over the batch.
 
     embeddings (B, N, E), instance_labels (B, N). Blocks without instances are left out of the average.
+    `norm` is the distance of all three terms: 'l2' (eq. 5 / De Brabandere et al.) or 'l1' (ASIS's TF code, whose
+    pull, push and regulariser use `tf.norm(..., ord=1)`; the paper trains "with the same setting as ASIS").
     """
+    if norm not in DIS_NORMS:
+        raise LossInputError(f'dis_norm={norm!r}: choose one of {DIS_NORMS}')
     if not bool((instance_labels >= 0).any()):
         zero = _zero_like_graph(embeddings)
         return {'pull': zero, 'push': zero, 'reg': zero}
@@ -176,27 +193,27 @@ def discriminative_loss_terms(embeddings: torch.Tensor, instance_labels: torch.T
         0, groups.inst_of_point, point_embeddings) / groups.points_per_inst.unsqueeze(1)  # (G, E)
 
     # Pull: 1/K sum_k 1/N_k sum_n [||g_n - mu_k|| - delta_v]_+^2.
-    pull_point = F.relu(_safe_norm(point_embeddings - centres[groups.inst_of_point]) - delta_v).pow(2)
+    pull_point = F.relu(_dis_norm(point_embeddings - centres[groups.inst_of_point], norm) - delta_v).pow(2)
     pull_block = groups.sum_per_block(groups.mean_over_points(pull_point)) / groups.insts_per_block.clamp_min(1)
 
     # Push: 1/(K(K-1)) sum_{i != j in the same block} [2 delta_d - ||mu_i - mu_j||]_+^2.
     same_block = groups.block_of_inst.unsqueeze(1) == groups.block_of_inst.unsqueeze(0)        # (G, G)
     same_block.fill_diagonal_(False)
-    centre_gaps = _safe_norm(centres.unsqueeze(1) - centres.unsqueeze(0))                     # (G, G)
+    centre_gaps = _dis_norm(centres.unsqueeze(1) - centres.unsqueeze(0), norm)                  # (G, G)
     push_pair = F.relu(2.0 * delta_d - centre_gaps).pow(2) * same_block
     pairs_per_block = groups.insts_per_block * (groups.insts_per_block - 1)
     push_block = groups.sum_per_block(push_pair.sum(1)) / pairs_per_block.clamp_min(1)
 
     # Regulariser (De Brabandere et al., ASIS): 1/K sum_k ||mu_k||.
-    reg_block = groups.sum_per_block(_safe_norm(centres)) / groups.insts_per_block.clamp_min(1)
+    reg_block = groups.sum_per_block(_dis_norm(centres, norm)) / groups.insts_per_block.clamp_min(1)
     return {name: groups.mean_over_blocks(value)
             for name, value in (('pull', pull_block), ('push', push_block), ('reg', reg_block))}
 
 
 def discriminative_loss(embeddings: torch.Tensor, instance_labels: torch.Tensor, delta_v: float = 0.5,
-                        delta_d: float = 1.5, reg_weight: float = 0.001) -> torch.Tensor:
-    """L_dis (eq. 5) + reg_weight * mean ||mu_k||, per block, averaged over the batch."""
-    parts = discriminative_loss_terms(embeddings, instance_labels, delta_v, delta_d)
+                        delta_d: float = 1.5, reg_weight: float = 0.001, norm: str = 'l2') -> torch.Tensor:
+    """L_dis (eq. 5) + reg_weight * mean ||mu_k||, per block, averaged over the batch; `norm` 'l2' | 'l1' (ASIS)."""
+    parts = discriminative_loss_terms(embeddings, instance_labels, delta_v, delta_d, norm)
     return parts['pull'] + parts['push'] + reg_weight * parts['reg']
 
 
@@ -284,7 +301,8 @@ class MPNetLoss:
             terms['focal'] = focal_loss(logits, sem_labels, cfg.focal_gamma)
         else:
             terms['ce'] = cross_entropy_loss(logits, sem_labels)
-        terms['dis'] = discriminative_loss(embeddings, ins_labels, cfg.delta_v, cfg.delta_d, cfg.dis_reg_weight)
+        terms['dis'] = discriminative_loss(embeddings, ins_labels, cfg.delta_v, cfg.delta_d, cfg.dis_reg_weight,
+                                           cfg.dis_norm)
         if self.uses_rseg:
             if semantic_memory is None:
                 raise LossInputError('MPNetLoss: R_seg is on (use_regularization and use_seg_memory) '

@@ -44,7 +44,7 @@ class MPNet(nn.Module):
         if cfg.use_ins_memory or cfg.use_seg_memory:
             self.memory = PrototypeMemory(cfg.num_classes, cfg.mem_per_class, dim, cfg.memory_scale)
         self.classifier = _point_head(dim, dim, cfg.num_classes, dropout=cfg.dropout)   # on F^_seg
-        self.embedding = _point_head(dim, dim, cfg.embed_dim)                              # on F^_ins
+        self.embedding = _point_head(dim, dim, cfg.embed_dim, dropout=cfg.embed_dropout)   # on F^_ins
         self.centroid_estimator = _point_head(dim, dim, 3)                                 # G(.) on F^_ins (eq. 3)
 
     def sample_indices(self, xyz: Tensor) -> list[Tensor]:

@@ -182,13 +182,15 @@ class FeaturePropagation(nn.Module):
 
 
 class PointNet2Encoder(nn.Module):
-    """The SA levels of the backbone. Level-0 features are all input channels (ASIS: xyz, rgb, room xyz)."""
+    """The SA levels of the backbone. Level-0 features (`cfg.level0_features`): 'non_xyz' = the channels after xyz
+    (ASIS: rgb + normalised room xyz; xyz enters only as coordinates), 'all' = every input channel, xyz included."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.in_channels = cfg.in_channels
+        self.feature_start = 3 if cfg.level0_features == 'non_xyz' else 0   # first input channel used as a feature
         levels = []
-        channels = cfg.in_channels
+        channels = cfg.in_channels - self.feature_start
         for npoint, radius, mlp in zip(cfg.sa_npoints, cfg.sa_radii, cfg.sa_mlps):
             levels.append(SetAbstraction(npoint, radius, cfg.sa_nsample, channels, mlp))
             channels = mlp[-1]
@@ -197,7 +199,7 @@ class PointNet2Encoder(nn.Module):
     @property
     def level_channels(self) -> list[int]:
         """Feature widths per level, level 0 (the input points) first."""
-        return [self.in_channels] + [level.out_channels for level in self.levels]
+        return [self.in_channels - self.feature_start] + [level.out_channels for level in self.levels]
 
     @torch.no_grad()
     def sample_indices(self, xyz: Tensor) -> list[Tensor]:
@@ -218,7 +220,8 @@ class PointNet2Encoder(nn.Module):
             raise ValueError(f'PointNet2Encoder: got {len(sample_indices)} sample index tensors, '
                              f'need one per SA level ({len(self.levels)})')
         # Coordinates stay float32 at every level (explicit cast: also under autocast or a half-precision input).
-        xyz_levels, feature_levels = [at_least_fp32(points[..., :3])], [points]
+        level0 = points[..., self.feature_start:] if self.feature_start < self.in_channels else None
+        xyz_levels, feature_levels = [at_least_fp32(points[..., :3])], [level0]
         for depth, level in enumerate(self.levels):
             index = None if sample_indices is None else sample_indices[depth]
             new_xyz, new_features, _ = level(xyz_levels[-1], feature_levels[-1], index)
