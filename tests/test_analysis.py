@@ -9,7 +9,13 @@ import torch
 import yaml
 
 from mpnet_model.analysis import load_analysis_config
-from mpnet_model.analysis.ablation import mean_std
+from mpnet_model.analysis.ablation import (
+    FIXED_LABEL,
+    TUNED_LABEL,
+    ablation_figure_from_results,
+    load_ablation,
+    mean_std,
+)
 from mpnet_model.analysis.cli import main
 from mpnet_model.analysis.visualise import blocks_with_most_instances, point_slot_weights
 from mpnet_model.config import ConfigError
@@ -67,6 +73,23 @@ def test_ablation_table_lists_every_row_and_tier(analysed):
                                                                           chosen['min_instance_fraction'])
 
 
+def test_ablation_results_reload_and_figure_without_training(analysed, tmp_path):
+    data = json.loads((analysed / 'ablation.json').read_text())
+    tables = load_ablation(analysed)
+    assert set(tables) == {FIXED_LABEL, TUNED_LABEL}
+    for label, key in ((FIXED_LABEL, None), (TUNED_LABEL, 'tuned')):
+        for row, entry in data.items():
+            results = tables[label][row]
+            assert [r.spec.name for r in results] == entry['runs']
+            stored = (entry[key] if key else entry)['metrics']['mPrec']['mean']
+            assert mean_std([r.summary['mPrec'] for r in results])[0] == pytest.approx(stored, nan_ok=True)
+    assert [r.postprocess for r in tables[TUNED_LABEL]['full']] == data['full']['tuned']['postprocess']
+    before = {p: p.stat().st_mtime_ns for p in (analysed / 'runs').rglob('*.pt')}
+    png = _non_empty(ablation_figure_from_results(analysed, tmp_path / 'table1.png'))
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert {p: p.stat().st_mtime_ns for p in (analysed / 'runs').rglob('*.pt')} == before
+
+
 def test_sweep_reuses_the_matching_run_and_plots(analysed):
     text = _non_empty(analysed / 'memory_sweep.md').read_text()
     assert '| 2 | 26 |' in text and '| 4 | 52 |' in text
@@ -86,6 +109,7 @@ def test_scale_sweep_measures_addressing_and_over_segmentation(analysed):
         assert data[scale]['metrics']['mFrag']['mean'] is None or data[scale]['metrics']['mFrag']['mean'] >= 0
     assert (analysed / 'runs' / 'full-mc4-seed0' / 'eval' / 'addressing.json').is_file()
     assert 'mFrag' in (analysed / 'ablation.md').read_text()
+    _non_empty(analysed / 'ablation.png')
 
 
 def test_addressing_stats_of_a_uniform_memory():

@@ -341,6 +341,73 @@ def ablation_table(rows: dict[str, list[RunResult]], split: str = 'test', title:
         markdown_table(['row', *[c.replace('.', ' ') for c in tier_columns]], tier_rows), ''])
 
 
+FIGURE_METRICS = (('mPrec', 'instance mPrec'), ('mRec', 'instance mRec'), ('mIoU', 'semantic mIoU'))
+
+
+def ablation_figure(tables: dict[str, dict[str, list[RunResult]]], path: Path, title: str) -> Path:
+    """One panel per metric (mPrec, mRec, mIoU): every seed as a dot and the mean ± std as a bar per row, for each
+    evaluation in `tables` (e.g. ASIS's fixed post-processing and the tuned one) side by side."""
+    from mpnet_model.viz.render import new_figure, save_figure
+
+    fig = new_figure(4.2 * len(FIGURE_METRICS), 3.8)
+    rows = list(next(iter(tables.values())))
+    width = 0.8 / len(tables)
+    for panel, (key, label) in enumerate(FIGURE_METRICS):
+        ax = fig.add_subplot(1, len(FIGURE_METRICS), panel + 1)
+        for k, (name, table) in enumerate(tables.items()):
+            x = np.arange(len(rows)) + (k - (len(tables) - 1) / 2) * width
+            values = [[100 * r.summary.get(key, float('nan')) for r in table[row]] for row in rows]
+            means = [np.nanmean(v) for v in values]
+            stds = [np.nanstd(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
+            ax.bar(x, means, width * 0.9, yerr=stds, capsize=3, alpha=0.45, label=name)
+            for xi, v in zip(x, values):
+                ax.scatter(np.full(len(v), xi), v, s=12, color='k', zorder=3)
+        ax.set_xticks(np.arange(len(rows)), rows, rotation=30, fontsize=8)
+        ax.set_ylabel(f'{label} (%)')
+        ax.grid(axis='y', alpha=0.3)
+        if panel == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+FIXED_LABEL = 'fixed post-processing'
+TUNED_LABEL = 'tuned on validation'
+
+
+def load_ablation(out_dir: str | Path) -> dict[str, dict[str, list[RunResult]]]:
+    """The evaluations behind a finished `mpnet-analyse ablation` (its ablation.json names every row's runs), read
+    back from `<out>/runs/<run>/eval[_tuned]/analysis_eval.json` without training or evaluating anything:
+    {FIXED_LABEL: {row: [RunResult per seed]}, TUNED_LABEL: {...} (only if the ablation was tuned)}."""
+    out_dir = Path(out_dir)
+    data = json.loads((out_dir / 'ablation.json').read_text())
+    tables: dict[str, dict[str, list[RunResult]]] = {FIXED_LABEL: {}}
+    if all('tuned' in entry for entry in data.values()):
+        tables[TUNED_LABEL] = {}
+    for row, entry in data.items():
+        for label, eval_name in ((FIXED_LABEL, 'eval'), (TUNED_LABEL, TUNED_EVAL)):
+            if label not in tables:
+                continue
+            results = []
+            for name in entry['runs']:
+                folder = out_dir / 'runs' / name
+                stored = json.loads((folder / eval_name / EVAL_MARKER).read_text())
+                spec = RunSpec(stored.get('row', row), int(stored['mem_per_class']), int(stored['seed']))
+                results.append(RunResult.load(spec, folder, eval_name))
+            tables[label][row] = results
+    return tables
+
+
+def ablation_figure_from_results(out_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Draw the Table-1 figure (`ablation_figure`) of a finished ablation from its stored evaluations:
+    `python -c "from mpnet_model.analysis.ablation import ablation_figure_from_results as f; f('runs/analysis')"`."""
+    tables = load_ablation(out_dir)
+    seeds = sorted({r.spec.seed for results in tables[FIXED_LABEL].values() for r in results})
+    return ablation_figure(tables, Path(path) if path else Path(out_dir) / 'ablation.png',
+                           f'Table 1 rows, seeds {seeds} (dots), mean ± std')
+
+
 def run_ablation(base: TrainConfig, acfg: AnalysisConfig, out_dir: str | Path, progress: bool = True
                  ) -> dict[str, Path]:
     """Train / evaluate every row of `acfg.rows` and write ablation.md and ablation.json to `out_dir`."""
@@ -359,6 +426,12 @@ def run_ablation(base: TrainConfig, acfg: AnalysisConfig, out_dir: str | Path, p
         for row, results in tuned.items():
             data[row]['tuned'] = {'postprocess': [r.postprocess for r in results],
                                   'metrics': {k: {'mean': m, 'std': s} for k, (m, s) in row_metrics(results).items()}}
+    figures = {FIXED_LABEL: rows}
+    if acfg.tune_postprocess:
+        figures[TUNED_LABEL] = tuned
+    seeds = sorted({r.spec.seed for results in rows.values() for r in results})
+    png = ablation_figure(figures, out_dir / 'ablation.png', f'Table 1 rows, seeds {seeds} (dots), mean ± std')
+    text += '\n![ablation](ablation.png)\n'
     table = atomic_write_text(out_dir / 'ablation.md', text)
     raw = atomic_write_text(out_dir / 'ablation.json', json.dumps(_json_safe(data), indent=1))
-    return {'table': table, 'json': raw}
+    return {'table': table, 'json': raw, 'plot': png}
