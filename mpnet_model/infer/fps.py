@@ -5,7 +5,7 @@ computes them where the blocks are:
 
 * `nested_fps_torch(xyz, sa_npoints)`: torch, any device, batched over blocks; the arithmetic of
   `mpnet_model.model.pointnet2.farthest_point_sample` (bit-identical indices to it and to the numpy FPS of
-  `mpnet_model.infer.backends.base`). The TensorRT backend calls it on CUDA tensors.
+  `mpnet_model.infer.backends.base`). Every backend reaches it through `NestedFps`.
 * `NestedFps`: the same, and on CUDA each (blocks, points) shape is captured once into a CUDA graph and replayed.
   FPS is a sequential loop of ~7 small kernels per sample step (340 steps for the shipped model, 1360 for the paper
   config): launched eagerly that is thousands of launches per call (the 40-50 ms per forward measured on an H200);

@@ -98,8 +98,6 @@ def segment_reference(segmenter, xyz: np.ndarray, rgb: np.ndarray | None = None,
 
 def _finalise_instances(segmenter, xyz: np.ndarray, labels: np.ndarray, scores: np.ndarray, instances: np.ndarray):
     """Today's numpy instance filter: drop small instances, renumber largest first, majority class, boxes."""
-    from mpnet_model.infer.scene import InstanceInfo
-
     final = np.full(labels.shape, -1, dtype=np.int32)
     valid = instances >= 0
     if not valid.any():
@@ -126,12 +124,5 @@ def _finalise_instances(segmenter, xyz: np.ndarray, labels: np.ndarray, scores: 
     upper = np.full((order.size, 3), -np.inf)
     np.minimum.at(lower, member_ids, xyz[members])
     np.maximum.at(upper, member_ids, xyz[members])
-    infos = []
-    for instance_id in range(order.size):
-        class_id = int(votes[instance_id].argmax())
-        infos.append(InstanceInfo(id=instance_id, class_id=class_id, class_name=segmenter.class_names[class_id],
-                                  centre=((lower[instance_id] + upper[instance_id]) / 2).astype(np.float32),
-                                  extent=(upper[instance_id] - lower[instance_id]).astype(np.float32),
-                                  num_points=int(counts[instance_id]),
-                                  score=float(score_sum[instance_id] / counts[instance_id])))
+    infos = segmenter._instance_infos(votes, counts, score_sum, lower, upper)   # the same InstanceInfo rule
     return final, infos

@@ -617,18 +617,6 @@ def build_engine(onnx_path: str | Path, precision: str = 'fp16', device: str = '
 
 # ------------------------------------------------------------------------------------------------ the backend
 
-def nested_sample_indices_torch(xyz: Any, sa_npoints: tuple[int, ...]) -> list[Any]:
-    """Nested FPS indices on xyz's device (torch FPS, identical to the numpy one): [(B,npoint_l) int64]."""
-    from mpnet_model.model.pointnet2 import farthest_point_sample, gather_points
-
-    indices = []
-    for npoint in sa_npoints:
-        index = farthest_point_sample(xyz, int(npoint))
-        indices.append(index)
-        xyz = gather_points(xyz, index)
-    return indices
-
-
 class TensorRTBackend(Backend):
     """Runs a TensorRT engine; batches beyond the engine profile's maximum are split.
 
@@ -643,6 +631,8 @@ class TensorRTBackend(Backend):
                  engine_path: str | Path | None = None, cache_dir: str | Path | None = None,
                  profile_batch: tuple[int, int, int] = PROFILE_BATCH, builder: EngineBuilder | None = None):
         import torch
+
+        from mpnet_model.infer.fps import NestedFps
 
         self.torch = torch
         if builder is None:
@@ -664,6 +654,7 @@ class TensorRTBackend(Backend):
         if self.context is None:
             raise BackendError(f'{self.engine_path}: TensorRT could not create an execution context (out of GPU '
                                'memory?)')
+        self._fps = NestedFps(metadata.sa_npoints)       # CUDA: graph-captured nested FPS on the engine's device
         super().__init__(metadata, str(self.target), str(onnx_path))
 
     def _device_scope(self):
@@ -690,7 +681,7 @@ class TensorRTBackend(Backend):
         context, source = self.context, self.engine_path
         points = torch.from_numpy(chunk).to(self.target)                                     # (b,P,C) float32
         feeds = {INPUT_POINTS: points}
-        for level, index in enumerate(nested_sample_indices_torch(points[..., :3], self.metadata.sa_npoints)):
+        for level, index in enumerate(self._fps(points[..., :3])):
             feeds[fps_input_name(level)] = index
         buffers = {}
         for name, tensor in feeds.items():
