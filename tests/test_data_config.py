@@ -84,3 +84,30 @@ def test_init_from_starts_from_other_weights_and_names_a_bad_file(roots, tmp_pat
     raw['run'].update(out_dir=str(tmp_path / 'c'), init_from=str(tmp_path / 'missing.pt'))
     with pytest.raises(CheckpointError, match='init_from'):
         Trainer(config_from_dict(raw), train_set)
+
+
+def test_eval_of_sensor_frames_uses_the_asked_block_layout(roots, tmp_path, monkeypatch):
+    """`mpnet-eval --layout` reaches the segmenter for sensor frames too (not only for rooms)."""
+    import json
+
+    from mpnet_model.default_model import DEFAULT_CHECKPOINT
+    from mpnet_model.eval.evaluate import main
+    from mpnet_model.infer.scene import SceneSegmenter
+
+    _, frames = roots
+    config = tmp_path / 'frames.yaml'
+    config.write_text(yaml.safe_dump({'data': {'dataset': 'frames', 'root': str(frames), 'test_area': 5,
+                                               'cache_dir': str(tmp_path / 'cache')}}))
+    made = []
+    real = SceneSegmenter.from_config.__func__
+
+    def spy(cls, *args, **kwargs):
+        segmenter = real(cls, *args, **kwargs)
+        made.append(segmenter)
+        return segmenter
+
+    monkeypatch.setattr(SceneSegmenter, 'from_config', classmethod(spy))
+    assert main(['--checkpoint', str(DEFAULT_CHECKPOINT), '--config', str(config), '--layout', 'tile',
+                 '--window', '1', '--out', str(tmp_path / 'out')]) == 0
+    assert [s.layout for s in made] == ['tile']
+    assert json.loads((tmp_path / 'out' / 'summary.json').read_text())['window 1']['clouds'] == 1

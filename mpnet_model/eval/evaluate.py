@@ -259,7 +259,9 @@ def _evaluate_frames(args, d, frame_paths) -> int:
     none for an untuned model, where the robot's min_instance_points alone rules)."""
     from mpnet_model.eval import frames as frame_eval
 
-    segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device)
+    layout = {'layout': args.layout} if args.layout else {}
+    segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device, sampler=args.sampler,
+                                           seed=args.seed, sparse_points=args.sparse_points, **layout)
     segment = frame_eval.segment_with(segmenter, args.gravity_align)
     results = {}
     for window in (int(w) for w in args.window.split(',') if w.strip()):
