@@ -37,14 +37,15 @@ RANGE_M = 15.0
 
 
 def ouster_crops(radius: float = RANGE_M) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(xyz, intensity) of every scan of the shared Ouster bag, cropped to `radius` (15 m) around the sensor."""
+    """(xyz, intensity) of every scan of the shared Ouster bag, cropped to `radius` (15 m) around the sensor (the
+    bag itself, or the frames .npz a GPU session carries: benchmarks/sample_frames.py)."""
+    from benchmarks.sample_frames import ouster_scans
     from mpnet_ros.accumulate import range_mask
-    from mpnet_ros.bag_tool import read_bag_clouds
 
     crops = []
-    for frame in read_bag_clouds(DATA / 'ouster_os1_128', '/ouster/points'):
-        keep = range_mask(frame.xyz, 0.0, radius)
-        crops.append((frame.xyz[keep], frame.intensity[keep]))
+    for xyz, intensity in ouster_scans():
+        keep = range_mask(xyz, 0.0, radius)
+        crops.append((xyz[keep], intensity[keep]))
     return crops
 
 

@@ -231,6 +231,10 @@ def main() -> None:
     parser.add_argument('--backend', default='onnxruntime', help='backend making the frames\' model outputs')
     parser.add_argument('--repeats', type=int, default=3, help='repeats of the batched path (best is kept)')
     parser.add_argument('--real-only', action='store_true', help='only the real-frame section')
+    parser.add_argument('--out', type=Path, help='results markdown (default: benchmarks/results/postprocess.md, '
+                        'postprocess_cuda.md on CUDA)')
+    parser.add_argument('--machine-note', default='The machine was shared with other jobs',
+                        help='what the results say about the machine (the GPU session names its lent machine)')
     args = parser.parse_args()
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -243,12 +247,12 @@ def main() -> None:
     load = f'{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end'
     lines = ['# Post-processing benchmark', '',
              f'{platform.processor() or platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, '
-             f'1 thread, {time.strftime("%Y-%m-%d %H:%M")}. Baselines measured in the same run. The machine was '
-             f'shared with other jobs (1-minute load average {load}): wall times are noisy, CPU times less so.',
+             f'1 thread, {time.strftime("%Y-%m-%d %H:%M")}. Baselines measured in the same run. {args.machine_note} '
+             f'(1-minute load average {load}): wall times are noisy, CPU times less so.',
              ''] + lines
     text = '\n'.join(lines)
     print(text)
-    results = RESULTS if device.type == 'cpu' else RESULTS.with_name(f'postprocess_{device.type}.md')
+    results = args.out or (RESULTS if device.type == 'cpu' else RESULTS.with_name(f'postprocess_{device.type}.md'))
     atomic_write_text(results, text)
     print(f'written {results}')
 

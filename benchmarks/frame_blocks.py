@@ -8,7 +8,6 @@ with ONNX Runtime. The outputs (embeddings, block indices, per-point argmax clas
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / 'cache'
-DATA = Path(os.environ.get('MPNET_SHARED_DATA', '/work/shared/data'))
 
 
 @dataclass
@@ -31,16 +29,13 @@ class FrameBlocks:
 
 def _frame_cloud(name: str, scan: int = 0):
     """(xyz, rgb or None, intensity or None) of a shared sample frame: 'ouster<scan>' (15 m crop) or 'office'."""
+    from benchmarks.sample_frames import office_scan, ouster_crop
+
     if name == 'office':
-        from mpnet_model.io.pointclouds import load_pcd, optical_to_z_up
-        frame = load_pcd(DATA / 'pcl_office1.pcd')
-        return optical_to_z_up(frame.xyz), frame.rgb, None
-    from mpnet_ros.accumulate import range_mask
-    from mpnet_ros.bag_tool import read_bag_clouds
-    frames = list(read_bag_clouds(DATA / 'ouster_os1_128', '/ouster/points', limit=scan + 1))
-    frame = frames[scan]
-    keep = range_mask(frame.xyz, 0.0, 15.0)
-    return frame.xyz[keep], None, frame.intensity[keep]
+        xyz, rgb = office_scan()
+        return xyz, rgb, None
+    xyz, intensity = ouster_crop(scan, 15.0)
+    return xyz, None, intensity
 
 
 FRAMES = ('ouster0', 'ouster1', 'ouster2', 'office')

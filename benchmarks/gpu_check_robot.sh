@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Every GPU check in one device command, data carried: benchmarks/gpu_session.sh, docs/gpu_session.md.)
 # GPU check for the robot-side work (issue 15), for a session with an NVIDIA GPU; < 5 min after `make venv`.
 # 1. The node's measured ms per block and block cap on CUDA (torch backend; TensorRT when importable), and
 # 2. the rate-true replay of the Ouster bag at 10 Hz for 30 s per configuration (frames in/out/dropped, latency, RSS).

@@ -1,6 +1,7 @@
 """GPU check of the frame path (issue 12), prepared for a session with a CUDA device; runs in < 5 min on an H100/H200.
 
     PYTHONPATH=. .venv/bin/python benchmarks/gpu_frame.py [--repeats 3]
+    python benchmarks/gpu_frame.py --device cpu --range 4 --scans 1 --repeats 1 --skip-tests --out /tmp/f.md  (dry run)
 
 1. the CUDA tests of the frame path (tests/test_frame.py, tests/test_fps.py: CUDA graph FPS = eager FPS, the
    stages on CUDA answer as on the CPU given the same blocks, the whole path end to end);
@@ -78,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--skip-tests', action='store_true')
     parser.add_argument('--device', default='cuda', help="'cpu' with a small --range: a dry run of this script")
     parser.add_argument('--range', type=float, default=15.0, help='crop radius [m]')
+    parser.add_argument('--scans', type=int, default=0, help='the first N Ouster scans only (0: all three)')
+    parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results' / 'frame_gpu.md',
+                        help='results markdown (written on CUDA, or whenever --out is given)')
     args = parser.parse_args(argv)
+    out_given = any(a == '--out' or a.startswith('--out=') for a in (sys.argv[1:] if argv is None else argv))
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         print('gpu_frame: no CUDA device here; nothing to measure')
         return 1
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from mpnet_model.infer.reference import segment_reference
     from mpnet_model.infer.scene import SceneSegmenter
 
-    crops = ouster_crops(args.range)
+    crops = ouster_crops(args.range)[:args.scans or None]
     lines += ['| model | ' + ' | '.join(f'{s} ms' for s in STAGES) + ' | p50 wall ms | p95 wall ms | blocks | '
               'target |', '|---' * (len(STAGES) + 5) + '|']
     with tempfile.TemporaryDirectory() as folder:
@@ -118,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
               f'({", ".join(f"{k} {v:.0f}" for k, v in old.timings.items())} ms).']
     report = '\n'.join(lines) + '\n'
     print(report)
-    if args.device.startswith('cuda'):
-        atomic_write_text(ROOT / 'benchmarks' / 'results' / 'frame_gpu.md', report)
+    if args.device.startswith('cuda') or out_given:
+        atomic_write_text(args.out, report)
+        print(f'wrote {args.out}')
     return 0
 
 

@@ -8,11 +8,13 @@
    (Before the fix: fp16 inference NaN on every frame, AMP training `non-finite loss at step 0`.)
 
     python benchmarks/gpu_half_check.py [--out benchmarks/results/gpu_half.md]
+    python benchmarks/gpu_half_check.py --device cpu --steps 2 --batch 2 --out /tmp/x.md   (dry run of the script)
+
+The Ouster frame comes from the shared bag or the frames .npz of a GPU session (benchmarks/sample_frames.py).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -24,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.sample_frames import ouster_crop  # noqa: E402
 from mpnet_model.config import ModelConfig  # noqa: E402
 from mpnet_model.data.blocks import room_to_blocks  # noqa: E402
 from mpnet_model.data.dataset import BlockDataset  # noqa: E402
@@ -35,35 +38,36 @@ from mpnet_model.infer.scene import SceneSegmenter, intensity_to_grey  # noqa: E
 from mpnet_model.io.atomic import atomic_write_text  # noqa: E402
 from mpnet_model.train.config import config_from_dict  # noqa: E402
 from mpnet_model.train.trainer import Trainer  # noqa: E402
-from mpnet_ros.accumulate import range_mask  # noqa: E402
-from mpnet_ros.bag_tool import read_bag_clouds  # noqa: E402
-
-DATA = Path(os.environ.get('MPNET_SHARED_DATA', ROOT.parent / 'shared' / 'data'))
 
 
-def inference(lines: list[str], precisions: list[str]) -> None:
-    frame = next(read_bag_clouds(DATA / 'ouster_os1_128', '/ouster/points', limit=1))
-    keep = range_mask(frame.xyz, 0.5, 15.0)            # the street scene within 15 m, as the tests use it
-    xyz, grey = frame.xyz[keep], intensity_to_grey(frame.intensity[keep])
-    backend = make_backend('torch', DEFAULT_CHECKPOINT, device='cuda')
+def sync(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def inference(lines: list[str], precisions: list[str], device: str = 'cuda') -> None:
+    xyz, intensity = ouster_crop(0, 15.0, near=0.5)    # the street scene within 15 m, as the tests use it
+    grey = intensity_to_grey(intensity)
+    backend = make_backend('torch', DEFAULT_CHECKPOINT, device=device)
     blocks = room_to_blocks(xyz, grey, num_points=backend.num_points, min_points=200,
                             rng=np.random.default_rng(0)).points
     reference = backend.run(blocks)
     scene_reference = None
-    lines += ['## Inference: shipped model, torch backend, CUDA', '',
+    lines += [f'## Inference: shipped model, torch backend, {device}', '',
               f'{len(blocks)} blocks of the first Ouster frame within 15 m ({len(xyz)} points).', '',
               '| precision | blocks finite | argmax agreement | max emb diff / max abs emb | frame ms (SceneSegmenter) '
               '| frame labels equal to fp32 |', '|---|---|---|---|---|---|']
     for precision in precisions:
-        logits, embeddings = make_backend('torch', DEFAULT_CHECKPOINT, device='cuda', precision=precision).run(blocks)
+        logits, embeddings = make_backend('torch', DEFAULT_CHECKPOINT, device=device, precision=precision).run(blocks)
         finite = bool(np.isfinite(logits).all() and np.isfinite(embeddings).all())
         agree = float((logits.argmax(-1) == reference[0].argmax(-1)).mean())
         embed = float(np.nanmax(np.abs(embeddings - reference[1])) / np.abs(reference[1]).max())
-        segmenter = SceneSegmenter.from_config('torch', DEFAULT_CHECKPOINT, device='cuda', precision=precision)
-        segmenter.segment(xyz, intensity=frame.intensity[keep])                     # warm-up
-        torch.cuda.synchronize()
+        segmenter = SceneSegmenter.from_config('torch', DEFAULT_CHECKPOINT, device=device, precision=precision)
+        segmenter.segment(xyz, intensity=intensity)                                 # warm-up
+        sync(device)
         start = time.perf_counter()
-        result = segmenter.segment(xyz, intensity=frame.intensity[keep])
+        result = segmenter.segment(xyz, intensity=intensity)
+        sync(device)
         frame_ms = (time.perf_counter() - start) * 1e3
         scene_reference = result.labels if scene_reference is None else scene_reference
         same = float((result.labels == scene_reference).mean())
@@ -73,7 +77,7 @@ def inference(lines: list[str], precisions: list[str]) -> None:
     lines.append('')
 
 
-def training(lines: list[str], amp_dtypes: list[str], steps: int = 20, batch: int = 24) -> None:
+def training(lines: list[str], amp_dtypes: list[str], steps: int = 20, batch: int = 24, device: str = 'cuda') -> None:
     rng = np.random.default_rng(0)
     rooms = []
     for index in range(2):
@@ -83,28 +87,29 @@ def training(lines: list[str], amp_dtypes: list[str], steps: int = 20, batch: in
     dataset = BlockDataset(rooms, num_points=4096, progress=False)
     items = [dataset[i % len(dataset)] for i in range(batch)]
     points, sem, ins = (torch.stack(part) for part in zip(*items))
-    lines += ['## Training: paper config, batch 24, synthetic blocks, CUDA', '',
-              '| run | all losses finite | loss step 1 | loss step 20 | blocks/s | peak GiB |',
+    lines += [f'## Training: paper config, batch {batch}, synthetic blocks, {device}', '',
+              f'| run | all losses finite | loss step 1 | loss step {steps} | blocks/s | peak GiB |',
               '|---|---|---|---|---|---|']
     for label, run in [('fp32', {'amp': False})] + [(f'AMP {d}', {'amp': True, 'amp_dtype': d}) for d in amp_dtypes]:
         folder = tempfile.mkdtemp(prefix='mpnet-gpu-half-')
-        cfg = config_from_dict({'optim': {'batch_size': batch}, 'run': {'device': 'cuda', 'num_workers': 0,
+        cfg = config_from_dict({'optim': {'batch_size': batch}, 'run': {'device': device, 'num_workers': 0,
                                 'resume': False, 'log_every': 10_000, 'out_dir': folder, **run}})
         trainer = Trainer(cfg, dataset)
-        torch.cuda.reset_peak_memory_stats()
+        if device.startswith('cuda'):
+            torch.cuda.reset_peak_memory_stats()
         losses, start, error = [], None, ''
         try:
             for step in range(steps):
                 if step == 1:
-                    torch.cuda.synchronize()
+                    sync(device)
                     start = time.perf_counter()
                 losses.append(trainer.train_step(points, sem, ins)['total'])
-            torch.cuda.synchronize()
+            sync(device)
             rate = batch * (steps - 1) / (time.perf_counter() - start)
         except FloatingPointError as failure:
             error, rate = str(failure)[:80], float('nan')
         trainer.close()
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith('cuda') else float('nan')
         finite = bool(losses) and not error and bool(np.isfinite(losses).all())
         last = f'{losses[-1]:.2f}' if losses and not error else error or '–'
         lines.append(f'| {label} | {finite} | {losses[0] if losses else float("nan"):.2f} | {last} | {rate:.0f} | '
@@ -116,15 +121,21 @@ def training(lines: list[str], amp_dtypes: list[str], steps: int = 20, batch: in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results' / 'gpu_half.md')
+    parser.add_argument('--device', default='cuda', help="'cpu': a dry run of this script (fp32 only)")
+    parser.add_argument('--steps', type=int, default=20, help='training steps per run (>= 2)')
+    parser.add_argument('--batch', type=int, default=24, help='training batch (blocks)')
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    cuda = args.device.startswith('cuda')
+    if cuda and not torch.cuda.is_available():
         print('gpu_half_check: needs a CUDA GPU (none found); nothing run', file=sys.stderr)
         return 2
-    bf16 = torch.cuda.is_bf16_supported()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    name = torch.cuda.get_device_name() if cuda else 'CPU (dry run, fp32 only)'
     lines = ['# GPU half-precision check (benchmarks/gpu_half_check.py)', '',
-             f'GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 supported: {bf16}.', '']
-    inference(lines, ['fp32', 'fp16'] + (['bf16'] if bf16 else []))
-    training(lines, ['fp16'] + (['bf16'] if bf16 else []))
+             f'GPU: {name}, torch {torch.__version__}, bf16 supported: {bf16}.', '']
+    halves = (['fp16'] + (['bf16'] if bf16 else [])) if cuda else []
+    inference(lines, ['fp32'] + halves, args.device)
+    training(lines, halves, max(args.steps, 2), args.batch, args.device)
     atomic_write_text(args.out, '\n'.join(lines))
     print(f'wrote {args.out}')
     return 0

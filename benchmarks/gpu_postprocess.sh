@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Every GPU check in one device command, data carried: benchmarks/gpu_session.sh, docs/gpu_session.md.)
 # The one device check of the batched post-processing (mean_shift_blocks, block_merging), < 5 min on an H200:
 #   1. the CUDA variants of the mean-shift and merging tests (they skip without CUDA, so they only run here);
 #   2. the real-frame benchmark on CUDA: batched frame path on the GPU vs the per-block references (numpy,

@@ -2,9 +2,9 @@
 
   1. export the shipped model (or --checkpoint) to ONNX with the current exporter (fp32-node marks included);
   2. build an fp32 and an fp16 engine (timed; cached under --workdir, so a rerun measures the cache hit);
-  3. run both on real blocks (the shared office scan when MPNET_SHARED_DATA has it, else a generated room) and
-     compare with ONNX Runtime fp32 on the CPU: finite outputs, semantic argmax agreement (fp16 must reach 99 %),
-     largest logit / embedding differences;
+  3. run both on real blocks (the shared office scan, from MPNET_SHARED_DATA or a GPU session's frames .npz, else a
+     generated room) and compare with ONNX Runtime fp32 on the CPU: finite outputs, semantic argmax agreement
+     (fp16 must reach 99 %), largest logit / embedding differences;
   4. latency per batch (1, 8, 16) of TensorRT fp32 / fp16 and of the torch CUDA backend (fp32), with ratios to
      torch measured in the same run.
 
@@ -16,7 +16,6 @@ CUDA or the data cannot be had (the message says what to install).
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import tempfile
@@ -25,7 +24,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get('MPNET_SHARED_DATA', '/work/shared/data'))
 RESULTS = ROOT / 'benchmarks' / 'results' / 'tensorrt_gpu.md'
 FP16_MIN_AGREEMENT = 0.99
 
@@ -51,15 +49,13 @@ def blocks_for(num_points: int, count: int):
     """(count, P, 9) float32 blocks: the PCL office scan if present, else a generated room; and where from."""
     import numpy as np
 
+    from benchmarks import sample_frames
     from mpnet_model.data.blocks import room_to_blocks
 
-    office = DATA / 'pcl_office1.pcd'
-    if office.is_file():
-        from mpnet_model.io.pointclouds import load_pcd, optical_to_z_up
-
-        frame = load_pcd(office)
-        xyz, rgb, source = optical_to_z_up(frame.xyz), frame.rgb, f'real: {office.name}'
-    else:
+    try:
+        xyz, rgb = sample_frames.office_scan()
+        source = 'real: pcl_office1.pcd'
+    except (FileNotFoundError, KeyError):
         from mpnet_model.data.synthetic import generate_room
 
         xyz, rgb, *_ = generate_room(np.random.default_rng(0))

@@ -1,9 +1,9 @@
 """Shared fixtures of the runtime tests: a randomly initialised small MPNet checkpoint, its ONNX export, and
-blocks cut from the real sample data in /work/shared/data (PCL office PCD, one Ouster OS-1-128 frame)."""
+blocks cut from the real sample data (PCL office PCD, one Ouster OS-1-128 frame; benchmarks/sample_frames.py:
+the shared data, or the frames .npz a GPU session carries)."""
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
 from pathlib import Path
 
@@ -11,20 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import sample_frames
 from mpnet_model.config import small_config
 from mpnet_model.infer.scene import intensity_to_grey
-from mpnet_model.io.pointclouds import load_pcd, optical_to_z_up
 from mpnet_model.model.checkpoint import save_checkpoint
 from mpnet_model.model.mpnet import MPNet
-from mpnet_ros.accumulate import range_mask
-from mpnet_ros.bag_tool import read_bag_clouds
 
-DATA = Path(os.environ.get('MPNET_SHARED_DATA', Path(__file__).resolve().parents[2] / 'shared' / 'data'))
-OFFICE_PCD = DATA / 'pcl_office1.pcd'
-OUSTER_BAG = DATA / 'ouster_os1_128'
-
-needs_data = pytest.mark.skipif(not OFFICE_PCD.is_file() or not OUSTER_BAG.is_dir(),
-                                reason=f'shared sample data not found under {DATA}')
+# The shared data, or (on a GPU machine without it) the frames .npz of benchmarks/gpu_session_prepare.py.
+needs_data = pytest.mark.skipif(bool(sample_frames.missing()), reason=sample_frames.missing() or 'data found')
 
 
 def small_checkpoint(path: Path, seed: int = 0) -> Path:
@@ -64,15 +58,12 @@ def tiny_config():
 
 @functools.lru_cache(maxsize=1)
 def office_cloud():
-    frame = load_pcd(OFFICE_PCD)
-    return optical_to_z_up(frame.xyz), frame.rgb
+    return sample_frames.office_scan()
 
 
 @functools.lru_cache(maxsize=2)
 def ouster_cloud(radius: float = 15.0):
-    frame = next(read_bag_clouds(OUSTER_BAG, '/ouster/points', limit=1))
-    keep = range_mask(frame.xyz, 0.0, radius)
-    return frame.xyz[keep], frame.intensity[keep]
+    return sample_frames.ouster_crop(0, radius)
 
 
 def real_blocks(num_points: int, count: int = 3) -> np.ndarray:
