@@ -265,6 +265,8 @@ def _evaluate_frames(args, d, frame_paths) -> int:
     from mpnet_model.eval import frames as frame_eval
 
     layout = {'layout': args.layout} if args.layout else {}
+    if args.border_join is not None:
+        layout['border_join'] = args.border_join
     segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device, sampler=args.sampler,
                                            seed=args.seed, sparse_points=args.sparse_points, **layout)
     segment = frame_eval.segment_with(segmenter, args.gravity_align)
