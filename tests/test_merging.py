@@ -414,3 +414,15 @@ def test_border_join_chains_pieces_order_independently():
     joined = join_across_borders(xyz, instances, torch.zeros_like(instances), torch.cat(tiles), blocks, corners,
                                  1.0, 0.1)
     assert joined.unique().tolist() == [2]
+
+
+@needs_cuda
+def test_border_join_on_cuda_stays_on_device_and_matches():
+    xyz, points, blocks, corners = _tiles_case()
+    instances = torch.where(xyz[:, 1] > 0.5, 3, (xyz[:, 0] > 1).long())  # a split lower plane, one upper plane
+    classes = (xyz[:, 1] > 0.5).long()
+    expected = join_across_borders(xyz, instances, classes, points, blocks, corners, 1.0, 0.1)
+    on_gpu = join_across_borders(*(t.cuda() for t in (xyz, instances, classes, points, blocks, corners)), 1.0, 0.1)
+    assert on_gpu.device.type == 'cuda'
+    np.testing.assert_array_equal(on_gpu.cpu().numpy(), expected.numpy())
+    assert expected.unique().tolist() == [0, 3]
