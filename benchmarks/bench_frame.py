@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import sys
 import time
 from functools import partial
@@ -150,6 +151,9 @@ def layouts(args) -> str:
                 ('grid', base.replace(layout='grid', sparse_points=False)),
                 ('adaptive', base.replace(layout='adaptive', sparse_points=False))]
     variants += [(f'{layout} + sparse points', base.replace(layout=layout, sparse_points=True)) for layout in LAYOUTS]
+    variants += [(f'{layout} + border join {distance:g} m', base.replace(layout=layout, border_join=distance))
+                 for distance in args.join for layout in ('adaptive', 'grid')]
+    variants = [(name, segmenter) for name, segmenter in variants if re.search(args.only, name)]
     rows, quality = {}, {}
     for name, segmenter in variants:
         rows[name], quality[name] = [], []
@@ -204,6 +208,9 @@ def accuracy(args) -> str:
                 ('adaptive, full points', dict(layout='adaptive', sparse_points=False)),
                 ('adaptive + sparse points', dict(layout='adaptive')), ('cover', dict(layout='cover')),
                 ('staggered', dict(layout='staggered')), ('tile', dict(layout='tile'))]
+    variants += [(f'{layout} + border join {distance:g} m', dict(layout=layout, border_join=distance))
+                 for distance in args.join for layout in ('adaptive', 'grid')]
+    variants = [(name, options) for name, options in variants if re.search(args.only, name)]
     lines = ['# Block layouts on the synthetic hold-out (ground truth)', '',
              f'Machine: {machine_note(args.threads)}.', f'Area 5 of `mpnet-synth --areas 5 --rooms-per-area 4 '
              f'--seed 0` ({len(rooms)} rooms), {"every point" if args.keep >= 1 else f"{args.keep:.0%} of the points"}'
@@ -307,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument('--fps', action='store_true', help='FPS per block: numpy with/without early exit, torch')
     parser.add_argument('--synthetic', default=str(ROOT / 'data' / 'synthetic'),
                         help='rooms written by mpnet-synth --areas 5 --rooms-per-area 4 --seed 0')
+    parser.add_argument('--join', type=float, nargs='*', default=[],
+                        help='--accuracy/--layouts: also adaptive and grid with these border_join distances [m]')
+    parser.add_argument('--only', default='', help='--accuracy/--layouts: only the variants whose name matches')
     parser.add_argument('--keep', type=float, default=1.0, help='--accuracy: fraction of each room\'s points kept')
     args = parser.parse_args(argv)
     if not (DATA / 'ouster_os1_128').is_dir():
@@ -323,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         report, name = batch_sweep(args), 'frame_batch.md'
     else:
         report, name = compare(args), 'frame.md'
+    if args.join or args.only:  # a selection of variants: its own results file, the full tables stay
+        name = name.replace('.md', '_join.md')
     print(report)
     atomic_write_text(RESULTS / name, report)
     return 0

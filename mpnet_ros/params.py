@@ -91,6 +91,9 @@ SPECS: dict[str, ParamSpec] = {
     'block_layout': ParamSpec('adaptive', 'Which 1 m blocks are segmented (docs/frame_layouts.md): adaptive = all '
                               'overlapping blocks where the cloud is dense, redundant sparse ones dropped; grid = '
                               'all (stride 0.5 m).', choices=LAYOUTS, rebuild=('segmenter',)),
+    'border_join': ParamSpec(0.0, 'Join same-class instances that touch within this distance [m] across the border '
+                             'of sparse blocks that never held both sides (whole objects in sparse lidar under '
+                             'adaptive; no effect on dense clouds); 0 = off.', 0.0, 0.45, rebuild=('segmenter',)),
     'tracking': ParamSpec(True, 'Keep instance ids across frames (false: ids are per frame, largest first).',
                           rebuild=('tracker',)),
     'track_max_distance': ParamSpec(1.0, 'An instance continues a track of its class whose box centre is within '

@@ -90,7 +90,8 @@ def make_segmenter(params: SegmentParams) -> Any:
         return SceneSegmenter.from_config(params.backend, params.model_path, device=params.device,
                                           precision=params.precision, backend_options=backend_options,
                                           min_instance_points=params.min_instance_points,
-                                          layout=params.block_layout, **tuned)
+                                          layout=params.block_layout,
+                                          border_join=params.border_join, **tuned)
     except Exception as error:
         if type(error).__name__ == 'TensorRTUnavailable':   # no TensorRT or no GPU here: the backend is the problem
             raise ParamError('backend', params.backend, str(error)) from error

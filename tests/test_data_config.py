@@ -108,6 +108,6 @@ def test_eval_of_sensor_frames_uses_the_asked_block_layout(roots, tmp_path, monk
 
     monkeypatch.setattr(SceneSegmenter, 'from_config', classmethod(spy))
     assert main(['--checkpoint', str(DEFAULT_CHECKPOINT), '--config', str(config), '--layout', 'tile',
-                 '--window', '1', '--out', str(tmp_path / 'out')]) == 0
-    assert [s.layout for s in made] == ['tile']
+                 '--border-join', '0.2', '--window', '1', '--out', str(tmp_path / 'out')]) == 0
+    assert [(s.layout, s.border_join) for s in made] == [('tile', 0.2)]
     assert json.loads((tmp_path / 'out' / 'summary.json').read_text())['window 1']['clouds'] == 1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpnet_model.infer.merging import BlockMerger, block_merging, block_merging_reference
+from mpnet_model.infer.merging import BlockMerger, block_merging, block_merging_reference, join_across_borders
 from tests.postprocess_fixtures import lidar_merge_case, needs_cuda, needs_data
 
 
@@ -356,3 +356,73 @@ def test_empty_block_and_empty_merger():
     block = _grid_object((0.0, 0.0, 0.0), (0.1, 0.1, 0.1))
     merger.add_block(block, np.full(len(block), -1), np.zeros(len(block), int))  # nothing labelled
     assert (merger.finalize().instances == -1).all() and merger.num_voxels == 0
+
+
+def _tiles_case():
+    """Two 1 m tiles [0,1] and [1,2] (x) of a 1 m strip: points every 5 cm, each point in the tile(s) holding it.
+    -> xyz (N,3) tensor, memberships (points, blocks), block min corners (2,2)."""
+    xs, ys = np.meshgrid(np.arange(0.025, 2.0, 0.05), np.arange(0.025, 1.0, 0.05), indexing='ij')
+    xyz = torch.tensor(np.stack([xs.ravel(), ys.ravel(), np.zeros(xs.size)], 1))
+    tiles = [torch.nonzero((xyz[:, 0] >= lo) & (xyz[:, 0] <= lo + 1)).squeeze(1) for lo in (0.0, 1.0)]
+    blocks = torch.cat([torch.full_like(t, k) for k, t in enumerate(tiles)])
+    return xyz, torch.cat(tiles), blocks, torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+
+
+def test_border_join_joins_a_plane_split_by_a_tile_border():
+    xyz, points, blocks, corners = _tiles_case()
+    instances = (xyz[:, 0] > 1).long()  # the plane: id 0 in the left tile, id 1 in the right one
+    classes = torch.zeros_like(instances)
+    joined = join_across_borders(xyz, instances, classes, points, blocks, corners, 1.0, 0.1)
+    assert joined.unique().tolist() == [0]
+    # Too short a reach (below the 5 cm spacing) joins nothing; off is the plain merge.
+    np.testing.assert_array_equal(join_across_borders(xyz, instances, classes, points, blocks, corners, 1.0, 0.04),
+                                  instances)
+
+
+def test_border_join_keeps_separated_objects_and_other_classes_apart():
+    xyz, points, blocks, corners = _tiles_case()
+    gap = (xyz[:, 0] > 0.8) & (xyz[:, 0] < 1.2)   # two objects of one class 40 cm apart across the border
+    instances = torch.where(gap, -1, (xyz[:, 0] > 1).long())
+    classes = torch.zeros_like(instances)
+    np.testing.assert_array_equal(join_across_borders(xyz, instances, classes, points, blocks, corners, 1.0, 0.2),
+                                  instances)
+    # Touching across the border but of different classes: apart.
+    instances = (xyz[:, 0] > 1).long()
+    np.testing.assert_array_equal(join_across_borders(xyz, instances, instances.clone(), points, blocks, corners,
+                                                      1.0, 0.2), instances)
+
+
+def test_border_join_respects_a_split_made_inside_one_block():
+    # A third block covering both sides ([0.5, 1.5]) saw the two pieces together and kept them apart: no join.
+    xyz, points, blocks, corners = _tiles_case()
+    middle = torch.nonzero((xyz[:, 0] >= 0.5) & (xyz[:, 0] <= 1.5)).squeeze(1)
+    points, blocks = torch.cat([points, middle]), torch.cat([blocks, torch.full_like(middle, 2)])
+    corners = torch.cat([corners, torch.tensor([[0.5, 0.0]], dtype=torch.float64)])
+    instances = (xyz[:, 0] > 1).long()
+    np.testing.assert_array_equal(join_across_borders(xyz, instances, torch.zeros_like(instances), points, blocks,
+                                                      corners, 1.0, 0.2), instances)
+
+
+def test_border_join_chains_pieces_order_independently():
+    # Three tiles, the plane in three pieces with ids given in a shuffled order: one component, smallest id.
+    xs, ys = np.meshgrid(np.arange(0.025, 3.0, 0.05), np.arange(0.025, 1.0, 0.05), indexing='ij')
+    xyz = torch.tensor(np.stack([xs.ravel(), ys.ravel(), np.zeros(xs.size)], 1))
+    tiles = [torch.nonzero((xyz[:, 0] >= lo) & (xyz[:, 0] <= lo + 1)).squeeze(1) for lo in (0.0, 1.0, 2.0)]
+    blocks = torch.cat([torch.full_like(t, k) for k, t in enumerate(tiles)])
+    corners = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    instances = torch.tensor([5, 2, 7])[torch.clamp((xyz[:, 0] // 1).long(), max=2)]
+    joined = join_across_borders(xyz, instances, torch.zeros_like(instances), torch.cat(tiles), blocks, corners,
+                                 1.0, 0.1)
+    assert joined.unique().tolist() == [2]
+
+
+@needs_cuda
+def test_border_join_on_cuda_stays_on_device_and_matches():
+    xyz, points, blocks, corners = _tiles_case()
+    instances = torch.where(xyz[:, 1] > 0.5, 3, (xyz[:, 0] > 1).long())  # a split lower plane, one upper plane
+    classes = (xyz[:, 1] > 0.5).long()
+    expected = join_across_borders(xyz, instances, classes, points, blocks, corners, 1.0, 0.1)
+    on_gpu = join_across_borders(*(t.cuda() for t in (xyz, instances, classes, points, blocks, corners)), 1.0, 0.1)
+    assert on_gpu.device.type == 'cuda'
+    np.testing.assert_array_equal(on_gpu.cpu().numpy(), expected.numpy())
+    assert expected.unique().tolist() == [0, 3]

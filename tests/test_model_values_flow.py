@@ -148,6 +148,8 @@ def test_hop4_node_parameters(model_files):
         (1.5, 0.75, 256, 0.45)
     np.testing.assert_allclose(from_model.class_min_points, 0.3 * np.array(MEANS))
     assert make_segmenter(validate_params({'model_path': str(onnx_path), 'cluster_bandwidth': 0.8})).bandwidth == 0.8
+    assert from_model.border_join == 0.0
+    assert make_segmenter(validate_params({'model_path': str(onnx_path), 'border_join': 0.2})).border_join == 0.2
 
 
 def test_hop4_the_node_itself(model_files):

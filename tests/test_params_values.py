@@ -29,6 +29,7 @@ NON_DEFAULT = {
     'cluster_bandwidth': 0.45,
     'min_instance_points': 120,
     'block_layout': 'grid',
+    'border_join': 0.2,
     'tracking': False,
     'track_max_distance': 2.5,
     'track_min_iou': 0.3,

@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--sampler', choices=SAMPLERS, default='auto',
                         help="block sampling; 'legacy' = the per-block draw of the path before issue 12")
     parser.add_argument('--seed', type=int, default=0, help='block sampling seed')
+    parser.add_argument('--border-join', type=float, default=None, metavar='METRES',
+                        help='join same-class instances across borders of blocks that never held both sides '
+                             '(SceneSegmenter border_join; default: the segmenter\'s)')
     parser.add_argument('--no-sparse-points', dest='sparse_points', action='store_false',
                         help='sample every block to the model\'s full points per block (no smaller buckets)')
     parser.add_argument('--out', required=True, help='folder for the report')
@@ -235,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             options = {'bandwidth': bandwidth, 'class_min_points': class_min_points(sizes, fraction)}
         if args.layout:
             options['layout'] = args.layout
+        if args.border_join is not None:
+            options['border_join'] = args.border_join
         segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device,
                                                sampler=args.sampler, seed=args.seed,
                                                sparse_points=args.sparse_points, **options)
@@ -260,6 +265,8 @@ def _evaluate_frames(args, d, frame_paths) -> int:
     from mpnet_model.eval import frames as frame_eval
 
     layout = {'layout': args.layout} if args.layout else {}
+    if args.border_join is not None:
+        layout['border_join'] = args.border_join
     segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device, sampler=args.sampler,
                                            seed=args.seed, sparse_points=args.sparse_points, **layout)
     segment = frame_eval.segment_with(segmenter, args.gravity_align)

@@ -598,3 +598,86 @@ def _pad_rows(values: torch.Tensor, row: torch.Tensor, num_rows: int) -> tuple[t
     padded[row, slot] = values
     valid[row, slot] = True
     return padded, valid
+
+
+JOIN_MIN_CONTACTS = 3  # border join: point pairs within the distance needed to join two instances
+
+
+def join_across_borders(xyz, instances, point_class, member_points, member_blocks, block_min_xy,
+                        block_size: float, distance: float, min_contacts: int = JOIN_MIN_CONTACTS):
+    """Join instances split by a border between blocks that never saw each other's points.
+
+    BlockMerging joins a block's group to an instance only through shared points (voxels), so on a layout whose
+    blocks tile the plane (the sparse part of ``adaptive``, ``cover``, ``tile``) an object crossing a tile border
+    stays in pieces. This step joins two instances A != B of the same majority class when at least
+    ``min_contacts`` point pairs (a in A, b in B) lie within ``distance`` of each other and no kept block holds
+    both a and b (the network never saw them together, so it never had the chance to separate them). Joins are
+    the connected components of those instance pairs: order independent.
+
+    On a grid with stride <= block_size / 2 (dense clouds under ``adaptive``, every cloud under ``grid``) every
+    two points closer than block_size / 4 share a kept block, so nothing changes there (up to blocks dropped for
+    having too few points). Only points closer than ``distance`` to the edge of every kept block holding them
+    ("border points") are searched: a k-d tree on the host over those.
+
+    xyz (N,3), instances (N,) int64 (-1 none), point_class (N,) int64 class of each point (read where
+    instances >= 0), member_points / member_blocks (M,) the kept blocks' memberships (point, block), every point
+    of each block's column (not only the sampled ones), block_min_xy (K,2) each block's min corner, absolute.
+    -> (N,) int64 instance ids (joined instances take the smallest id of their component), on the device of
+    ``instances``.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if not distance > 0 or min_contacts < 1:
+        raise ValueError(f'join_across_borders: distance must be > 0 and min_contacts >= 1, got {distance!r}, '
+                         f'{min_contacts!r}')
+    device = instances.device
+    labelled = instances >= 0
+    if member_points.numel() == 0 or int(labelled.sum()) < 2:
+        return instances
+    # Margin of each point inside the kept blocks holding it: the largest over its blocks of the distance to the
+    # block's nearest side (xy columns). A point with margin >= distance has all its neighbours in one block.
+    low = xyz[member_points, :2].double() - block_min_xy[member_blocks].double()  # (M,2)
+    margin = torch.minimum(low, block_size - low).amin(1)
+    point_margin = torch.full((xyz.shape[0],), -1.0, dtype=torch.float64, device=device)
+    point_margin.scatter_reduce_(0, member_points, margin, 'amax')
+    border = torch.nonzero(labelled & (point_margin < distance)).squeeze(1)  # (B,)
+    if border.numel() < 2:
+        return instances
+    pairs = cKDTree(xyz[border].double().cpu().numpy()).query_pairs(distance, output_type='ndarray')
+    if len(pairs) == 0:
+        return instances
+    first, second = (border[torch.from_numpy(pairs[:, axis].astype(np.int64)).to(device)] for axis in (0, 1))
+    ids = instances[labelled]
+    num_ids = int(ids.max()) + 1
+    instance_class = _majority(ids, point_class[labelled].long(), torch.ones_like(ids, dtype=torch.float64),
+                               num_ids)
+    id_a, id_b = instances[first], instances[second]
+    keep = (id_a != id_b) & (instance_class[id_a] == instance_class[id_b])
+    first, second, id_a, id_b = first[keep], second[keep], id_a[keep], id_b[keep]
+    if first.numel() == 0:
+        return instances
+    # No kept block holds both points: compare the padded block lists of the border points.
+    row_of_point = torch.full((xyz.shape[0],), -1, dtype=torch.int64, device=device)
+    row_of_point[border] = torch.arange(border.numel(), device=device)
+    on_border = torch.nonzero(row_of_point[member_points] >= 0).squeeze(1)
+    order = torch.sort(row_of_point[member_points[on_border]], stable=True).indices
+    rows = row_of_point[member_points[on_border[order]]]
+    blocks_of_row, valid = _pad_rows(member_blocks[on_border[order]], rows, border.numel())
+    blocks_of_row = torch.where(valid, blocks_of_row, -1)
+    blocks_a, blocks_b = blocks_of_row[row_of_point[first]], blocks_of_row[row_of_point[second]]  # (Q,W)
+    shared = ((blocks_a[:, :, None] == blocks_b[:, None, :]) & (blocks_a[:, :, None] >= 0)).any(2).any(1)
+    id_a, id_b = torch.minimum(id_a, id_b)[~shared], torch.maximum(id_a, id_b)[~shared]
+    edge_keys, contacts = torch.unique(id_a * num_ids + id_b, return_counts=True)
+    edge_keys = edge_keys[contacts >= min_contacts].cpu().numpy()
+    if edge_keys.size == 0:
+        return instances
+    graph = coo_matrix((np.ones(edge_keys.size), (edge_keys // num_ids, edge_keys % num_ids)),
+                       shape=(num_ids, num_ids))
+    _, component = connected_components(graph, directed=False)
+    # Each component takes its smallest id.
+    smallest = np.full(component.max() + 1, num_ids, dtype=np.int64)
+    np.minimum.at(smallest, component, np.arange(num_ids))
+    new_id = torch.from_numpy(smallest[component]).to(device)
+    return torch.where(labelled, new_id[instances.clamp_min(0)], instances)

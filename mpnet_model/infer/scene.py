@@ -30,13 +30,14 @@ from scipy.spatial import cKDTree
 from mpnet_model.infer.backends.base import Backend, make_backend
 from mpnet_model.infer.blocking import LAYOUTS, SAMPLERS, FrameBlocks, frame_blocks
 from mpnet_model.infer.meanshift import mean_shift_blocks
-from mpnet_model.infer.merging import block_merging
+from mpnet_model.infer.merging import block_merging, join_across_borders
 
 DEFAULT_MIN_BLOCK_POINTS = 20      # sparse lidar blocks still get a prediction (training uses 100)
 DEFAULT_MIN_INSTANCE_POINTS = 50
 DEFAULT_MERGE_GAP = 0.005          # BlockMerging voxel edge [m]
 DEFAULT_LAYOUT = 'adaptive'        # block layout (see mpnet_model.infer.blocking and docs/frame_layouts.md)
 DEFAULT_SPARSE_POINTS = True       # sparse blocks sampled to fewer points when the backend takes them
+DEFAULT_BORDER_JOIN = 0.0          # join instances across borders of blocks that never saw them together [m]; 0 off
 # Torch intra-op threads of the stages around the network on the CPU (blocking, mean shift, merging, projection:
 # thousands of small ops). Measured on the 2-core machine with other jobs running: mean shift of 8 dense office
 # blocks 0.05 s on one thread, 2.7 s on two (OpenMP workers wait on descheduled peers at every small op); the
@@ -86,6 +87,8 @@ class SceneSegmenter:
     'legacy' = the per-block draw of the path before issue 12 (its answers, for references and tests).
     sparse_points: sample blocks of fewer points than the model's P to a smaller P (`point_buckets`) when the
     backend takes it (fewer repeated points: less inference and mean-shift work on sparse lidar blocks).
+    border_join: after BlockMerging, join same-class instances touching within this distance [m] across the
+    border of blocks that never held both sides (`merging.join_across_borders`; tiled sparse blocks); 0 = off.
     """
 
     def __init__(self, backend: Backend, block_size: float = 1.0, stride: float = 0.5, num_points: int | None = None,
@@ -93,7 +96,8 @@ class SceneSegmenter:
                  min_instance_points: int = DEFAULT_MIN_INSTANCE_POINTS, seed: int = 0,
                  min_block_points: int = DEFAULT_MIN_BLOCK_POINTS, lidar_colour: str = 'intensity',
                  merge_gap: float = DEFAULT_MERGE_GAP, class_min_points: np.ndarray | None = None,
-                 layout: str = DEFAULT_LAYOUT, sampler: str = 'auto', sparse_points: bool = DEFAULT_SPARSE_POINTS):
+                 layout: str = DEFAULT_LAYOUT, sampler: str = 'auto', sparse_points: bool = DEFAULT_SPARSE_POINTS,
+                 border_join: float = DEFAULT_BORDER_JOIN):
         if num_points is not None and num_points != backend.num_points:
             raise ValueError(f'num_points={num_points} but the model ({backend.source}) takes {backend.num_points} '
                              'points per block')
@@ -105,6 +109,8 @@ class SceneSegmenter:
             raise ValueError(f"lidar_colour={lidar_colour!r}: choose 'intensity' or 'grey'")
         if layout not in LAYOUTS:
             raise ValueError(f'layout={layout!r}: choose one of {LAYOUTS}')
+        if not 0 <= border_join < block_size / 2:
+            raise ValueError(f'border_join={border_join!r}: a distance in [0, block_size / 2) metres (0 = off)')
         if sampler not in SAMPLERS:
             raise ValueError(f'sampler={sampler!r}: choose one of {SAMPLERS}')
         self.backend = backend
@@ -117,6 +123,7 @@ class SceneSegmenter:
         self.merge_gap = float(merge_gap)
         self.layout, self.sampler = layout, sampler
         self.sparse_points = bool(sparse_points)
+        self.border_join = float(border_join)
         # Optional per-class minimum instance size (points), e.g. ASIS's 0.25 x the training set's mean instance
         # size of the class: evaluation uses it; on a robot the density differs, so min_instance_points rules.
         self.class_min_points = None
@@ -148,7 +155,7 @@ class SceneSegmenter:
                     bandwidth=self.bandwidth, min_instance_points=self.min_instance_points, seed=self.seed,
                     min_block_points=self.min_block_points, lidar_colour=self.lidar_colour,
                     merge_gap=self.merge_gap, class_min_points=self.class_min_points, layout=self.layout,
-                    sampler=self.sampler, sparse_points=self.sparse_points)
+                    sampler=self.sampler, sparse_points=self.sparse_points, border_join=self.border_join)
 
     def replace(self, **changes) -> SceneSegmenter:
         """A segmenter on the same backend with some options changed."""
@@ -261,8 +268,14 @@ class SceneSegmenter:
                 size = group.indices.shape[1]
                 instances[group.blocks, :size] = group_instances
                 labels[group.blocks, :size] = probs.argmax(-1)
-        instance_of_point = block_merging(cloud, indices, instances, labels, gap=self.merge_gap)
-        return point_probs, torch.as_tensor(instance_of_point, device=cloud.device)
+        instance_of_point = torch.as_tensor(block_merging(cloud, indices, instances, labels, gap=self.merge_gap),
+                                            device=cloud.device)
+        if self.border_join > 0:
+            partition = blocks.partition
+            instance_of_point = join_across_borders(
+                cloud, instance_of_point, point_probs.argmax(1), partition.point_order, partition.pair_blocks(),
+                partition.room_min[:2] + partition.origins, partition.block_size, self.border_join)
+        return point_probs, instance_of_point
 
     def _nearest(self, references: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """(M,) index of the nearest of `references` (S,3) for each of `queries` (M,3): a k-d tree on the CPU,
