@@ -84,6 +84,30 @@ def test_init_from_starts_from_other_weights_and_names_a_bad_file(roots, tmp_pat
     raw['run'].update(out_dir=str(tmp_path / 'c'), init_from=str(tmp_path / 'missing.pt'))
     with pytest.raises(CheckpointError, match='init_from'):
         Trainer(config_from_dict(raw), train_set)
+    # Weights trained without the embedding dropout start a model with it (the dropout layer shifts the head's
+    # output conv from index 3 to 4): same weights, same eval outputs; a real mismatch (another width) still fails.
+    raw['model'] = {**SMALL_MODEL, 'embed_dropout': 0.0}
+    raw['run'].update(out_dir=str(tmp_path / 'd'), init_from='')
+    plain = Trainer(config_from_dict(raw), train_set)
+    plain.save(tmp_path / 'plain.pt')
+    plain.close()
+    raw['model'] = {**SMALL_MODEL, 'embed_dropout': 0.5}
+    raw['run'].update(out_dir=str(tmp_path / 'e'), init_from=str(tmp_path / 'plain.pt'))
+    dropped = Trainer(config_from_dict(raw), train_set)
+    assert 'embedding.4.weight' in dropped.model.state_dict() and 'embedding.3.weight' in plain.model.state_dict()
+    points = torch.rand(2, SMALL_MODEL['num_points'], 9)
+    plain.model.eval()
+    dropped.model.eval()
+    with torch.no_grad():
+        expected, got = plain.model(points), dropped.model(points)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    dropped.close()
+    raw['model'] = {**SMALL_MODEL, 'mem_per_class': 3}
+    raw['run'].update(out_dir=str(tmp_path / 'f'))
+    with pytest.raises(CheckpointError, match='init_from'):
+        Trainer(config_from_dict(raw), train_set)
 
 
 def test_eval_of_sensor_frames_uses_the_asked_block_layout(roots, tmp_path, monkeypatch):

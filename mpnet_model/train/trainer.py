@@ -161,6 +161,30 @@ def default_epoch_end() -> list[EpochEnd]:
     return [validate_epoch, record_epoch, save_checkpoints]
 
 
+
+def align_dropout_heads(model: nn.Module, state: dict) -> dict:
+    """`state` with the layer indices of its Sequential heads moved to `model`'s where the two differ only by
+    dropout layers (no weights): e.g. weights trained with `embed_dropout: 0` (the embedding head's output conv at
+    index 3) start a model with the dropout (the same conv at index 4). Anything else is left as it is, so a real
+    architecture mismatch still fails in `load_state_dict`."""
+    state = dict(state)
+    for prefix, module in model.named_modules():
+        if not isinstance(module, nn.Sequential) or not any(isinstance(m, nn.Dropout) for m in module):
+            continue
+        wanted = [i for i, m in enumerate(module) if any(True for _ in m.parameters(recurse=False)) or
+                  any(True for _ in m.buffers(recurse=False))]
+        head = f'{prefix}.'
+        stored = sorted({int(k[len(head):].split('.', 1)[0]) for k in state
+                         if k.startswith(head) and k[len(head):].split('.', 1)[0].isdigit()})
+        if stored == wanted or len(stored) != len(wanted):
+            continue
+        moved = {}
+        for key in [k for k in state if k.startswith(head) and k[len(head):].split('.', 1)[0].isdigit()]:
+            index, rest = key[len(head):].split('.', 1)
+            moved[f'{head}{wanted[stored.index(int(index))]}.{rest}'] = state.pop(key)
+        state.update(moved)
+    return state
+
 class Trainer:
     """Trains `MPNet(cfg.model)` on a Dataset of (points (P,9), sem (P,), ins (P,)) blocks."""
 
@@ -257,9 +281,11 @@ class Trainer:
         return True
 
     def init_weights(self, path: str | Path) -> None:
-        """Fine-tuning: the model weights of another checkpoint (same architecture), a fresh optimiser."""
+        """Fine-tuning: the model weights of another checkpoint (same architecture, up to dropout layers in the
+        heads: `align_dropout_heads`), a fresh optimiser."""
         try:
-            self.model.load_state_dict(read_checkpoint(path, map_location=self.device)['state_dict'])
+            state = read_checkpoint(path, map_location=self.device)['state_dict']
+            self.model.load_state_dict(align_dropout_heads(self.model, state))
         except (CheckpointError, RuntimeError) as error:
             raise CheckpointError(f'run.init_from={str(path)!r}: cannot start from it: {error}') from error
         log.info('starting from the weights of %s', path)
