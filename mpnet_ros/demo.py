@@ -59,16 +59,19 @@ def _label_counts(labels: np.ndarray, class_names) -> Counter:
 
 
 def instance_size_filter(model: str) -> np.ndarray | None:
-    """ASIS's per-class minimum instance size (0.25 x the training set's mean) when the model's checkpoint holds
-    the statistics: valid for rooms scanned at the training density, such as the generated one."""
+    """ASIS's per-class minimum instance size (the model's tuned fraction, else 0.25, x the training set's mean)
+    when the model's checkpoint holds the statistics: valid for rooms scanned at the training density, such as the
+    generated one (mpnet-eval's rule)."""
     from mpnet_model.default_model import DEFAULT_CHECKPOINT
-    from mpnet_model.eval.evaluate import class_min_points
+    from mpnet_model.eval.evaluate import class_min_points, postprocess_settings
     from mpnet_model.model.checkpoint import read_checkpoint
 
     checkpoint = Path(model) if model else DEFAULT_CHECKPOINT
     if checkpoint.suffix != '.pt' or not checkpoint.is_file():
         return None
-    return class_min_points(read_checkpoint(checkpoint)['extra'].get('class_mean_instance_points'))
+    extra = read_checkpoint(checkpoint)['extra']
+    _, fraction = postprocess_settings(extra, None, None)
+    return class_min_points(extra.get('class_mean_instance_points'), fraction)
 
 
 def demo_generated_room(segmenter: SceneSegmenter, out: Path, seed: int, density: float,

@@ -86,12 +86,17 @@ SPECS: dict[str, ParamSpec] = {
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'.", rebuild=('segmenter',)),
     'cluster_bandwidth': ParamSpec(0.0, "Mean-shift bandwidth on instance embeddings (0 = the model's tuned value, "
                                    '0.6 when the model records none).', 0.0, 10.0, rebuild=('segmenter',)),
+    'min_instance_fraction': ParamSpec(-1.0, "Drop instances under this fraction of their class's mean training "
+                                       "instance size (ASIS's filter; the model records the sizes and its tuned "
+                                       "fraction). -1 = the model's value, 0 = off (crops and short-range frames "
+                                       "hold smaller instances than the whole rooms the sizes come from).",
+                                       -1.0, 100.0, rebuild=('segmenter',)),
     'min_instance_points': ParamSpec(50, 'Instances with fewer points are dropped (instance -1).', 1, 10_000_000,
                                      rebuild=('segmenter',)),
     'block_layout': ParamSpec('adaptive', 'Which 1 m blocks are segmented (docs/frame_layouts.md): adaptive = all '
                               'overlapping blocks where the cloud is dense, redundant sparse ones dropped; grid = '
                               'all (stride 0.5 m).', choices=LAYOUTS, rebuild=('segmenter',)),
-    'border_join': ParamSpec(0.0, 'Join same-class instances that touch within this distance [m] across the border '
+    'border_join': ParamSpec(0.2, 'Join same-class instances that touch within this distance [m] across the border '
                              'of sparse blocks that never held both sides (whole objects in sparse lidar under '
                              'adaptive; no effect on dense clouds); 0 = off.', 0.0, 0.45, rebuild=('segmenter',)),
     'tracking': ParamSpec(True, 'Keep instance ids across frames (false: ids are per frame, largest first).',

@@ -86,6 +86,8 @@ def make_segmenter(params: SegmentParams) -> Any:
         backend_options = {'engine_path': params.engine_path or None, 'cache_dir': params.engine_cache_dir or None}
     # Block geometry always, the bandwidth unless set (cluster_bandwidth 0), come from the model's metadata.
     tuned = {'bandwidth': params.cluster_bandwidth} if params.cluster_bandwidth > 0 else {}
+    if params.min_instance_fraction >= 0:                 # -1: the model's tuned size filter
+        tuned['min_instance_fraction'] = params.min_instance_fraction
     try:
         return SceneSegmenter.from_config(params.backend, params.model_path, device=params.device,
                                           precision=params.precision, backend_options=backend_options,

@@ -21,6 +21,9 @@ def segmenter():
     return _segmenter()
 
 
+MIN_INSTANCES = {'office_patch': 5, 'kinect_frame': 3, 'ouster_8m_bag': 1}
+
+
 @needs_data
 @pytest.mark.parametrize('case', list(CASES))
 def test_frame_path_matches_golden(case, segmenter):
@@ -29,7 +32,9 @@ def test_frame_path_matches_golden(case, segmenter):
     assert run.labels.size == reference.info['points'], 'the crop changed: not the same input'
     report = compare(reference, run.int_labels, run.instances)
     assert report.ok, report.summary()
-    assert report.instances_reference >= 5          # the references are not trivial
+    # The references are not trivial (the retrained model keeps these crops' planes whole: the Ouster crop is one
+    # ground instance joined across sparse blocks, the Kinect crop floor, walls and a door).
+    assert report.instances_reference >= MIN_INSTANCES[case]
     assert len(np.unique(reference.labels)) >= 4
 
 

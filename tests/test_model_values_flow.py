@@ -132,10 +132,16 @@ def test_hop3_factory_passes_device_precision_and_options(model_files):
         SceneSegmenter.from_config('onnxruntime', onnx_path, device='tpu')
 
 
-def test_hop3_shipped_model_keeps_its_defaults():
+def test_hop3_shipped_model_brings_its_tuned_values():
     segmenter = SceneSegmenter.from_config('onnxruntime', '')
-    assert (segmenter.block_size, segmenter.stride, segmenter.bandwidth, segmenter.class_min_points) == \
-        (1.0, 0.5, 0.6, None)
+    metadata = segmenter.backend.metadata
+    assert (segmenter.block_size, segmenter.stride, segmenter.bandwidth) == (1.0, 0.5, metadata.cluster_bandwidth)
+    assert metadata.min_instance_fraction > 0 and len(metadata.class_mean_instance_points) == 13
+    np.testing.assert_allclose(segmenter.class_min_points, metadata.min_instance_fraction *
+                               np.array(metadata.class_mean_instance_points))
+    assert SceneSegmenter.from_config('onnxruntime', '', min_instance_fraction=0).class_min_points is None
+    with pytest.raises(ValueError, match='min_instance_fraction'):
+        SceneSegmenter.from_config('onnxruntime', '', min_instance_fraction=-0.5)
 
 
 def test_hop4_node_parameters(model_files):
@@ -148,8 +154,13 @@ def test_hop4_node_parameters(model_files):
         (1.5, 0.75, 256, 0.45)
     np.testing.assert_allclose(from_model.class_min_points, 0.3 * np.array(MEANS))
     assert make_segmenter(validate_params({'model_path': str(onnx_path), 'cluster_bandwidth': 0.8})).bandwidth == 0.8
-    assert from_model.border_join == 0.0
-    assert make_segmenter(validate_params({'model_path': str(onnx_path), 'border_join': 0.2})).border_join == 0.2
+    assert from_model.border_join == 0.2
+    assert make_segmenter(validate_params({'model_path': str(onnx_path), 'border_join': 0.0})).border_join == 0.0
+    assert make_segmenter(validate_params({'model_path': str(onnx_path),
+                                           'min_instance_fraction': 0.0})).class_min_points is None
+    np.testing.assert_allclose(make_segmenter(validate_params({'model_path': str(onnx_path),
+                                                               'min_instance_fraction': 1.5})).class_min_points,
+                               1.5 * np.array(MEANS))
 
 
 def test_hop4_the_node_itself(model_files):

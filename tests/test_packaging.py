@@ -64,3 +64,28 @@ def test_node_executable_is_executable():
     script = ROOT / 'scripts' / 'segment'
     assert script.stat().st_mode & 0o111
     assert 'mpnet_ros.segment_node' in script.read_text()
+
+
+def test_model_card_matches_the_shipped_model():
+    """The card's settings line and post-processing line state what the shipped checkpoint and ONNX file hold."""
+    import re
+
+    from mpnet_model.default_model import DEFAULT_CHECKPOINT
+    from mpnet_model.infer.backends.base import make_backend
+    from mpnet_model.model.checkpoint import read_checkpoint
+
+    card = (ROOT / 'mpnet_model' / 'assets' / 'MODEL_CARD.md').read_text()
+    checkpoint = read_checkpoint(DEFAULT_CHECKPOINT)
+    model = checkpoint['config']
+    for key in ('dis_norm', 'level0_features', 'embed_dropout', 'memory_scale', 'feature_dim', 'mem_per_class'):
+        stated = re.search(rf'`{key}: ([^`]+)`', card)
+        assert stated, f'the model card does not state {key}'
+        assert stated.group(1) == str(model[key]), (key, stated.group(1), model[key])
+    tuned = re.search(r'bandwidth ([0-9.]+), size fraction ([0-9.]+) \(stored', card)
+    assert tuned, 'the model card does not state the stored post-processing'
+    extra = checkpoint['extra']
+    assert (float(tuned.group(1)), float(tuned.group(2))) == (extra['cluster_bandwidth'],
+                                                              extra['min_instance_fraction'])
+    onnx = make_backend('onnxruntime', '').metadata                   # the exported file carries the same values
+    assert (onnx.cluster_bandwidth, onnx.min_instance_fraction) == (extra['cluster_bandwidth'],
+                                                                    extra['min_instance_fraction'])

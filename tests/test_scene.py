@@ -126,12 +126,12 @@ def test_class_min_points_drops_small_instances_of_that_class_only(segmenter, of
         SceneSegmenter(segmenter.backend, class_min_points=[1.0, 2.0])
 
 
-def test_border_join_off_by_default_and_idle_on_the_dense_grid(segmenter, office_subset):
+def test_border_join_on_by_default_and_idle_on_the_dense_grid(segmenter, office_subset):
     # On the stride-0.5 grid every two points closer than 0.25 m share a block: the join finds nothing to join.
     xyz, rgb = office_subset
-    assert segmenter.border_join == 0.0
+    assert segmenter.border_join == 0.2
     grid = segmenter.replace(layout='grid')
-    plain, joined = grid.segment(xyz, rgb), grid.replace(border_join=0.2).segment(xyz, rgb)
+    plain, joined = grid.replace(border_join=0.0).segment(xyz, rgb), grid.segment(xyz, rgb)
     np.testing.assert_array_equal(plain.instances, joined.instances)
     np.testing.assert_array_equal(plain.labels, joined.labels)
     with pytest.raises(ValueError, match='border_join'):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ DEFAULT_MIN_INSTANCE_POINTS = 50
 DEFAULT_MERGE_GAP = 0.005          # BlockMerging voxel edge [m]
 DEFAULT_LAYOUT = 'adaptive'        # block layout (see mpnet_model.infer.blocking and docs/frame_layouts.md)
 DEFAULT_SPARSE_POINTS = True       # sparse blocks sampled to fewer points when the backend takes them
-DEFAULT_BORDER_JOIN = 0.0          # join instances across borders of blocks that never saw them together [m]; 0 off
+DEFAULT_BORDER_JOIN = 0.2          # join instances across borders of blocks that never saw them together [m]; 0 off
 # Torch intra-op threads of the stages around the network on the CPU (blocking, mean shift, merging, projection:
 # thousands of small ops). Measured on the 2-core machine with other jobs running: mean shift of 8 dense office
 # blocks 0.05 s on one thread, 2.7 s on two (OpenMP workers wait on descheduled peers at every small op); the
@@ -163,15 +163,22 @@ class SceneSegmenter:
 
     @classmethod
     def from_config(cls, backend: str = 'onnxruntime', model_path: str | Path = '', device: str = 'cpu',
-                    precision: str = 'fp32', backend_options: dict | None = None, **segmenter_options
-                    ) -> SceneSegmenter:
+                    precision: str = 'fp32', backend_options: dict | None = None,
+                    min_instance_fraction: float | None = None, **segmenter_options) -> SceneSegmenter:
         """Build backend + segmenter in one call (the factory used by the node, bag tool and demo). Block geometry,
-        bandwidth and per-class size filter default to the model's metadata; explicit options win."""
+        bandwidth and per-class size filter default to the model's metadata; explicit options win.
+        `min_instance_fraction` replaces the model's tuned fraction of its class mean instance sizes (0 = no per-class
+        filter, e.g. for crops and single sensor frames, whose instances are smaller than whole rooms')."""
         runtime = make_backend(backend, model_path, device=device, precision=precision, **(backend_options or {}))
-        segmenter_options.setdefault('block_size', runtime.metadata.block_size)
-        segmenter_options.setdefault('stride', runtime.metadata.stride)
-        segmenter_options.setdefault('bandwidth', runtime.metadata.cluster_bandwidth)
-        segmenter_options.setdefault('class_min_points', runtime.metadata.class_min_points)
+        metadata = runtime.metadata
+        segmenter_options.setdefault('block_size', metadata.block_size)
+        segmenter_options.setdefault('stride', metadata.stride)
+        segmenter_options.setdefault('bandwidth', metadata.cluster_bandwidth)
+        if min_instance_fraction is not None:
+            if min_instance_fraction < 0:
+                raise ValueError(f'min_instance_fraction={min_instance_fraction!r}: must be >= 0 (0 = no filter)')
+            metadata = replace(metadata, min_instance_fraction=float(min_instance_fraction))
+        segmenter_options.setdefault('class_min_points', metadata.class_min_points)
         return cls(runtime, **segmenter_options)
 
     def colours(self, num_points: int, rgb: np.ndarray | None, intensity: np.ndarray | None) -> np.ndarray:
