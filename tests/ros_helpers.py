@@ -6,8 +6,10 @@ the bag's PointCloud2 messages over real DDS with their original stamps (in a se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -166,6 +168,29 @@ def tiny_checkpoint(path: Path) -> Path:
                 module.running_var.uniform_(0.2, 2.0)
     save_checkpoint(path, model.eval(), cfg)
     return path
+
+
+@contextlib.contextmanager
+def spinning(context, node, *others):
+    """Spin the segment `node` and `others` on one executor in a background thread; on leaving, close the node,
+    stop the executor, destroy every node and shut `context` down (the teardown every node test needs)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=context)
+    for each in (node, *others):
+        executor.add_node(each)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        yield executor
+    finally:
+        node.close()
+        executor.shutdown()
+        for each in (node, *others):
+            each.destroy_node()
+        rclpy.shutdown(context=context)
+        spinner.join(timeout=5)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:

@@ -29,6 +29,7 @@ from ros_helpers import (  # noqa: E402
     labeled_records,
     read_bag,
     rss_bytes,
+    spinning,
     tiny_checkpoint,
     to_rclpy,
     wait_for,
@@ -124,18 +125,8 @@ def ros(checkpoint):
                  Parameter('processing_budget_ms', value=3_600_000.0)]
     node = SegmentNode(context=context, parameter_overrides=overrides)
     listener = Listener(context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    executor.add_node(listener.node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    yield context, node, listener
-    node.close()
-    executor.shutdown()
-    node.destroy_node()
-    listener.node.destroy_node()
-    rclpy.shutdown(context=context)
-    spinner.join(timeout=5)
+    with spinning(context, node, listener.node):
+        yield context, node, listener
 
 
 def player(*args: str) -> subprocess.Popen:

@@ -23,11 +23,10 @@ pytest.importorskip('mpnet_model.infer.merging')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import Log  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_helpers import rss_bytes, tiny_checkpoint, to_rclpy, xyz_cloud  # noqa: E402
+from ros_helpers import rss_bytes, spinning, tiny_checkpoint, to_rclpy, xyz_cloud  # noqa: E402
 from ros_process import REPO, domain_id, ros_env  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Float64  # noqa: E402
@@ -109,21 +108,11 @@ def robot(tmp_path_factory):
                  Parameter('processing_budget_ms', value=60_000.0), Parameter('warn_throttle_sec', value=30.0)]
     node = SegmentNode(context=context, parameter_overrides=overrides, transforms=poses)
     listener = Listener(context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    executor.add_node(listener.node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    deadline = time.monotonic() + 20
-    while listener.publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield node, listener, poses
-    node.close()
-    executor.shutdown()
-    node.destroy_node()
-    listener.node.destroy_node()
-    rclpy.shutdown(context=context)
-    spinner.join(timeout=5)
+    with spinning(context, node, listener.node):
+        deadline = time.monotonic() + 20
+        while listener.publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield node, listener, poses
 
 
 def cube(seed=0, count=2000):

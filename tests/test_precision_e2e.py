@@ -3,7 +3,6 @@ model), `mpnet-bag` (torch backend under fp16 autocast) and `mpnet-demo` (fp16 g
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('mpnet_model.infer.merging')
-from ros_helpers import OUSTER_BAG, read_bag, tiny_checkpoint  # noqa: E402
+from ros_helpers import OUSTER_BAG, read_bag, spinning, tiny_checkpoint  # noqa: E402
 
 from mpnet_ros import bag_tool  # noqa: E402
 from mpnet_ros.cloud_io import parse_cloud  # noqa: E402
@@ -24,7 +23,6 @@ CROP_BOX = [0.0, -10.0, -3.0, 1.5, -8.5, 5.0]   # a wall of the Ouster street sc
 @needs_bag
 @pytest.mark.ros
 def test_node_segments_an_ouster_frame_with_precision_fp16():
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from rclpy.serialization import deserialize_message
@@ -45,12 +43,7 @@ def test_node_segments_an_ouster_frame_with_precision_fp16():
     helper.create_subscription(PointCloud2, '/mpnet_segment/labeled_cloud', received.append,
                                QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
     publisher = helper.create_publisher(PointCloud2, topic, qos_profile_sensor_data)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    executor.add_node(helper)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    try:
+    with spinning(context, node, helper):
         deadline = time.monotonic() + 90
         while not received and time.monotonic() < deadline:
             publisher.publish(frame)          # best effort: repeat until discovery is done and a result is back
@@ -61,13 +54,6 @@ def test_node_segments_an_ouster_frame_with_precision_fp16():
         assert cloud.width == len(expected) > 500
         labels = np.frombuffer(bytes(cloud.data), np.uint8).reshape(-1, cloud.point_step)[:, 16]
         assert labels.max() < 13 and node.params.precision == 'fp16'
-    finally:
-        node.close()
-        executor.shutdown()
-        node.destroy_node()
-        helper.destroy_node()
-        rclpy.shutdown(context=context)
-        spinner.join(timeout=5)
 
 
 @needs_bag
