@@ -35,7 +35,7 @@ from mpnet_model.infer.scene import intensity_to_grey  # noqa: E402
 from mpnet_model.io.atomic import atomic_write_text  # noqa: E402
 from mpnet_model.io.pointclouds import load_pcd, optical_to_z_up  # noqa: E402
 from mpnet_model.model.checkpoint import save_checkpoint  # noqa: E402
-from mpnet_model.model.mpnet import MPNet  # noqa: E402
+from mpnet_model.model.mpnet import random_model  # noqa: E402
 from mpnet_ros.accumulate import range_mask  # noqa: E402
 from mpnet_ros.bag_tool import read_bag_clouds  # noqa: E402
 
@@ -72,16 +72,8 @@ def agreement(outputs, reference) -> tuple[float, float]:
 
 
 def paper_checkpoint(folder: Path) -> Path:
-    torch.manual_seed(0)
-    model = MPNet(ModelConfig())
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-        for head in (model.classifier, model.embedding):
-            head[-1].weight.mul_(60.0)
-    return save_checkpoint(folder / 'paper.pt', model.eval(), model.cfg)
+    model = random_model(ModelConfig(), head_scale=60.0)
+    return save_checkpoint(folder / 'paper.pt', model, model.cfg)
 
 
 def bench_torch(name: str, checkpoint: Path, blocks: np.ndarray, precisions, repeats: int, threads: int) -> list:

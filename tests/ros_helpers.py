@@ -151,22 +151,13 @@ def _fill_floats(data: bytes, values: np.ndarray) -> bytes:
 
 def tiny_checkpoint(path: Path) -> Path:
     """A random-weight MPNet checkpoint with small_config (fast on CPU; results meaningless, path real)."""
-    import torch
-
     from mpnet_model.config import small_config
     from mpnet_model.model.checkpoint import save_checkpoint
-    from mpnet_model.model.mpnet import MPNet
+    from mpnet_model.model.mpnet import random_model
 
-    torch.manual_seed(0)
     # Narrower than small_config: 256 points per block keeps node / bag tests to seconds on a shared 2-core box.
     cfg = small_config(num_points=256, sa_npoints=(128, 32, 8, 4), sa_nsample=16, mem_per_class=4)
-    model = MPNet(cfg)
-    with torch.no_grad():  # spread BN statistics: a fresh model labels every point alike, which would hide mix-ups
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.2, 2.0)
-    save_checkpoint(path, model.eval(), cfg)
+    save_checkpoint(path, random_model(cfg, bn_mean=0.5, bn_var=(0.2, 2.0)), cfg)
     return path
 
 

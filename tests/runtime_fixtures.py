@@ -15,7 +15,7 @@ from benchmarks import sample_frames
 from mpnet_model.config import small_config
 from mpnet_model.infer.scene import intensity_to_grey
 from mpnet_model.model.checkpoint import save_checkpoint
-from mpnet_model.model.mpnet import MPNet
+from mpnet_model.model.mpnet import random_model
 
 # The shared data, or (on a GPU machine without it) the frames .npz of benchmarks/gpu_session_prepare.py.
 needs_data = pytest.mark.skipif(bool(sample_frames.missing()), reason=sample_frames.missing() or 'data found')
@@ -24,15 +24,8 @@ needs_data = pytest.mark.skipif(bool(sample_frames.missing()), reason=sample_fra
 def small_checkpoint(path: Path, seed: int = 0) -> Path:
     """Write a randomly initialised small-config MPNet with non-trivial BN statistics (eval mode differs from
     train mode, so an export that ran in train mode would be caught)."""
-    torch.manual_seed(seed)
     cfg = small_config()
-    model = MPNet(cfg)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-    return save_checkpoint(path, model.eval(), cfg)
+    return save_checkpoint(path, random_model(cfg, seed), cfg)
 
 
 @functools.lru_cache(maxsize=1)

@@ -30,7 +30,7 @@ from mpnet_model.infer.precision import PrecisionError, convert_fp16, fp32_node_
 from mpnet_model.model.checkpoint import load_checkpoint
 from mpnet_model.model.losses import MPNetLoss
 from mpnet_model.model.memory import read_memory
-from mpnet_model.model.mpnet import MPNet
+from mpnet_model.model.mpnet import MPNet, random_model
 from mpnet_model.model.pointnet2 import (
     _squared_distances,
     _squared_distances_fp32,
@@ -120,16 +120,7 @@ def test_losses_run_in_fp32_under_autocast():
 def _paper_model() -> MPNet:
     """Randomly initialised paper-config MPNet with non-trivial BN statistics; the heads' output layers are scaled
     so that logits and embeddings span ~±10, as a trained model's do (a random model's are ~0.1)."""
-    torch.manual_seed(0)
-    model = MPNet(ModelConfig())
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-        for head in (model.classifier, model.embedding):
-            head[-1].weight.mul_(60.0)
-    return model.eval()
+    return random_model(ModelConfig(), head_scale=60.0)
 
 
 def _autocast_forward(model: MPNet, blocks: np.ndarray, dtype) -> tuple:

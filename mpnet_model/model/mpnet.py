@@ -82,3 +82,24 @@ class MPNet(nn.Module):
         """Inference outputs only: points (B,N,in_channels) -> (sem_logits (B,N,C), ins_embed (B,N,E))."""
         outputs = self.forward(points, sample_indices)
         return outputs['sem_logits'], outputs['ins_embed']
+
+
+def random_model(cfg: ModelConfig, seed: int = 0, bn_mean: float = 0.2, bn_var: tuple[float, float] = (0.5, 2.0),
+                 head_scale: float = 1.0) -> MPNet:
+    """A randomly initialised MPNet in eval mode for tests and speed benchmarks, where trained weights do not matter.
+
+    BatchNorm running statistics are spread (means in ±bn_mean, variances in bn_var): a fresh model labels every
+    point alike, which would hide mix-ups, and its eval mode would equal train mode. `head_scale` multiplies the
+    classifier's and the embedding head's output layers (60: logits and embeddings span ~±10 as a trained model's).
+    """
+    torch.manual_seed(seed)
+    model = MPNet(cfg)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-bn_mean, bn_mean)
+                module.running_var.uniform_(*bn_var)
+        if head_scale != 1.0:
+            for head in (model.classifier, model.embedding):
+                head[-1].weight.mul_(head_scale)
+    return model.eval()
