@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 SHARED ?= ../shared
 WHEELS := $(SHARED)/wheels
 LAUNCH_WHEELS := launch launch_xml launch_yaml launch_testing launch_pytest launch_ros \
-	launch_testing_ros ros2cli ros2launch ros2pkg ros2run ros2topic ros2node rosidl_runtime_py sensor_msgs_py \
-	composition_interfaces_placeholder
+	launch_testing_ros ros2cli ros2launch ros2pkg ros2run ros2topic ros2node ros2param ros2service rosidl_runtime_py \
+	sensor_msgs_py composition_interfaces_placeholder \
+	ros-jazzy-vision-msgs==4.1.1 ros-jazzy-tf2-msgs==0.36.4 ros-jazzy-tf2-py==0.36.4 tf2_ros_py==0.36.4
 # launch_ros finds packages and executables through the ament index under the venv prefix.
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
