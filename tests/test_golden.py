@@ -46,7 +46,7 @@ def test_golden_catches_known_wiring_bugs(bug, segmenter):
         broken = SceneSegmenter(segmenter.backend, block_size=1.0, stride=1.0, layout='grid')   # stride: grid only
     else:
         broken = SceneSegmenter(segmenter.backend)
-        broken.colours = lambda n, rgb, intensity: np.full((n, 3), 0.5, np.float32)
+        broken.colours = lambda n, rgb, intensity, *where: np.full((n, 3), 0.5, np.float32)
     report = compare(GoldenReference.load(golden_path('office_patch')), *_as_run(office_patch(broken)))
     assert not report.ok and report.label_agreement < 0.9, report.summary()
 

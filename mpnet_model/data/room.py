@@ -11,7 +11,8 @@ from mpnet_model.data.classes import IGNORE_LABEL
 from mpnet_model.io.atomic import atomic_write
 
 # Version of the on-disk room cache layout; bump when the stored arrays change meaning.
-ROOM_CACHE_VERSION = 1
+# 2: lidar frames' intensity grey scaled on the returns within 8 m of the sensor (mpnet_model/infer/scene.py)
+ROOM_CACHE_VERSION = 2
 
 
 @dataclass

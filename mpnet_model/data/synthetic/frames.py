@@ -190,7 +190,7 @@ def frame_colours(arrays, meta: dict, lidar_colour: str = 'intensity') -> np.nda
 
     n = len(arrays['xyz'])
     if lidar_colour == 'intensity' and n:
-        return intensity_to_grey(np.asarray(arrays['intensity'], np.float32))
+        return intensity_to_grey(np.asarray(arrays['intensity'], np.float32), arrays['xyz'])   # sensor frame
     if lidar_colour not in ('intensity', 'grey'):
         raise ValueError(f"lidar_colour={lidar_colour!r}: choose 'intensity' or 'grey'")
     return np.full((n, 3), 0.5, np.float32)
