@@ -136,11 +136,14 @@ def test_cli_writes_tabletop_frames_in_the_camera_format(written):
 
 
 def test_tabletop_frames_feed_the_training_and_evaluation_readers(written, tmp_path):
-    from mpnet_model.data.config import DataConfig
+    from pathlib import Path
+
+    from mpnet_model.data.config import load_data_config
     from mpnet_model.data.dataset import BlockDataset, build_cache
     from mpnet_model.eval.frames import evaluate_clouds, frame_items
 
-    split = DataConfig(dataset='frames', root=str(written), test_area=2, val_fraction=0.0).split()
+    config = Path(__file__).resolve().parents[1] / 'config' / 'eval_sim_tabletop.yaml'   # the benchmark's config
+    split = load_data_config(config, [f'data.root={written}', 'data.test_area=2', 'data.val_fraction=0']).split()
     assert [p.parent.name for p in split.train] == ['kinect_tabletop_1_1'] * 2 + ['realsense_tabletop_1_1'] * 2
     assert len(split.test) == 4
     cache = build_cache(split.train[:1], tmp_path / 'cache', loader=split.loader, progress=False)

@@ -6,17 +6,18 @@ chosen and dressed with up to 16 more table-top objects (`table_objects`: cups a
 stacks of books, boxes, bowls, keyboards, laptops, and the layout's desk clutter: monitors, papers), each its own
 instance of class `clutter`, placed without overlap with each other and with the layout's own desk clutter.
 
-Views (`sample_view`): pitch (30-70 deg below the horizon, of the optical axis) and a small roll (|roll| <= 5 deg) are
-drawn per sequence: they are what tf knows of the mounting (the sequence's `level_from_sensor`, as for the other
+Views (`sample_view`): pitch (30-70 deg below the horizon, of the optical axis) and a small roll (|roll| <= 5 deg)
+are drawn per sequence: they are what tf knows of the mounting (the sequence's `level_from_sensor`, as for the other
 cameras) plus the usual pose noise (N(0, 0.5 deg), clipped at 1 deg, so the true pitch stays in 30-70 deg). Per
 frame: a height above the table top (0.3-1.2 m, of the true pose), a yaw (any) and an aim point on the table top
 (next to an object half of the time); the camera is put on the optical axis through the aim point. A view is kept
 when the camera is inside the room (0.15 m from walls, floor and ceiling) and a coarse probe cast (64 x 48 rays)
 sees, of all its rays, hits within the camera's depth range on the chosen table and its objects on >= 60 %, on the
 table alone on >= 45 % and on its objects on >= 2 %: the table top fills most of the view and objects are in it.
-Otherwise the next draw is tried (a few to a few hundred; a probe costs ~10 ms); a sequence whose pitch fits no view
-in 80 draws is re-drawn. The heights that pass depend on the table (a 1.3 x 0.7 m desk allows less than a 3 x 1.2 m
-conference table) and on the camera's minimum depth (Kinect 0.5 m: few views below 0.4 m).
+Otherwise the next draw is tried (a few to a few hundred draws; a probe costs 20-30 ms on a loaded 2-core VM);
+a sequence whose pitch fits no view in 80 draws is re-drawn. The heights that pass depend on the table (a 1.3 x
+0.7 m desk allows less than a 3 x 1.2 m conference table) and on the camera's minimum depth (Kinect 0.5 m: few
+views below 0.4 m).
 
 Frames are `rgbd.CameraFrame`s written by `frames.write_sequence`, exactly as the drive frames are (optical frame,
 organised, NaN holes, labels, pose); `sequence.json` also gets the chosen table in `scene.rooms[0]['table']`.
