@@ -35,14 +35,16 @@ SEQUENCE_FILENAME = 'sequence.json'
 LIDAR_SENSORS = ('os1-64', 'os1-128', 'os0-128')
 CAMERA_SENSORS = ('kinect', 'realsense')
 SENSORS = LIDAR_SENSORS + CAMERA_SENSORS
-SCENE_KINDS = ('room', 'floor')
+SCENE_KINDS = ('room', 'floor')                    # the default mix of drives
+VIEW_KINDS = ('tabletop',)                         # manipulation views (cameras only, `tabletop.py`)
+ALL_SCENE_KINDS = SCENE_KINDS + VIEW_KINDS
 START_STAMP_NS = 1_700_000_000 * 10 ** 9
 
 
 @dataclass
 class SequenceSpec:
     sensor: str
-    scene: str                 # 'room' | 'floor'
+    scene: str                 # 'room' | 'floor' | 'tabletop'
     frames: int = 8
     spacing: float = 1.0       # metres driven between recorded frames
     columns: int = 1024        # lidar columns
@@ -69,6 +71,10 @@ def simulate_sequence(scene, spec: SequenceSpec, rng: np.random.Generator, ideal
 
     if spec.sensor not in SENSORS:
         raise ValueError(f'unknown sensor {spec.sensor!r}; choose one of {SENSORS}')
+    if spec.scene == 'tabletop':
+        from mpnet_model.data.synthetic.tabletop import simulate_views
+
+        return simulate_views(scene, spec, rng, ideal=ideal)
     caster = RayCaster(scene.mesh)
     rig = _rig(spec.sensor, rng)
     path = plan_path(scene.mesh, rng, anchors=scene.anchors or None)
@@ -139,13 +145,17 @@ def generate_frames(root: str | os.PathLike, areas: dict[int, int], sensors: tup
     from tqdm import tqdm
 
     from mpnet_model.data.synthetic.floors import floor_scene, room_scene
+    from mpnet_model.data.synthetic.tabletop import tabletop_scene
 
     for s in sensors:
         if s not in SENSORS:
             raise ValueError(f'unknown sensor {s!r}; choose from {SENSORS}')
     for s in scenes:
-        if s not in SCENE_KINDS:
-            raise ValueError(f'unknown scene kind {s!r}; choose from {SCENE_KINDS}')
+        if s not in ALL_SCENE_KINDS:
+            raise ValueError(f'unknown scene kind {s!r}; choose from {ALL_SCENE_KINDS}')
+    if 'tabletop' in scenes and set(sensors) - set(CAMERA_SENSORS):
+        raise ValueError(f'scene kind tabletop (manipulation views) is for the RGB-D cameras {CAMERA_SENSORS}; '
+                         f'got {", ".join(s for s in sensors if s not in CAMERA_SENSORS)}')
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     jobs = [(a, i, s) for a in sorted(areas) for i in range(int(areas[a])) for s in sensors]
@@ -156,7 +166,8 @@ def generate_frames(root: str | os.PathLike, areas: dict[int, int], sensors: tup
         rng = sequence_rng(seed, area, index, sensor)
         kind = scenes[(area + index) % len(scenes)]            # alternate over areas and drives
         name = f'{sensor}_{kind}_{area}_{index + 1}'
-        scene = (floor_scene if kind == 'floor' else room_scene)(rng, name=f'{kind}_{area}_{index + 1}')
+        build = {'floor': floor_scene, 'room': room_scene, 'tabletop': tabletop_scene}[kind]
+        scene = build(rng, name=f'{kind}_{area}_{index + 1}')
         result = simulate_sequence(scene, SequenceSpec(sensor, kind, frames, spacing, columns), rng)
         write_sequence(root / f'Area_{area}' / name, scene, *result)
         summary['sequences'].append({'area': area, 'sequence': name, 'sensor': sensor, 'scene': kind,
