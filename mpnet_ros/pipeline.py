@@ -30,6 +30,7 @@ from mpnet_model.infer.budget import (
     check_extent,
     plan_frame,
     release_memory,
+    segmenter_weights,
 )
 from mpnet_model.infer.tracking import InstanceTracker, relabel
 from mpnet_ros.accumulate import (
@@ -178,7 +179,7 @@ class ScenePipeline:
             xyz = np.random.default_rng(0).uniform((-20, -20, 0), (20, 20, 3), (PREPARE_CALIBRATION_POINTS, 3))
             start = time.perf_counter()
             plan_frame(xyz.astype(np.float32), np.zeros(3), 1, segmenter.block_size, segmenter.stride,
-                       segmenter.min_block_points, buckets=tuple(getattr(segmenter, 'point_buckets', ()) or ()))
+                       segmenter.min_block_points, **segmenter_weights(segmenter))
             self.prepare_rate.add((time.perf_counter() - start) * 1e3 / PREPARE_CALIBRATION_POINTS)
         return float(self.cost.ms_per_block)
 
@@ -277,8 +278,7 @@ class ScenePipeline:
         cost = self.cost
         plan = plan_frame(window.xyz, np.asarray(window.origin), cap if cap is not None else 2**62,
                           segmenter.block_size, segmenter.stride, segmenter.min_block_points,
-                          buckets=tuple(getattr(segmenter, 'point_buckets', ()) or ()),
-                          point_weight=cost.point_weight if cap is not None else 0.0)
+                          point_weight=cost.point_weight if cap is not None else 0.0, **segmenter_weights(segmenter))
         started = self._busy.started
         self._busy = Busy(len(window.xyz), plan.blocks, started)
         xyz, rgb, intensity, blocks, cropped_from = window.xyz, window.rgb, window.intensity, plan.blocks, 0

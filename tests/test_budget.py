@@ -19,6 +19,7 @@ from mpnet_model.infer.budget import (
     estimate_load,
     plan_frame,
     release_memory,
+    segmenter_weights,
 )
 
 
@@ -120,6 +121,10 @@ def test_load_weights_blocks_by_their_bucket_and_adds_points():
     assert estimate_load(xyz, 1.0, 0.5, 20) == (2, 2.0)          # no buckets, no point part: the block count
     np.testing.assert_allclose(bucket_weights(np.array([1, 256, 257, 1024, 5000]), (256, 512, 1024)),
                                [0.25, 0.25, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(bucket_weights(np.array([30, 600, 5000]), (256, 512, 1024), thinning=(1.0, 0.3)),
+                               [0.075, 0.3, 1.0])                 # 'adaptive' keeps ~a third of the sparse blocks
+    _, thinned = estimate_load(xyz, 1.0, 0.5, 20, buckets=(256, 512, 1024), thinning=(1.0, 0.3))
+    assert thinned == pytest.approx(0.3 * (256 / 1024 + 1.0))
 
 
 def test_plan_counts_points_and_names_a_cell_a_crop_cannot_split():
@@ -197,7 +202,7 @@ def test_pipeline_crops_an_oversize_frame_and_says_so(tiny_segmenter):
     result = pipeline.process(pipeline.window.snapshot())
     segmenter = pipeline.segmenter
     _, load = estimate_load(result.xyz, segmenter.block_size, segmenter.stride, segmenter.min_block_points,
-                            segmenter.point_buckets)
+                            **segmenter_weights(segmenter))
     assert result.cropped_from == 300_000 and 0 < len(result.xyz) < 5_000 and load <= 10 < result.blocks
     assert len(result.labels) == len(result.xyz) == len(result.instances)
     ((kind, message),) = notices
@@ -280,8 +285,8 @@ def test_one_degenerate_cloud_does_not_crop_the_next_good_one(tiny_segmenter):
 
     segmenter, path = tiny_segmenter
     cost = calibrate(segmenter)
-    buckets = segmenter.point_buckets
-    _, good_load = estimate_load(good_cloud(), 1.0, 0.5, segmenter.min_block_points, buckets, cost.point_weight)
+    _, good_load = estimate_load(good_cloud(), 1.0, 0.5, segmenter.min_block_points, point_weight=cost.point_weight,
+                                 **segmenter_weights(segmenter))
     budget = 4 * cost.predict_ms(good_load)
     params = validate_params({'model_path': str(path), 'backend': 'torch', 'processing_budget_ms': budget})
     pipeline = ScenePipeline(params, segmenter)

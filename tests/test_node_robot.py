@@ -34,7 +34,7 @@ from test_transforms import WALL_X, sensor_pose, wall_in_sensor_frame  # noqa: E
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 import mpnet_model.infer.backends.tensorrt_backend  # noqa: E402,F401 - its logger exists before the node starts
-from mpnet_model.infer.budget import estimate_load  # noqa: E402
+from mpnet_model.infer.budget import estimate_load, segmenter_weights  # noqa: E402
 from mpnet_ros.cloud_io import parse_cloud  # noqa: E402
 from mpnet_ros.health import RecentCounts  # noqa: E402
 from mpnet_ros.segment_node import SegmentNode  # noqa: E402
@@ -228,7 +228,7 @@ def test_degenerate_cloud_does_not_crop_the_next_good_one(robot):
     segmenter, cost = node.pipeline.segmenter, node.pipeline.cost
     good = np.random.default_rng(7).uniform((-3, -3, 0), (3, 3, 2), (20_000, 3))
     _, load = estimate_load(good.astype(np.float32), segmenter.block_size, segmenter.stride,
-                            segmenter.min_block_points, segmenter.point_buckets, cost.point_weight)
+                            segmenter.min_block_points, point_weight=cost.point_weight, **segmenter_weights(segmenter))
     budget = 4 * cost.predict_ms(load)
     assert listener.set(processing_budget_ms=budget)[0].successful
     try:

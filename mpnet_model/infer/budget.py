@@ -3,7 +3,8 @@ frame within its time budget, and a sane-extent check that runs before anything 
 
 The cost model (`BlockCost`): a frame costs fixed_ms + ms_per_block * load, where load = its blocks, each weighted by
 the points it is sampled to (the segmenter's point buckets: a sparse lidar block of 30 points is sampled to the
-smallest bucket and costs a fraction of a full one), plus point_weight * its points (blocking, merging and the
+smallest bucket and costs a fraction of a full one) and by the share of such blocks the layout segments
+(`LAYOUT_THINNING`), plus point_weight * its points (blocking, merging and the
 projection back to every point grow with the points, not the blocks). The shape (fixed, per block, per point) is
 calibrated at start on the real segmenter (whatever backend and device it runs on) with three clouds that differ in
 blocks and in points per block; the level then follows the frames actually processed as the MEDIAN of
@@ -28,7 +29,8 @@ import numpy as np
 
 DEFAULT_MAX_GRID_CELLS = 4_000_000      # block-grid cells one frame may span (1 km x 1 km at a 0.5 m stride)
 DEFAULT_COST_WINDOW = 15               # frames in the running median of the cost level
-CALIBRATION_SAMPLES = 3                # the calibration counts as this many frames in that median
+CALIBRATION_SAMPLES = 2                # the calibration counts as this many frames in that median: one odd
+                                       # frame right after start cannot move it, a lasting change takes 3 frames
 
 
 class ExtentError(ValueError):
@@ -71,14 +73,36 @@ def _occupied_cells(xy: np.ndarray, stride: float) -> tuple[np.ndarray, np.ndarr
     return np.stack([unique // height, unique % height], axis=1), counts, inverse.reshape(-1)
 
 
-def bucket_weights(points: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
-    """Cost weight of blocks holding `points` points: the bucket each is sampled to (the smallest >= its points,
-    the largest when it has more) over the largest bucket; 1 for every block when `buckets` is empty."""
+# Fraction of the grid's blocks a layout segments, (dense blocks, sparse blocks): 'adaptive' keeps every dense
+# block (at least the model's points per block) and covers sparse areas with about a third of theirs (measured on
+# the shipped model: 8 x 8 m at 30 and 100 points/m2, 63 and 64 of ~220 grid blocks; 5 x 5 m at 400/m2, 25 of 81);
+# 'cover' thins everywhere, 'staggered' keeps half, 'tile' (stride = block size) a quarter of the 0.5 m grid's.
+LAYOUT_THINNING = {'grid': (1.0, 1.0), 'adaptive': (1.0, 0.3), 'cover': (0.3, 0.3), 'staggered': (0.5, 0.5),
+                   'tile': (0.25, 0.25)}
+
+
+def bucket_weights(points: np.ndarray, buckets: tuple[int, ...], thinning: tuple[float, float] = (1.0, 1.0)
+                   ) -> np.ndarray:
+    """Cost weight of grid blocks holding `points` points: the bucket each is sampled to (the smallest >= its
+    points, the largest when it has more) over the largest bucket (1 for every block when `buckets` is empty),
+    times the fraction of such blocks the layout keeps (`thinning`: dense, sparse; dense = the largest bucket)."""
+    points = np.asarray(points)
     if not buckets:
-        return np.ones(len(points))
-    sizes = np.asarray(sorted(buckets), dtype=np.float64)
-    level = np.minimum(np.searchsorted(sizes, points), len(sizes) - 1)
-    return sizes[level] / sizes[-1]
+        weights = np.ones(len(points))
+        dense = np.ones(len(points), dtype=bool)
+    else:
+        sizes = np.asarray(sorted(buckets), dtype=np.float64)
+        level = np.minimum(np.searchsorted(sizes, points), len(sizes) - 1)
+        weights = sizes[level] / sizes[-1]
+        dense = points >= sizes[-1]
+    return weights * np.where(dense, thinning[0], thinning[1])
+
+
+def segmenter_weights(segmenter) -> dict:
+    """The `buckets` and `thinning` of a segmenter (its point buckets and block layout), for `plan_frame`,
+    `estimate_load` and `calibrate`."""
+    return {'buckets': tuple(getattr(segmenter, 'point_buckets', ()) or ()),
+            'thinning': LAYOUT_THINNING.get(getattr(segmenter, 'layout', 'grid'), (1.0, 1.0))}
 
 
 def _block_sums(cells: np.ndarray, counts: np.ndarray, span: int) -> np.ndarray:
@@ -109,13 +133,13 @@ def _blocks_of_cells(cells: np.ndarray, counts: np.ndarray, span: int, min_point
 
 
 def _load_of_cells(cells: np.ndarray, counts: np.ndarray, span: int, min_points: int, buckets: tuple[int, ...],
-                   point_weight: float) -> tuple[int, float]:
+                   point_weight: float, thinning: tuple[float, float] = (1.0, 1.0)) -> tuple[int, float]:
     """(blocks, load) of the given cells: load = the blocks weighted by their bucket + point_weight * points."""
     if len(cells) == 0:
         return 0, 0.0
     sums = _block_sums(cells, counts, span)
     sums = sums[sums >= min_points]
-    return len(sums), float(bucket_weights(sums, buckets).sum() + point_weight * counts.sum())
+    return len(sums), float(bucket_weights(sums, buckets, thinning).sum() + point_weight * counts.sum())
 
 
 def _grid_cells(cells: np.ndarray, span: int) -> int:
@@ -149,29 +173,31 @@ def estimate_blocks(xyz: np.ndarray, block_size: float, stride: float, min_point
 
 
 def estimate_load(xyz: np.ndarray, block_size: float, stride: float, min_points: int,
-                  buckets: tuple[int, ...] = (), point_weight: float = 0.0) -> tuple[int, float]:
+                  buckets: tuple[int, ...] = (), point_weight: float = 0.0,
+                  thinning: tuple[float, float] = (1.0, 1.0)) -> tuple[int, float]:
     """(blocks, load) of `xyz`: its blocks weighted by the point bucket each is sampled to, + point_weight per
     point (the units `BlockCost` prices)."""
     if len(xyz) == 0:
         return 0, 0.0
     cells, counts, _ = _occupied_cells(np.asarray(xyz)[:, :2].astype(np.float64), stride)
-    return _load_of_cells(cells, counts, _span(block_size, stride), min_points, buckets, point_weight)
+    return _load_of_cells(cells, counts, _span(block_size, stride), min_points, buckets, point_weight, thinning)
 
 
 def plan_frame(xyz: np.ndarray, origin: np.ndarray, max_blocks: float, block_size: float, stride: float,
                min_points: int, max_grid_cells: int = DEFAULT_MAX_GRID_CELLS, buckets: tuple[int, ...] = (),
-               point_weight: float = 0.0) -> FramePlan:
+               point_weight: float = 0.0, thinning: tuple[float, float] = (1.0, 1.0)) -> FramePlan:
     """The frame's block count and, when its load is over `max_blocks` (or it spans more than `max_grid_cells`
     grid cells), the largest set of cells nearest to the sensor `origin` (horizontal range) that fits both.
 
-    Without `buckets` and `point_weight` the load is the block count; with them it is the cost units of
-    `BlockCost` (blocks weighted by the points they are sampled to, plus point_weight per point)."""
+    Without `buckets`, `thinning` and `point_weight` the load is the block count; with them it is the cost units
+    of `BlockCost` (blocks weighted by the points they are sampled to and the share of them the layout keeps, plus
+    point_weight per point)."""
     if len(xyz) == 0:
         return FramePlan(0, 0)
     xy = np.asarray(xyz)[:, :2].astype(np.float64)
     span = _span(block_size, stride)
     cells, counts, inverse = _occupied_cells(xy, stride)
-    blocks, load = _load_of_cells(cells, counts, span, min_points, buckets, point_weight)
+    blocks, load = _load_of_cells(cells, counts, span, min_points, buckets, point_weight, thinning)
     grid = _grid_cells(cells, span)
     if load <= max_blocks and grid <= max_grid_cells:
         return FramePlan(blocks, grid, load=load)
@@ -183,7 +209,7 @@ def plan_frame(xyz: np.ndarray, origin: np.ndarray, max_blocks: float, block_siz
 
     def fits(k: int) -> bool:
         chosen = order[:k]
-        return (_load_of_cells(cells[chosen], counts[chosen], span, min_points, buckets, point_weight)[1]
+        return (_load_of_cells(cells[chosen], counts[chosen], span, min_points, buckets, point_weight, thinning)[1]
                 <= max_blocks and _grid_cells(cells[chosen], span) <= max_grid_cells)
 
     low, high = 0, len(order)            # fits(low) holds (nothing kept), fits(high) does not
@@ -197,7 +223,7 @@ def plan_frame(xyz: np.ndarray, origin: np.ndarray, max_blocks: float, block_siz
     rank[order] = np.arange(len(order))
     keep = rank[inverse] < low
     kept_blocks, kept_load = (_load_of_cells(cells[order[:low]], counts[order[:low]], span, min_points, buckets,
-                                             point_weight) if low else (0, 0.0))
+                                             point_weight, thinning) if low else (0, 0.0))
     radius = float(distance[order[low - 1]]) if low else 0.0
     return FramePlan(blocks, grid, keep, kept_blocks, radius, load, kept_load, int(counts[order[0]]))
 
@@ -305,10 +331,11 @@ def calibration_cloud(num_points: int, side: float = 2.0, seed: int = 0, density
     return rng.uniform((0.0, 0.0, 0.0), (side, side, 1.0), (count, 3)).astype(np.float32)
 
 
-# (side [m], density): 4 full blocks, 16 full blocks, 4 blocks with 20x the points. Few blocks vs many separates
-# the fixed part from the per-block part, the same blocks with more points the per-point part (measured on the
-# shipped model, CPU: 63, ~170 and 121 ms; 1.3 us per point, which a 500,000-point frame in one block shows).
-CALIBRATION_CLOUDS = ((1.5, 1.0), (2.5, 1.0), (1.5, 20.0))
+# (side [m], density): 4 dense blocks, 16 dense blocks, 4 blocks with 20x the points (density 2: every block
+# clearly over the model's points per block, so every layout keeps them all). Few blocks vs many separates the
+# fixed part from the per-block part, the same blocks with more points the per-point part (~1.3 us per point on
+# this CPU, which a 500,000-point frame in one block confirms).
+CALIBRATION_CLOUDS = ((1.5, 2.0), (2.5, 2.0), (1.5, 20.0))
 
 
 def calibrate(segmenter, cost: BlockCost | None = None, runs: int = 2) -> BlockCost:
@@ -319,11 +346,11 @@ def calibrate(segmenter, cost: BlockCost | None = None, runs: int = 2) -> BlockC
 
     cost = cost or BlockCost()
     segmenter.segment(calibration_cloud(segmenter.num_points, side=0.9, seed=1))     # warm-up: lazy inits
-    buckets = tuple(getattr(segmenter, 'point_buckets', ()) or ())
+    weights = segmenter_weights(segmenter)
     rows, times = [], []
     for side, density in CALIBRATION_CLOUDS:
         xyz = calibration_cloud(segmenter.num_points, side=side, density=density)
-        _, load = estimate_load(xyz, segmenter.block_size, segmenter.stride, segmenter.min_block_points, buckets)
+        _, load = estimate_load(xyz, segmenter.block_size, segmenter.stride, segmenter.min_block_points, **weights)
         timings = []
         for _ in range(max(1, runs)):
             start = time.perf_counter()
