@@ -2,16 +2,9 @@
 from __future__ import annotations
 
 import pytest
+from test_logs import Clock
 
 from mpnet_ros.health import OK, WARN, RecentCounts, status_level
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_growth_over_the_window_not_since_start():
