@@ -60,7 +60,7 @@ def status_level(recent: Recent, budget_ms: float, last_ms: float, last_error: s
         return WARN, f'{over} frame(s) over the {budget_ms:.0f} ms budget {window} (latest {last_ms:.0f} ms)'
     dropped = recent.counts.get('dropped', 0)
     if dropped:
-        return WARN, (f'dropping {recent.per_second("dropped"):.1f} frame(s)/s {window} (input faster than '
+        return WARN, (f'{recent.per_second("dropped"):.1f} frame(s)/s dropped {window} (input faster than '
                       'processing; latest-only)')
     errors = recent.counts.get('parse_errors', 0) + recent.counts.get('segment_errors', 0)
     if errors:

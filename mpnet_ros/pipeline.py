@@ -278,7 +278,8 @@ class ScenePipeline:
         cost = self.cost
         plan = plan_frame(window.xyz, np.asarray(window.origin), cap if cap is not None else 2**62,
                           segmenter.block_size, segmenter.stride, segmenter.min_block_points,
-                          point_weight=cost.point_weight if cap is not None else 0.0, **segmenter_weights(segmenter))
+                          point_weight=cost.point_weight if cap is not None else 0.0, keep_nearest=True,
+                          **segmenter_weights(segmenter))
         started = self._busy.started
         self._busy = Busy(len(window.xyz), plan.blocks, started)
         xyz, rgb, intensity, blocks, cropped_from = window.xyz, window.rgb, window.intensity, plan.blocks, 0
@@ -290,20 +291,25 @@ class ScenePipeline:
             limit = (f'over the cap of {cap:,} blocks (processing_budget_ms {p.processing_budget_ms:g} at '
                      f'{cost.ms_per_block:.1f} ms/block, {cost.ms_per_point * 1e3:.2f} ms per 1000 points; '
                      f'predicted {cost.predict_ms(plan.load):.0f} ms)' if over_cap else 'over the grid limit')
-            if not plan.keep.any():
-                # Nothing near the sensor fits: a crop cannot split a stride cell, and this one alone is too much.
-                raise FrameRejected('oversize', f'refused {size}, {limit}: the cell nearest the sensor alone holds '
-                                                f'{plan.nearest_cell_points:,} points '
-                                                f'({segmenter.stride:g} m wide; a degenerate cloud?), no crop fits')
             if p.oversize_action == 'refuse':
                 raise FrameRejected('oversize', f'refused {size}, {limit} (oversize_action {p.oversize_action!r})')
+            nearest_only = over_cap and plan.kept_load > cap     # even the nearest cell is over the cap
+            budget_left = p.processing_budget_ms - self.predicted_prepare_ms(len(xyz))
+            if nearest_only and cost.ms_per_point * plan.nearest_cell_points > budget_left:
+                # A crop cannot split a stride cell, and the points of this one alone cost more than the budget.
+                raise FrameRejected('oversize', f'refused {size}, {limit}: the cell nearest the sensor alone holds '
+                                                f'{plan.nearest_cell_points:,} points ({segmenter.stride:g} m wide; a '
+                                                f'degenerate cloud?), whose points alone are predicted over the '
+                                                f'budget: no crop fits')
             keep = plan.keep
             cropped_from, blocks, load = len(xyz), plan.kept_blocks, plan.kept_load
             xyz = xyz[keep]
             rgb = None if rgb is None else rgb[keep]
             intensity = None if intensity is None else intensity[keep]
             self.warn('oversize', f'cropped {size}, {limit}, to the nearest {plan.radius:.1f} m from the sensor: '
-                                  f'{len(xyz):,} points, ~{blocks:,} blocks')
+                                  f'{len(xyz):,} points, ~{blocks:,} blocks' + (
+                                      ' (the nearest cell only, itself over the cap: segmented anyway, so the '
+                                      'measured cost can follow)' if nearest_only else ''))
             self._busy = Busy(len(xyz), blocks, started)
         window_xyz = xyz
         inverse = None

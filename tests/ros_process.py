@@ -199,13 +199,16 @@ class Client:
         self.node.create_subscription(msg_type, topic, self._keep(target), qos)
         return target
 
-    def labelled(self, cloud, timeout: float, proc: subprocess.Popen | None = None):
-        """Publish `cloud` (again every 2 s: the node may still be loading) until a labelled cloud arrives."""
+    def labelled(self, cloud, timeout: float, proc: subprocess.Popen | None = None, whole: bool = True):
+        """Publish `cloud` (again every 2 s: the node may still be loading) until a labelled cloud arrives; with
+        `whole`, until one of all its points arrives (on a starved CPU the first frames after the start-up
+        calibration can be cropped to the budget until the measured cost follows the frames)."""
         deadline, last_sent = time.monotonic() + timeout, 0.0
         while time.monotonic() < deadline:
             with self.lock:
-                if self.clouds:
-                    return self.clouds[-1]
+                found = [c for c in self.clouds if not whole or c.width == cloud.width * cloud.height]
+                if found:
+                    return found[-1]
             if proc is not None and proc.poll() is not None:
                 return None                                   # the node (or ros2 launch) is gone
             if self.publisher.get_subscription_count() and time.monotonic() - last_sent > 2.0:

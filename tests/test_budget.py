@@ -341,3 +341,18 @@ def test_a_cloud_whose_nearest_cell_alone_is_over_budget_is_refused_naming_why(t
                                             r'nearest the sensor alone holds 500,000 points') as info:
         pipeline.process(pipeline.window.snapshot())
     assert info.value.kind == 'oversize'
+
+
+def test_a_cost_measured_far_too_high_recovers_from_the_frames(tiny_segmenter):
+    """A calibration on a thrashing machine (fixed part alone over the budget) must not refuse every frame
+    forever: the nearest cell is segmented anyway, and the median follows the measured frames within 3 frames."""
+    pipeline, notices = pipeline_for(tiny_segmenter, processing_budget_ms=1000.0)
+    pipeline.cost = BlockCost(ms_per_block=291.0, ms_per_point=0.00166, fixed_ms=1776.0)
+    pipeline.cost.prime(291.0, 0.00166, 1776.0, weight=2)
+    cube = np.random.default_rng(0).uniform(0, 1, (2000, 3))
+    kept = []
+    for stamp in range(5):
+        pipeline.add(parsed(cube, stamp_ns=stamp + 1))
+        kept.append(len(pipeline.process(pipeline.window.snapshot()).xyz))
+    assert 0 < kept[0] < 2000 and kept[-1] == 2000, kept
+    assert 'the nearest cell only' in notices[0][1]

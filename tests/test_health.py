@@ -17,7 +17,7 @@ def test_growth_over_the_window_not_since_start():
         window = recent.observe(counters)
     assert window.counts == {'dropped': 90, 'processed': 10} and window.span_s == pytest.approx(10.0)
     assert window.per_second('dropped') == pytest.approx(9.0)
-    assert status_level(window, 1000.0, 800.0, '') == (WARN, 'dropping 9.0 frame(s)/s in the last 10 s (input '
+    assert status_level(window, 1000.0, 800.0, '') == (WARN, '9.0 frame(s)/s dropped in the last 10 s (input '
                                                               'faster than processing; latest-only)')
     for _ in range(11):                             # input stopped: the counters stay where they are
         clock.now += 1.0

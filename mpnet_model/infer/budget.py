@@ -185,13 +185,15 @@ def estimate_load(xyz: np.ndarray, block_size: float, stride: float, min_points:
 
 def plan_frame(xyz: np.ndarray, origin: np.ndarray, max_blocks: float, block_size: float, stride: float,
                min_points: int, max_grid_cells: int = DEFAULT_MAX_GRID_CELLS, buckets: tuple[int, ...] = (),
-               point_weight: float = 0.0, thinning: tuple[float, float] = (1.0, 1.0)) -> FramePlan:
+               point_weight: float = 0.0, thinning: tuple[float, float] = (1.0, 1.0),
+               keep_nearest: bool = False) -> FramePlan:
     """The frame's block count and, when its load is over `max_blocks` (or it spans more than `max_grid_cells`
     grid cells), the largest set of cells nearest to the sensor `origin` (horizontal range) that fits both.
 
     Without `buckets`, `thinning` and `point_weight` the load is the block count; with them it is the cost units
     of `BlockCost` (blocks weighted by the points they are sampled to and the share of them the layout keeps, plus
-    point_weight per point)."""
+    point_weight per point). `keep_nearest`: keep at least the cell nearest the sensor, even when it alone is over
+    `max_blocks` (then kept_load > max_blocks; the caller decides whether that cell is worth its cost)."""
     if len(xyz) == 0:
         return FramePlan(0, 0)
     xy = np.asarray(xyz)[:, :2].astype(np.float64)
@@ -219,6 +221,8 @@ def plan_frame(xyz: np.ndarray, origin: np.ndarray, max_blocks: float, block_siz
             low = middle
         else:
             high = middle
+    if keep_nearest and low == 0:
+        low = 1
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     keep = rank[inverse] < low
