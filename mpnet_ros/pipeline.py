@@ -330,7 +330,7 @@ class ScenePipeline:
             result = segmenter.segment(xyz, rgb, intensity)
         segmented = time.perf_counter()
         # A crop can leave no full block; counting it as one keeps the cost measured (and the cap able to grow back).
-        cost.update(max(load, 1.0), (segmented - prepared) * 1e3)
+        cost.update(load if load > 0 else 1.0, (segmented - prepared) * 1e3)
         labels, scores = np.asarray(result.labels, dtype=np.int32), np.asarray(result.scores, dtype=np.float32)
         instances, infos = np.asarray(result.instances, dtype=np.int64), list(result.instances_info)
         if self.tracker is not None:
