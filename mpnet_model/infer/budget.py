@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_MAX_GRID_CELLS = 4_000_000      # block-grid cells one frame may span (1 km x 1 km at a 0.5 m stride)
-DEFAULT_COST_WINDOW = 15               # frames in the running median of the cost level
+DEFAULT_COST_WINDOW = 9                # frames in the running median of the cost level
 CALIBRATION_SAMPLES = 2                # the calibration counts as this many frames in that median: one odd
                                        # frame right after start cannot move it, a lasting change takes 3 frames
 
