@@ -288,7 +288,13 @@ class SceneSegmenter:
         """(M,) index of the nearest of `references` (S,3) for each of `queries` (M,3): a k-d tree on the CPU,
         chunked brute force (one matmul per chunk) on a GPU."""
         if references.device.type == 'cpu':
-            return torch.from_numpy(cKDTree(references.numpy()).query(queries.numpy(), k=1)[1].astype(np.int64))
+            # One reference per distinct coordinate (first in order): coincident points cannot be split by a k-d
+            # tree, so a degenerate cloud (500,000 points at one coordinate) made every query scan them all (1 s).
+            refs = np.ascontiguousarray(references.numpy())
+            rows = refs.view(np.dtype((np.void, refs.dtype.itemsize * refs.shape[1]))).reshape(-1)
+            first = np.sort(np.unique(rows, return_index=True)[1])
+            nearest = first[cKDTree(refs[first]).query(queries.numpy(), k=1)[1]]
+            return torch.from_numpy(nearest.astype(np.int64))
         ref_sq = (references * references).sum(1)
         rows = max(1, _NEAREST_CHUNK_ELEMENTS // max(references.shape[0], 1))
         return torch.cat([(ref_sq[None, :] - 2.0 * chunk @ references.T).argmin(1)
