@@ -34,7 +34,13 @@ from mpnet_model.infer.blocking import layout_stride, partition_torch, select_la
 from mpnet_model.infer.scene import InstanceInfo
 from mpnet_model.mapping.fusion import DEFAULT_MAX_OBSERVATIONS, fuse_probabilities, labels_of
 from mpnet_model.mapping.instances import DEFAULT_MIN_IOU, associate
-from mpnet_model.mapping.schedule import DEFAULT_DIRTY_FRACTION, DEFAULT_MIN_CHANGED, BlockSchedule, RunPlan
+from mpnet_model.mapping.schedule import (
+    DEFAULT_CHANGE_CELL,
+    DEFAULT_DIRTY_FRACTION,
+    DEFAULT_MIN_CHANGED,
+    BlockSchedule,
+    RunPlan,
+)
 from mpnet_model.mapping.table import pack_cells
 from mpnet_model.mapping.voxels import VoxelMap
 
@@ -47,13 +53,16 @@ class MapConfig:
     radius: float = 20.0                     # [m] horizontal distance from the sensor kept in the map
     max_voxels: int = 1_000_000              # the oldest voxels beyond this are evicted
     dirty_fraction: float = DEFAULT_DIRTY_FRACTION
-    min_changed: int = DEFAULT_MIN_CHANGED   # voxel changes a block needs before it is segmented again
+    min_changed: int = DEFAULT_MIN_CHANGED   # change cells a block needs to change before it is segmented again
+    change_cell: float = DEFAULT_CHANGE_CELL  # [m] the scale at which occupancy changes are counted
     max_observations: int = DEFAULT_MAX_OBSERVATIONS
     clear_free_space: bool = True            # remove voxels the frame's rays pass through
     instance_min_iou: float = DEFAULT_MIN_IOU
     propagate_radius: float = 0.5            # [m] points of not-yet-segmented voxels take the nearest label
 
     def __post_init__(self):
+        if not self.change_cell >= self.voxel_size:
+            raise ValueError(f'change_cell={self.change_cell} must be >= voxel_size={self.voxel_size}')
         if not self.voxel_size > 0 or not self.radius > 0 or self.max_voxels < 1 or self.propagate_radius < 0:
             raise ValueError(f'voxel_size={self.voxel_size}, radius={self.radius} must be > 0, max_voxels='
                              f'{self.max_voxels} >= 1, propagate_radius={self.propagate_radius} >= 0')
@@ -87,13 +96,27 @@ class SemanticMapper:
         self.class_names = tuple(segmenter.class_names)
         self.stride = layout_stride(segmenter.layout, segmenter.block_size, segmenter.stride)
         self.voxels = VoxelMap(self.config.voxel_size, len(self.class_names), self.stride)
-        self.schedule = BlockSchedule(segmenter.block_size, self.stride, segmenter.min_block_points,
-                                      self.config.dirty_fraction, self.config.min_changed)
+        self.schedule = self._new_schedule()
         self.frame = 0
         self.next_instance = 0
 
     def __len__(self) -> int:
         return len(self.voxels)
+
+    def _new_schedule(self) -> BlockSchedule:
+        c = self.config
+        return BlockSchedule(self.segmenter.block_size, self.stride, self.segmenter.min_block_points,
+                             c.dirty_fraction, c.min_changed, c.change_cell)
+
+    def configure(self, config: MapConfig) -> None:
+        """New bounds and thresholds for the same voxels (the voxel size cannot change)."""
+        if config.voxel_size != self.config.voxel_size:
+            raise ValueError(f'voxel_size {config.voxel_size} != the map\'s {self.config.voxel_size}: make a new map')
+        if config.change_cell != self.config.change_cell:
+            raise ValueError(f'change_cell {config.change_cell} != the map\'s {self.config.change_cell}: '
+                             'make a new map')
+        self.config = config
+        self.schedule.dirty_fraction, self.schedule.min_changed = config.dirty_fraction, config.min_changed
 
     def nbytes(self) -> int:
         """Bytes of the map's arrays (voxels, tiles, blocks)."""
@@ -118,7 +141,8 @@ class SemanticMapper:
         inside = np.hypot(xyz[:, 0] - origin[0], xyz[:, 1] - origin[1]) <= c.radius
         added = self.voxels.integrate(xyz[inside], colours[inside], self.frame)
         evicted = self.voxels.evict(origin, c.radius, c.max_voxels, self.frame)
-        self.schedule.record(added, removed, evicted)
+        centres = self.voxels.centres
+        self.schedule.record(centres(added), centres(removed), centres(evicted))
         integrated = time.perf_counter()
         plan = self.schedule.plan(origin, max_blocks)
         blocks_run = self._segment(plan) if len(plan.run) else 0
@@ -266,8 +290,7 @@ class SemanticMapper:
         columns = dict(columns)
         columns['tile'] = self.voxels.tiles_of_keys(keys)
         self.voxels.table.replace_all(keys, columns)
-        self.schedule = BlockSchedule(self.segmenter.block_size, self.stride, self.segmenter.min_block_points,
-                                      self.config.dirty_fraction, self.config.min_changed)
-        self.schedule.record(added=columns['tile'])
+        self.schedule = self._new_schedule()
+        self.schedule.record(added=self.voxels.centres(keys))
         self.schedule.mark_all_run()
         self.frame, self.next_instance = int(frame), int(next_instance)

@@ -5,14 +5,20 @@ covers [i s, i s + B] x [j s, j s + B] in every frame, and the map's voxels keep
 made of m x m tiles (m = B / s), the s x s cells (i + a, j + b), a, b < m; a voxel lies in the tile of its
 centre.
 
-Bookkeeping, per tile: its voxel count and a cumulative count of *changes* (voxels created by a frame, voxels
-removed because the frame's rays went through them; evictions are not changes: nothing was observed there).
-Per block: the sum of its tiles' change counts and its voxel count when it was last segmented. A block is
+Changes are counted at the scale of *change cells* (cubes of `change_cell`, 0.25 m by default, a whole fraction
+of the tile): a change is a change cell that becomes occupied (its first voxel created) or empty (its last voxel
+removed because the frame's rays went through it); evictions are not changes (nothing was observed there). So a
+surface seen again from a new viewpoint, which fills in 5 cm voxels between the lidar rings of the last view,
+changes nothing until the new points reach space the map had not seen (new area, a moved object): a moving
+sensor's cost follows the new area, a static scene costs nothing.
+
+Bookkeeping, per tile: its voxel count, its occupied change cells and a cumulative count of changes. Per block:
+the sum of its tiles' change counts and its occupied change cells when it was last segmented. A block is
 **dirty** when
 
-    changes now - changes at its last run  >=  max(min_changed, dirty_fraction * voxels at its last run)
+    changes now - changes at its last run  >=  max(min_changed, dirty_fraction * change cells at its last run)
 
-and it holds at least `min_points` voxels (a block never segmented: all its voxels are changes). The **run set**
+and it holds at least `min_points` voxels (a block never segmented: all its change cells are changes). The **run set**
 is the dirty blocks plus every block overlapping one of them (offsets |a|, |b| < m: BlockMerging joins an object's
 pieces through the blocks that overlap, so they run together); all its blocks are then marked as run. With a
 block cap the dirty blocks nearest the sensor go first and the others stay pending for the next frames.
@@ -23,10 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpnet_model.mapping.table import KeyTable, pack_cells, unpack_cells
+from mpnet_model.mapping.table import KeyTable, pack_cells, pack_voxels, unpack_cells
 
-DEFAULT_DIRTY_FRACTION = 0.25
-DEFAULT_MIN_CHANGED = 30
+DEFAULT_DIRTY_FRACTION = 0.5
+DEFAULT_MIN_CHANGED = 10
+DEFAULT_CHANGE_CELL = 0.25
 
 
 @dataclass
@@ -38,7 +45,8 @@ class RunPlan:
 
 class BlockSchedule:
     def __init__(self, block_size: float = 1.0, stride: float = 0.5, min_points: int = 20,
-                 dirty_fraction: float = DEFAULT_DIRTY_FRACTION, min_changed: int = DEFAULT_MIN_CHANGED):
+                 dirty_fraction: float = DEFAULT_DIRTY_FRACTION, min_changed: int = DEFAULT_MIN_CHANGED,
+                 change_cell: float = DEFAULT_CHANGE_CELL):
         span = block_size / stride
         if not stride > 0 or abs(span - round(span)) > 1e-6 or round(span) < 1:
             raise ValueError(f'block_size={block_size} must be a whole multiple of stride={stride}')
@@ -48,8 +56,12 @@ class BlockSchedule:
         self.block_size, self.stride, self.span = float(block_size), float(stride), int(round(span))
         self.min_points, self.dirty_fraction, self.min_changed = int(min_points), float(dirty_fraction), \
             int(min_changed)
-        self.tiles = KeyTable({'changes': ((), np.int64, 0), 'voxels': ((), np.int64, 0)})
-        self.blocks = KeyTable({'changes_at_run': ((), np.int64, 0), 'voxels_at_run': ((), np.int64, 0)})
+        if not change_cell > 0:
+            raise ValueError(f'change_cell={change_cell} must be > 0')
+        self.change_cell = float(change_cell)
+        self.tiles = KeyTable({'changes': ((), np.int64, 0), 'voxels': ((), np.int64, 0), 'cells': ((), np.int64, 0)})
+        self.blocks = KeyTable({'changes_at_run': ((), np.int64, 0), 'cells_at_run': ((), np.int64, 0)})
+        self.cells = KeyTable({'voxels': ((), np.int64, 0)})      # change cells: voxels in each
         self._touched = np.zeros(0, np.int64)          # tile keys changed since the last plan
         self._pending = np.zeros(0, np.int64)          # dirty block keys left over by a block cap
         a, b = np.meshgrid(np.arange(self.span), np.arange(self.span), indexing='ij')
@@ -61,25 +73,49 @@ class BlockSchedule:
     # --- voxel changes -----------------------------------------------------------------------------------------
 
     def record(self, added: np.ndarray = (), removed: np.ndarray = (), evicted: np.ndarray = ()) -> None:
-        """Tile keys of voxels created, removed (seen through) and evicted by a frame."""
-        added, removed, evicted = (np.asarray(v, dtype=np.int64) for v in (added, removed, evicted))
-        changed = np.concatenate([added, removed])
+        """Centres (K, 3) of the voxels a frame created, removed (seen through) and evicted."""
+        added, removed, evicted = (np.asarray(v, dtype=np.float64).reshape(-1, 3) for v in (added, removed, evicted))
+        born = self._count_cells(added, +1)
+        died = self._count_cells(removed, -1)
+        emptied = self._count_cells(evicted, -1)
+        changed = np.concatenate([born, died])
         if len(changed):
             keys, counts = np.unique(changed, return_counts=True)
             rows = self.tiles.ensure(keys)
             self.tiles['changes'][rows] += counts
             self._touched = np.union1d(self._touched, keys)
-        self._count(added, +1)
-        self._count(removed, -1)
-        self._count(evicted, -1)
+        for tiles, sign in ((born, +1), (died, -1), (emptied, -1)):
+            self._add('cells', tiles, sign)
+        for centres, sign in ((added, +1), (removed, -1), (evicted, -1)):
+            self._add('voxels', self._tiles_of(centres), sign)
         if len(evicted):
-            self._forget(np.unique(evicted))
+            self._forget(np.unique(self._tiles_of(evicted)))
 
-    def _count(self, tiles: np.ndarray, sign: int) -> None:
+    def _tiles_of(self, centres: np.ndarray) -> np.ndarray:
+        return pack_cells(np.floor(centres[:, :2] / self.stride).astype(np.int64))
+
+    def _count_cells(self, centres: np.ndarray, sign: int) -> np.ndarray:
+        """Update the change cells' voxel counts; tile keys of the cells that became occupied (sign +1) or empty."""
+        if not len(centres):
+            return np.zeros(0, np.int64)
+        index = np.floor(centres / self.change_cell).astype(np.int64)
+        keys, first, counts = np.unique(pack_voxels(index), return_index=True, return_counts=True)
+        rows = self.cells.ensure(keys)
+        before = self.cells['voxels'][rows].copy()
+        self.cells['voxels'][rows] = before + sign * counts
+        after = self.cells['voxels'][rows]
+        flipped = (before == 0) & (after > 0) if sign > 0 else (before > 0) & (after <= 0)
+        gone = np.zeros(len(self.cells), dtype=bool)
+        gone[rows[after <= 0]] = True
+        centres_of = (index[first[flipped]] + 0.5) * self.change_cell
+        self.cells.drop(gone)
+        return self._tiles_of(centres_of)
+
+    def _add(self, column: str, tiles: np.ndarray, sign: int) -> None:
         if len(tiles):
             keys, counts = np.unique(tiles, return_counts=True)
             rows = self.tiles.ensure(keys)
-            self.tiles['voxels'][rows] += sign * counts
+            self.tiles[column][rows] += sign * counts
 
     def _forget(self, tiles: np.ndarray) -> None:
         """Evicted tiles left empty go, with every block that contains them (it is new again if the sensor comes
@@ -115,12 +151,10 @@ class BlockSchedule:
         cells = unpack_cells(blocks)
         return np.unique(pack_cells((cells[:, None, :] + self._neighbour_offsets[None]).reshape(-1, 2)))
 
-    def _sums(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(changes, voxels) summed over the tiles of each block."""
+    def _sums(self, blocks: np.ndarray, columns: tuple[str, ...] = ('changes', 'voxels')) -> list[np.ndarray]:
+        """Tile columns summed over the tiles of each block."""
         tiles = self.block_tiles(blocks)
-        changes = self.tiles.get('changes', tiles.reshape(-1)).reshape(tiles.shape).sum(1)
-        voxels = self.tiles.get('voxels', tiles.reshape(-1)).reshape(tiles.shape).sum(1)
-        return changes, voxels
+        return [self.tiles.get(name, tiles.reshape(-1)).reshape(tiles.shape).sum(1) for name in columns]
 
     # --- planning ----------------------------------------------------------------------------------------------
 
@@ -132,8 +166,8 @@ class BlockSchedule:
             return candidates
         changes, voxels = self._sums(candidates)
         changes_at_run = self.blocks.get('changes_at_run', candidates)
-        voxels_at_run = self.blocks.get('voxels_at_run', candidates)
-        threshold = np.maximum(self.min_changed, self.dirty_fraction * voxels_at_run)
+        cells_at_run = self.blocks.get('cells_at_run', candidates)
+        threshold = np.maximum(self.min_changed, self.dirty_fraction * cells_at_run)
         return candidates[(voxels >= self.min_points) & (changes - changes_at_run >= threshold)]
 
     def plan(self, origin: np.ndarray | None = None, max_blocks: int | None = None) -> RunPlan:
@@ -166,10 +200,10 @@ class BlockSchedule:
         if not len(plan.run):
             return
         keys = pack_cells(plan.run)
-        changes, voxels = self._sums(keys)
+        changes, cells = self._sums(keys, ('changes', 'cells'))
         rows = self.blocks.ensure(keys)
         self.blocks['changes_at_run'][rows] = changes
-        self.blocks['voxels_at_run'][rows] = voxels
+        self.blocks['cells_at_run'][rows] = cells
 
     def mark_all_run(self) -> None:
         """Every block holding voxels counts as segmented now (a loaded map)."""

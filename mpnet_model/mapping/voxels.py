@@ -46,9 +46,12 @@ class VoxelMap:
     def keys_of(self, xyz: np.ndarray) -> np.ndarray:
         return pack_voxels(np.floor(np.asarray(xyz, dtype=np.float64) / self.voxel_size).astype(np.int64))
 
+    def centres(self, keys: np.ndarray) -> np.ndarray:
+        """(K, 3) float64 centres of the voxels `keys`."""
+        return (unpack_voxels(keys) + 0.5) * self.voxel_size
+
     def tiles_of_keys(self, keys: np.ndarray) -> np.ndarray:
-        centres = (unpack_voxels(keys)[:, :2] + 0.5) * self.voxel_size
-        return pack_cells(np.floor(centres / self.tile_size).astype(np.int64))
+        return pack_cells(np.floor(self.centres(keys)[:, :2] / self.tile_size).astype(np.int64))
 
     def find(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, found) of the voxels of points xyz (N, 3)."""
@@ -58,7 +61,7 @@ class VoxelMap:
 
     def integrate(self, xyz: np.ndarray, colours: np.ndarray, frame: int) -> np.ndarray:
         """Add a frame's points (N, 3) with colour channels (N, 3): each voxel they hit gets one occupancy hit and
-        its centroid / colour means updated; new voxels are created. Returns the tile keys of the new voxels."""
+        its centroid / colour means updated; new voxels are created. Returns the keys of the new voxels."""
         if not len(xyz):
             return np.zeros(0, np.int64)
         keys, inverse, counts = np.unique(self.keys_of(xyz), return_inverse=True, return_counts=True)
@@ -80,14 +83,14 @@ class VoxelMap:
         t['hits'][rows] = np.minimum(t['hits'][rows].astype(np.int64) + counts, np.iinfo(np.uint32).max)
         t['occupancy'][rows] = update_occupancy(t['occupancy'][rows], L_HIT)
         t['last_seen'][rows] = frame
-        return t['tile'][rows[~found]]
+        return new_keys
 
     def clear_seen_through(self, origin: np.ndarray, xyz: np.ndarray) -> np.ndarray:
         """Free-space test of a frame seen from `origin` (3,): a voxel lies on a ray's way to its return when it is
         nearer than every return of its angular bin and of the 8 bins around it (minus a margin; bins without a
         return count as unknown, i.e. never clear). Such voxels get an occupancy miss; those whose log-odds fall
         to L_REMOVE are removed. The 3 x 3 minimum keeps grazing surfaces (a floor far away, whose neighbouring
-        bin holds nearer floor) and silhouette edges from being cleared. Returns the tile keys of removed voxels."""
+        bin holds nearer floor) and silhouette edges from being cleared. Returns the keys of removed voxels."""
         if not len(self) or not len(xyz):
             return np.zeros(0, np.int64)
         origin = np.asarray(origin, dtype=np.float64)
@@ -113,14 +116,14 @@ class VoxelMap:
         occupancy[rows] = update_occupancy(occupancy[rows], L_MISS)
         gone = np.zeros(len(self), dtype=bool)
         gone[rows[occupancy[rows] <= L_REMOVE]] = True
-        tiles = self.table['tile'][gone]
+        keys = self.table.keys[gone]
         self.table.drop(gone)
-        return tiles
+        return keys
 
     def evict(self, origin: np.ndarray, radius: float, max_voxels: int, frame: int) -> np.ndarray:
         """Keep the region around the sensor: drop voxels farther than `radius` (horizontally) from `origin`, then
         the oldest (least recently seen; the farthest first among equals) beyond `max_voxels`, never the voxels of
-        the current `frame`. Returns the tile keys of the evicted voxels."""
+        the current `frame`. Returns the keys of the evicted voxels."""
         if not len(self):
             return np.zeros(0, np.int64)
         offsets = self.table['centroid'][:, :2].astype(np.float64) - np.asarray(origin, np.float64)[:2]
@@ -132,9 +135,9 @@ class VoxelMap:
             order = np.lexsort((-distance, last_seen))                     # oldest first, then farthest
             order = order[~gone[order] & (last_seen[order] != frame)]
             gone[order[:excess]] = True
-        tiles = self.table['tile'][gone]
+        keys = self.table.keys[gone]
         self.table.drop(gone)
-        return tiles
+        return keys
 
 
 def _spherical_pixels(offsets: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
