@@ -20,7 +20,7 @@ def map_config(params: SegmentParams) -> Any:
 
     return MapConfig(voxel_size=params.map_voxel_size, radius=params.map_radius, max_voxels=params.map_max_voxels,
                      dirty_fraction=params.map_dirty_fraction, min_changed=params.map_min_changed,
-                     change_cell=params.map_change_cell)
+                     change_cell=max(params.map_change_cell, params.map_voxel_size))
 
 
 def make_mapper(params: SegmentParams, segmenter: Any) -> Any:

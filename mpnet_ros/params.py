@@ -135,7 +135,7 @@ SPECS: dict[str, ParamSpec] = {
     'map_min_changed': ParamSpec(10, 'Change cells a block needs to change before it is segmented again.', 1,
                                  1_000_000, rebuild=('map_config',)),
     'map_change_cell': ParamSpec(0.25, 'Edge of the cells in which occupancy changes are counted [m] (filling in a '
-                                 'surface already seen changes nothing; new area does).', 0.01, 10.0,
+                                 'surface already seen changes nothing; new area does); at least map_voxel_size.', 0.01, 10.0,
                                  rebuild=('map',)),
     'map_publish_rate': ParamSpec(1.0, 'Rate of ~/map_cloud [Hz] (0 = never).', 0.0, 100.0),
     'map_load_path': ParamSpec('', "Start from this map file (.npz or .ply); '' = an empty map.", rebuild=('map',)),
@@ -253,9 +253,6 @@ def _check_map_params(params: dict[str, Any], check_files: bool) -> None:
         path = params[key]
         if path and Path(path).suffix.lower() not in ('.npz', '.ply'):
             raise ParamError(key, path, 'a map file ends in .npz or .ply')
-    if params['map_change_cell'] < params['map_voxel_size']:
-        raise ParamError('map_change_cell', params['map_change_cell'],
-                         f"must be >= map_voxel_size {params['map_voxel_size']}")
     if check_files and params['map_load_path'] and not Path(params['map_load_path']).is_file():
         raise ParamError('map_load_path', params['map_load_path'], 'file does not exist')
 

@@ -146,7 +146,6 @@ ERRORS = [
     ({'no_such_key': 1}, 'no_such_key', 1, 'unknown parameter; known: ['),
     ({'map_load_path': 'map.pcd'}, 'map_load_path', 'map.pcd', 'a map file ends in .npz or .ply'),
     ({'map_save_path': 'map'}, 'map_save_path', 'map', 'a map file ends in .npz or .ply'),
-    ({'map_change_cell': 0.02}, 'map_change_cell', 0.02, 'must be >= map_voxel_size 0.05'),
 ]
 
 
