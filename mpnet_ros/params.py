@@ -135,7 +135,8 @@ SPECS: dict[str, ParamSpec] = {
     'map_min_changed': ParamSpec(10, 'Change cells a block needs to change before it is segmented again.', 1,
                                  1_000_000, rebuild=('map_config',)),
     'map_change_cell': ParamSpec(0.25, 'Edge of the cells in which occupancy changes are counted [m] (filling in a '
-                                 'surface already seen changes nothing; new area does); at least map_voxel_size.', 0.01, 10.0,
+                                 'surface already seen changes nothing; new area does); at least map_voxel_size.',
+                                 0.01, 10.0,
                                  rebuild=('map',)),
     'map_publish_rate': ParamSpec(1.0, 'Rate of ~/map_cloud [Hz] (0 = never).', 0.0, 100.0),
     'map_load_path': ParamSpec('', "Start from this map file (.npz or .ply); '' = an empty map.", rebuild=('map',)),
