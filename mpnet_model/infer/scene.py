@@ -382,6 +382,12 @@ class SceneSegmenter:
         return infos
 
 
+def postprocess_threads(device: torch.device | str):
+    """The torch thread setting of the stages around the network (POSTPROCESS_CPU_THREADS on the CPU), for callers
+    that prepare blocks themselves (e.g. `mpnet_model.mapping`)."""
+    return _cpu_threads(torch.device(device), POSTPROCESS_CPU_THREADS)
+
+
 @contextmanager
 def _cpu_threads(device: torch.device, threads: int | None):
     """Run the block with `threads` torch intra-op threads when `device` is the CPU (restored afterwards)."""

@@ -31,7 +31,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from mpnet_model.infer.blocking import layout_stride, partition_torch, select_layout
-from mpnet_model.infer.scene import InstanceInfo
+from mpnet_model.infer.scene import InstanceInfo, postprocess_threads
 from mpnet_model.mapping.fusion import DEFAULT_MAX_OBSERVATIONS, fuse_probabilities, labels_of
 from mpnet_model.mapping.instances import DEFAULT_MIN_IOU, associate
 from mpnet_model.mapping.schedule import (
@@ -174,16 +174,17 @@ class SemanticMapper:
         anchor = plan.run.min(0) // 2 * 2          # an even cell: the layout's parity classes stay the frame's
         low = np.array([anchor[0] * self.stride, anchor[1] * self.stride, float(points[:, 2].min())])
         extent = np.maximum(points.max(0).astype(np.float64) - low, 0.0)
-        partition = partition_torch(torch.from_numpy(points), segmenter.block_size, self.stride,
-                                    segmenter.min_block_points, room_box=(torch.from_numpy(low),
-                                                                          torch.from_numpy(extent)))
-        world = pack_cells(partition.cells.numpy() + anchor)
-        wanted = np.sort(pack_cells(plan.run))
-        at = np.minimum(np.searchsorted(wanted, world), len(wanted) - 1)
-        partition = partition.subset(torch.from_numpy(wanted[at] == world))
-        if segmenter.layout in _THINNED_LAYOUTS and len(partition):
-            partition = partition.subset(select_layout(partition, segmenter.layout, len(points),
-                                                       max(segmenter.point_buckets), segmenter.min_block_points))
+        with postprocess_threads('cpu'):
+            partition = partition_torch(torch.from_numpy(points), segmenter.block_size, self.stride,
+                                        segmenter.min_block_points, room_box=(torch.from_numpy(low),
+                                                                              torch.from_numpy(extent)))
+            world = pack_cells(partition.cells.numpy() + anchor)
+            wanted = np.sort(pack_cells(plan.run))
+            at = np.minimum(np.searchsorted(wanted, world), len(wanted) - 1)
+            partition = partition.subset(torch.from_numpy(wanted[at] == world))
+            if segmenter.layout in _THINNED_LAYOUTS and len(partition):
+                partition = partition.subset(select_layout(partition, segmenter.layout, len(points),
+                                                           max(segmenter.point_buckets), segmenter.min_block_points))
         if not len(partition):
             return 0
         result = segmenter.segment_partition(points, colours, partition)
@@ -202,12 +203,17 @@ class SemanticMapper:
     def lookup(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Labels (N,) int32 (-1 unknown), confidences (N,), map instance ids (N,) int64 of points xyz (N, 3):
         their voxels' values; points of voxels not segmented yet (or not in the map) take those of the nearest
-        segmented voxel within `propagate_radius`, else unknown."""
-        xyz = np.asarray(xyz, dtype=np.float32)
-        rows, found = self.voxels.find(xyz)
-        labels = np.full(len(xyz), -1, np.int32)
-        scores = np.zeros(len(xyz), np.float32)
-        instances = np.full(len(xyz), -1, np.int64)
+        segmented voxel within `propagate_radius`, else unknown. Looked up once per voxel, copied to its points."""
+        keys, inverse = np.unique(self.voxels.keys_of(xyz), return_inverse=True)
+        labels, scores, instances = self._lookup_keys(keys)
+        inverse = inverse.reshape(-1)
+        return labels[inverse], scores[inverse], instances[inverse]
+
+    def _lookup_keys(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows, found = self.voxels.table.find(keys)
+        labels = np.full(len(keys), -1, np.int32)
+        scores = np.zeros(len(keys), np.float32)
+        instances = np.full(len(keys), -1, np.int64)
         if not len(self.voxels):
             return labels, scores, instances
         observed = self.voxels['observations'] > 0
@@ -218,7 +224,7 @@ class SemanticMapper:
         instances[known] = self.voxels['instance'][rows[known]]
         unknown = np.flatnonzero(~known)
         if len(unknown) and self.config.propagate_radius > 0 and observed.any():
-            source = self._nearest_observed(xyz[unknown], observed)
+            source = self._nearest_observed(self.voxels.centres(keys[unknown]), observed)
             ok = source >= 0
             fill, fill_scores = labels_of(self.voxels['probs'][source[ok]], self.voxels['observations'][source[ok]])
             labels[unknown[ok]], scores[unknown[ok]] = fill, fill_scores
