@@ -64,3 +64,16 @@ def map_window(pipeline: Any, window: Any, start: float) -> Any:
                            instances=update.instances, scores=update.scores, instances_info=update.instances_info,
                            num_frames=window.num_frames, num_segmented=len(window.xyz), blocks=update.blocks_run,
                            timings=timings, map=update)
+
+
+def save_map(pipeline: Any, path: str = '') -> str:
+    """Write the pipeline's map to `path` (default map_save_path), atomically, between two frames; returns what
+    was done. Raises ValueError when mapping is off or no path is set, OSError when the write fails."""
+    mapper, path = pipeline.mapper, path or pipeline.params.map_save_path
+    if mapper is None:
+        raise ValueError('mapping is off: there is no map to save')
+    if not path:
+        raise ValueError('map_save_path is empty: set it to a .npz or .ply file')
+    with pipeline._lock:                       # the worker updates the map under the same lock
+        mapper.save(path)
+        return f'saved the map ({len(mapper):,} voxels) to {path}'

@@ -16,7 +16,8 @@ segmented with everything the map has seen of it. Blocks use a grid anchored at 
 the region segmented and channel 2 is measured from the region's lowest voxel (the frame path measures both over
 the frame).
 
-Memory bound: the voxel arrays hold at most `max_voxels` x `bytes_per_voxel` (about 100 bytes with 13 classes);
+Memory bound: the voxel arrays hold at most max(`max_voxels`, the voxels of one frame: those are never evicted) x
+`bytes_per_voxel` (110 bytes with 13 classes);
 the tile and block tables are small (one row per 0.25 m^2 cell of the region); a frame's temporary arrays scale
 with the frame and with the blocks it segments. `SemanticMapper.nbytes()` reports the arrays.
 """
