@@ -72,13 +72,15 @@ def test_map_a_bag_offline(drive, tmp_path, capsys):
     np.testing.assert_array_equal(last['label'], np.where(labels >= 0, labels, 255))
 
 
-def test_map_only_and_bad_arguments(drive, tmp_path, caplog):
+def test_map_only_and_bad_arguments(drive, tmp_path, monkeypatch):
     _, bag, checkpoint = drive
     out_map = tmp_path / 'static.npz'
     assert bag_tool.main([str(bag), '--map', str(out_map), '--model', str(checkpoint), '--max-range', '4',
                           '--quiet']) == 0                         # no fixed frame: the sensor's own frame
     assert out_map.is_file()
+    errors = []
+    monkeypatch.setattr(bag_tool.LOG, 'error', lambda fmt, *args: errors.append(fmt % args))
     assert bag_tool.main([str(bag), '--map', str(tmp_path / 'map.pcd'), '--model', str(checkpoint)]) == 2
-    assert f"parameter 'map_save_path'={str(tmp_path / 'map.pcd')!r}: a map file ends in .npz or .ply" in caplog.text
+    assert errors == [f"parameter 'map_save_path'={str(tmp_path / 'map.pcd')!r}: a map file ends in .npz or .ply"]
     with pytest.raises(SystemExit):
         bag_tool.main([str(bag)])                                  # neither an output bag nor a map
