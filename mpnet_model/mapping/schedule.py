@@ -172,7 +172,7 @@ class BlockSchedule:
 
     def plan(self, origin: np.ndarray | None = None, max_blocks: int | None = None) -> RunPlan:
         """The run set for now (see the module docstring); with `max_blocks`, the dirty blocks nearest `origin`
-        whose run set fits. Call `mark_run(plan)` once the blocks were segmented."""
+        whose run set fits (at least the nearest dirty block, with its neighbours). Call `mark_run(plan)` once the blocks were segmented."""
         dirty = self.dirty_blocks()
         self._touched = np.zeros(0, np.int64)
         pending = np.zeros(0, np.int64)
@@ -188,6 +188,7 @@ class BlockSchedule:
                     low = middle
                 else:
                     high = middle - 1
+            low = max(low, 1)                   # at least the nearest one, or a small cap would stall the map
             pending, dirty = dirty[order[low:]], np.sort(dirty[order[:low]])
             run = self._existing(self.neighbourhood(dirty)) if len(dirty) else dirty
         self._pending = pending
