@@ -15,6 +15,10 @@ rebuilds what it touches (segmenter, window, tracker, subscription, timer) and t
 tf2: when `fixed_frame` is set, clouds are transformed into it by the injected `transforms` lookup, by default
 tf2_ros when importable (non-blocking: a missing transform skips that cloud with a warning). Without tf2 (this
 project's venv) or with `fixed_frame` empty the sensor is assumed static and clouds stay in their own frame.
+
+Mapping mode (`mapping: true`, docs/mapping.md): each cloud is integrated into a semantic voxel map in the fixed
+frame (`mpnet_model.mapping`, through the pipeline), only the blocks that changed are segmented again, and
+`~/labeled_cloud` carries the labels looked up from the map; `map_outputs.py` adds `~/map_cloud` and `~/save_map`.
 """
 from __future__ import annotations
 
