@@ -37,9 +37,13 @@ def make_mapper(params: SegmentParams, segmenter: Any) -> Any:
 
 
 def reconfigured_mapper(old: Any, params: SegmentParams, segmenter: Any, tags: set[str]) -> Any:
-    """The mapper after a parameter change: a new one when the change rebuilds the map (or the model's classes
-    changed), else the old one with the new segmenter and bounds."""
-    if 'map' in tags or old is None or tuple(old.class_names) != tuple(segmenter.class_names):
+    """The mapper after a parameter change: a new one when the change rebuilds the map (or the model's classes or
+    the block grid changed), else the old one with the new segmenter and bounds."""
+    from mpnet_model.infer.blocking import layout_stride
+
+    same_grid = old is not None and (old.segmenter.block_size, old.stride) == (
+        segmenter.block_size, layout_stride(segmenter.layout, segmenter.block_size, segmenter.stride))
+    if 'map' in tags or not same_grid or tuple(old.class_names) != tuple(segmenter.class_names):
         return make_mapper(params, segmenter)
     old.segmenter = segmenter
     if 'map_config' in tags:

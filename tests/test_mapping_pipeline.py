@@ -100,6 +100,13 @@ def test_runtime_changes_keep_or_rebuild_the_map(checkpoint, frames):
     assert len(mapper) > 0
     finer = bounded.reconfigured(validate_params({**values, 'map_voxel_size': 0.05}))
     assert finer.mapper is not mapper and len(finer.mapper) == 0 and finer.mapper.config.voxel_size == 0.05
+    rebuilt = make_segmenter(validate_params({**values, 'cluster_bandwidth': 0.4}))
+    bandwidth = finer.reconfigured(validate_params({**values, 'map_voxel_size': 0.05, 'cluster_bandwidth': 0.4}),
+                                   rebuilt)
+    assert bandwidth.mapper is finer.mapper and finer.mapper.segmenter is rebuilt     # same grid: the map stays
+    tiles = bandwidth.reconfigured(validate_params({**values, 'map_voxel_size': 0.05, 'block_layout': 'tile'}),
+                                   make_segmenter(validate_params({**values, 'block_layout': 'tile'})))
+    assert tiles.mapper is not finer.mapper and tiles.mapper.stride == 1.0             # another grid: a new map
     off = finer.reconfigured(validate_params({**values, 'mapping': False}))
     assert off.mapper is None
 

@@ -172,7 +172,8 @@ class BlockSchedule:
 
     def plan(self, origin: np.ndarray | None = None, max_blocks: int | None = None) -> RunPlan:
         """The run set for now (see the module docstring); with `max_blocks`, the dirty blocks nearest `origin`
-        whose run set fits (at least the nearest dirty block, with its neighbours). Call `mark_run(plan)` once the blocks were segmented."""
+        whose run set fits (at least the nearest dirty block, with its neighbours). Call `mark_run(plan)` once the
+        blocks were segmented."""
         dirty = self.dirty_blocks()
         self._touched = np.zeros(0, np.int64)
         pending = np.zeros(0, np.int64)
