@@ -18,8 +18,11 @@ both with the same segmenter (the model given, ONNX Runtime on the CPU). Measure
     blocks run per frame after the first pass, as a fraction of the map's blocks.
 
     python benchmarks/bench_mapping.py [--model PATH] [--frames 80] [--loop-frames 3000] [--quick]
+    python benchmarks/bench_mapping.py --loop-frames 0          # drives and static sensor only
+    python benchmarks/bench_mapping.py --only-loop              # the looped drive only (can run beside the above)
 
-Writes benchmarks/results/mapping.md and docs/images/mapping_map.png.
+Writes benchmarks/results/mapping.md (drives, static sensor), benchmarks/results/mapping_loop.md (looped drive)
+and docs/images/mapping_map.png.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / 'benchmarks' / 'results' / 'mapping.md'
+LOOP_RESULTS = REPO / 'benchmarks' / 'results' / 'mapping_loop.md'
 PICTURE = REPO / 'docs' / 'images' / 'mapping_map.png'
 DATA = REPO / 'out' / 'bench_mapping'
 SHARED = Path(os.environ.get('MPNET_SHARED', REPO.parent / 'shared'))
@@ -257,7 +261,34 @@ def picture(drives: list[dict], class_names, path: Path) -> None:
     plt.close(fig)
 
 
+def machine(args, seconds) -> str:
+    return (f'One run on {platform.machine()} / {os.cpu_count()} CPU cores shared with other jobs (niced), '
+            f'ONNX Runtime, model `{args.model or "shipped default"}`; {seconds / 60:.0f} min in all.')
+
+
+def loop_lines(loop: dict, loop_config) -> list[str]:
+    lines = []
+    first, last = loop['samples'][0], loop['samples'][-1]
+    half = [s[1] for s in loop['samples'] if s[0] >= loop['frames'] // 2]
+    early = [s[1] for s in loop['samples'] if 0 < s[0] < loop['frames'] // 2]
+    bound = loop_config.max_voxels * loop['bytes_per_voxel'] / 2**20
+    lines += [f'**Memory, looped drive**: the lidar drive forward and back ({loop["cycle"]} frames a cycle), '
+              f'{loop["frames"]} frames ({loop["frames"] / 600:.1f} min at 10 Hz) in {loop["seconds"]:.0f} s, '
+              f'map radius {loop_config.radius:g} m and at most {loop_config.max_voxels:,} voxels '
+              f'({loop["bytes_per_voxel"]} bytes each: the map arrays are bounded by {bound:.0f} MiB; '
+              f'reached {loop["max_voxels"]:,} voxels), {loop["blocks"]:.1f} blocks per frame. RSS (MiB) at '
+              f'frame 0 {first[1]:.0f}, max over the first half {max(early or [first[1]]):.0f}, max over the '
+              f'second half {max(half):.0f}, last {last[1]:.0f}; map arrays at the end {last[3]:.1f} MiB.', '',
+              '| frame | RSS MiB | voxels | map arrays MiB |', '|---|---|---|---|']
+    lines += [f'| {i} | {r:.0f} | {v:,} | {m:.1f} |' for i, r, v, m in loop['samples'][::3]]
+    lines.append('')
+    return lines
+
+
 def report(args, drives, loop, static, config, loop_config, seconds) -> str:
+    if not drives:
+        return '\n'.join(['# Semantic map mode: memory over a looped drive (`python benchmarks/bench_mapping.py '
+                          '--only-loop`)', '', machine(args, seconds), '', *loop_lines(loop, loop_config)])
     lines = ['# Semantic map mode vs per-frame segmentation (`python benchmarks/bench_mapping.py`)', '',
              f'One run on {platform.machine()} / {os.cpu_count()} CPU cores shared with other jobs (niced), '
              f'ONNX Runtime, model `{args.model or "shipped default"}`; {seconds / 60:.0f} min in all. Drives: '
@@ -290,20 +321,9 @@ def report(args, drives, loop, static, config, loop_config, seconds) -> str:
                   f'{static["after_ms"]:.0f} ms per frame; the most blocks of one frame are '
                   f'{100 * static["after_vs_full_max"]:.1f} % of a per-frame segmentation\'s). Target ≤ 10 %.', '']
     if loop:
-        first, last = loop['samples'][0], loop['samples'][-1]
-        half = [s[1] for s in loop['samples'] if s[0] >= loop['frames'] // 2]
-        early = [s[1] for s in loop['samples'] if 0 < s[0] < loop['frames'] // 2]
-        bound = loop_config.max_voxels * loop['bytes_per_voxel'] / 2**20
-        lines += [f'**Memory, looped drive**: the lidar drive forward and back ({loop["cycle"]} frames a cycle), '
-                  f'{loop["frames"]} frames ({loop["frames"] / 600:.1f} min at 10 Hz) in {loop["seconds"]:.0f} s, '
-                  f'map radius {loop_config.radius:g} m and at most {loop_config.max_voxels:,} voxels '
-                  f'({loop["bytes_per_voxel"]} bytes each: the map arrays are bounded by {bound:.0f} MiB; '
-                  f'reached {loop["max_voxels"]:,} voxels), {loop["blocks"]:.1f} blocks per frame. RSS (MiB) at '
-                  f'frame 0 {first[1]:.0f}, max over the first half {max(early or [first[1]]):.0f}, max over the '
-                  f'second half {max(half):.0f}, last {last[1]:.0f}; map arrays at the end {last[3]:.1f} MiB.', '',
-                  '| frame | RSS MiB | voxels | map arrays MiB |', '|---|---|---|---|']
-        lines += [f'| {i} | {r:.0f} | {v:,} | {m:.1f} |' for i, r, v, m in loop['samples'][::3]]
-        lines.append('')
+        lines += loop_lines(loop, loop_config)
+    else:
+        lines += ['Memory over a 5-minute looped drive: `benchmarks/results/mapping_loop.md` (`--only-loop`).', '']
     lines += ['Metric definitions: see the module docstring of `benchmarks/bench_mapping.py` and docs/mapping.md.', '']
     return '\n'.join(lines)
 
@@ -313,10 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--model', default='', help='ONNX model (default: the shipped one)')
     parser.add_argument('--frames', type=int, default=80, help='frames per drive (0.1 m apart)')
     parser.add_argument('--loop-frames', type=int, default=3000, help='frames of the looped drive (0 = skip)')
-    parser.add_argument('--loop-radius', type=float, default=6.0)
-    parser.add_argument('--loop-max-voxels', type=int, default=150_000)
+    parser.add_argument('--loop-radius', type=float, default=8.0)
+    parser.add_argument('--loop-max-voxels', type=int, default=200_000)
     parser.add_argument('--passes', type=int, default=10, help='passes over the Ouster bag (0 = skip)')
     parser.add_argument('--quick', action='store_true', help='20 frames, 300 loop frames, 4 passes (a smoke run)')
+    parser.add_argument('--only-loop', action='store_true', help='the looped drive only')
     parser.add_argument('--no-write', action='store_true', help='print only')
     args = parser.parse_args(argv)
     if args.quick:
@@ -329,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     config = MapConfig()
     loop_config = MapConfig(radius=args.loop_radius, max_voxels=args.loop_max_voxels)
     drives, lidar_frames = [], None
-    for kind in DRIVES:
+    for kind in () if args.only_loop else DRIVES:
         frames = load_drive(drive(kind, args.frames), args.frames)
         if kind == 'lidar':
             lidar_frames = frames
@@ -342,7 +363,10 @@ def main(argv: list[str] | None = None) -> int:
               f'-> {result["blocks_mapped"]:.1f}; flips/voxel/10 frames {result["flips_single"]:.3f} -> '
               f'{result["flips_mapped"]:.3f} (ratio {result["flips_mapped"] / max(result["flips_single"], 1e-9):.2f})',
               flush=True)
-    static = static_ouster(segmenter, config, args.passes, True) if args.passes and OUSTER_BAG.is_dir() else None
+    if lidar_frames is None:
+        lidar_frames = load_drive(drive('lidar', args.frames), args.frames)
+    static = static_ouster(segmenter, config, args.passes, True) \
+        if args.passes and OUSTER_BAG.is_dir() and not args.only_loop else None
     if static:
         print(f'static Ouster: first pass {static["first_pass"]} blocks, after: mean '
               f'{100 * static["after_mean"]:.1f} % / max {100 * static["after_max"]:.1f} % of {static["map_blocks"]} '
@@ -355,9 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         from mpnet_model.io.atomic import atomic_write_text
 
-        atomic_write_text(RESULTS, text)
-        picture(drives, segmenter.class_names, PICTURE)
-        print(f'wrote {RESULTS} and {PICTURE}')
+        if drives:
+            atomic_write_text(RESULTS, text)
+            picture(drives, segmenter.class_names, PICTURE)
+            print(f'wrote {RESULTS} and {PICTURE}')
+        else:
+            atomic_write_text(LOOP_RESULTS, text)
+            print(f'wrote {LOOP_RESULTS}')
     return 0
 
 
