@@ -120,8 +120,9 @@ class SemanticMapper:
         self.schedule.dirty_fraction, self.schedule.min_changed = config.dirty_fraction, config.min_changed
 
     def nbytes(self) -> int:
-        """Bytes of the map's arrays (voxels, tiles, blocks)."""
-        return self.voxels.table.nbytes() + self.schedule.tiles.nbytes() + self.schedule.blocks.nbytes()
+        """Bytes of the map's arrays (voxels, tiles, blocks, change cells)."""
+        return self.voxels.table.nbytes() + sum(table.nbytes() for table in (
+            self.schedule.tiles, self.schedule.blocks, self.schedule.cells))
 
     # --- one frame -----------------------------------------------------------------------------------------
 
