@@ -43,6 +43,7 @@ from mpnet_ros.accumulate import (
     voxel_downsample,
 )
 from mpnet_ros.cloud_io import CloudError, ParsedCloud
+from mpnet_ros.map_mode import make_mapper, map_window, reconfigured_mapper
 from mpnet_ros.params import ParamError, SegmentParams, rebuilds
 from mpnet_ros.transforms import TransformSource, TransformUnavailable
 
@@ -80,6 +81,7 @@ class SegmentedWindow:
     blocks: int = 0            # estimated blocks segmented
     cropped_from: int = 0      # points of the window before an over-budget crop (0: not cropped)
     timings: dict[str, float] = field(default_factory=dict)  # ms
+    map: Any = None            # mapping mode: the frame's `mpnet_model.mapping.MapUpdate`
 
 
 @dataclass(frozen=True)
@@ -131,19 +133,23 @@ class ScenePipeline:
     warn: (kind, message) for input problems that do not stop a frame (default: this module's logger).
     enforce_budget: cap each frame's blocks by processing_budget_ms (the node); the bag tool processes every
     frame whole and only keeps the memory bound (grid extent).
+    make_map: build mapping mode's semantic map (`reconfigured` hands the old one over instead).
     """
 
     def __init__(self, params: SegmentParams, segmenter: Any, transforms: TransformSource | None = None,
-                 warn: Callable[[str, str], Any] | None = None, enforce_budget: bool = True):
+                 warn: Callable[[str, str], Any] | None = None, enforce_budget: bool = True, make_map: bool = True):
         self.params = params
         self.segmenter = segmenter
         self.transforms = transforms
         self.warn = warn or (lambda kind, message: LOG.warning('%s', message))
         self.enforce_budget = enforce_budget
-        self.window = CloudWindow(params.window_frames, params.window_seconds)
+        # Mapping integrates each frame once: the map is the accumulation.
+        self.window = CloudWindow(1 if params.mapping else params.window_frames, params.window_seconds)
         self.tracker = make_tracker(params)
         self.cost = BlockCost()
         self.prepare_rate = RunningMedian()  # ms per window point of planning and cropping, before the segmenter
+        # Mapping mode (mpnet_ros/map_mode.py; loads map_load_path), else None.
+        self.mapper = make_mapper(params, segmenter) if make_map else None
         self._busy: Busy | None = None
         self._trim_pending = False
         self._lock = threading.Lock()        # one window at a time through the segmenter and tracker
@@ -161,7 +167,7 @@ class ScenePipeline:
         if 'segmenter' in tags and segmenter is None:
             raise ValueError('the change rebuilds the segmenter: pass the new one')
         new = ScenePipeline(params, segmenter if 'segmenter' in tags else self.segmenter, self.transforms,
-                            self.warn, self.enforce_budget)
+                            self.warn, self.enforce_budget, make_map=False)
         if 'window' not in tags:
             new.window = self.window
         if 'tracker' not in tags:
@@ -169,6 +175,8 @@ class ScenePipeline:
         if 'segmenter' not in tags or all(getattr(self.params, k) == getattr(params, k) for k in COST_KEYS):
             new.cost = self.cost
         new.prepare_rate = self.prepare_rate
+        if self.mapper is not None or params.mapping:
+            new.mapper = reconfigured_mapper(self.mapper, params, new.segmenter, tags) if params.mapping else None
         return new
 
     def calibrate(self) -> float:
@@ -273,6 +281,8 @@ class ScenePipeline:
             release_memory()
 
     def _process(self, window: Window, start: float) -> SegmentedWindow:
+        if self.mapper is not None:
+            return map_window(self, window, start)
         p, segmenter = self.params, self.segmenter
         cap = self.block_cap(len(window.xyz))
         cost = self.cost

@@ -20,6 +20,10 @@ rebuilds what it touches (segmenter, window, tracker, subscription, timer) and t
 tf2: when `fixed_frame` is set, clouds are transformed into it by the injected `transforms` lookup, by default
 tf2_ros when importable (non-blocking: a missing transform skips that cloud with a warning). Without tf2 (this
 project's venv) or with `fixed_frame` empty the sensor is assumed static and clouds stay in their own frame.
+
+Mapping mode (`mapping: true`, docs/mapping.md): each cloud is integrated into a semantic voxel map in the fixed
+frame (`mpnet_model.mapping`, through the pipeline), only the blocks that changed are segmented again, and
+`~/labeled_cloud` carries the labels looked up from the map; `map_outputs.py` adds `~/map_cloud` and `~/save_map`.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from visualization_msgs.msg import MarkerArray
 from mpnet_ros.cloud_io import CloudError, labeled_cloud_msg, parse_cloud
 from mpnet_ros.health import DEFAULT_WINDOW_S, RecentCounts, status_level
 from mpnet_ros.logs import RateLimitedWarnings, forward_library_logs, warning_key
+from mpnet_ros.map_outputs import MapOutputs
 from mpnet_ros.markers import instance_markers
 from mpnet_ros.params import SPECS, ParamError, as_values, declare_and_read, rebuilds, validate_params
 from mpnet_ros.pipeline import ScenePipeline, SegmentedWindow, make_segmenter
@@ -104,6 +109,8 @@ class SegmentNode(Node):
         self._time_pub = self.create_publisher(Float64, '~/debug/processing_time_ms', 10)
         self._latency_pub = self.create_publisher(Float64, '~/debug/pipeline_latency_ms', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._map_outputs = MapOutputs(self)          # mapping mode: ~/map_cloud, ~/save_map
+        self._map_outputs.ensure(self.params)
         self._subscription = self.create_subscription(PointCloud2, self.params.input_topic, self._on_cloud,
                                                       self._input_qos)
         self._timer = self.create_timer(self.params.diagnostics_period, self._publish_diagnostics)
@@ -155,11 +162,11 @@ class SegmentNode(Node):
                 new = validate_params(values)
                 tags = rebuilds(self.params, new)
                 segmenter = make_segmenter(new) if 'segmenter' in tags else None
+                pipeline = self.pipeline.reconfigured(new, segmenter)     # raises on a bad map file
             except Exception as error:  # noqa: BLE001 - any failure refuses the change, naming it
                 reason = str(error) if isinstance(error, ParamError) else f'{type(error).__name__}: {error}'
                 self.get_logger().warning(f'refused parameter change: {reason}')
                 return SetParametersResult(successful=False, reason=reason)
-            pipeline = self.pipeline.reconfigured(new, segmenter)
             if 'transforms' in tags:
                 pipeline.transforms = self._transforms(new)
             if 'subscription' in tags:
@@ -171,6 +178,7 @@ class SegmentNode(Node):
                 self._timer = self.create_timer(new.diagnostics_period, self._publish_diagnostics)
             changed = sorted(name for name in SPECS if getattr(self.params, name) != getattr(new, name))
             self.params, self.pipeline = new, pipeline
+            self._map_outputs.ensure(new)
         self.get_logger().info(f'parameters changed: {", ".join(changed) or "none"}'
                                + (f' (rebuilt: {", ".join(sorted(tags))})' if tags else ''))
         return SetParametersResult(successful=True)
@@ -244,6 +252,7 @@ class SegmentNode(Node):
         if result.stamp_ns > 0:          # a cloud stamped 0 has no time to measure a latency from
             latency_ms = (self.get_clock().now().nanoseconds - result.stamp_ns) / 1e6
             self._latency_pub.publish(Float64(data=latency_ms))
+        self._map_outputs.publish(result, pipeline)
         with self._stats_lock:
             self.stats.processed += 1
             self.stats.cropped += bool(result.cropped_from)
@@ -309,6 +318,7 @@ class SegmentNode(Node):
             'budget_ms': f'{budget:.1f}', 'ms_per_block': f'{pipeline.cost.ms_per_block or 0:.2f}',
             'block_cap': cap if cap is not None else 'n/a', 'window_frames': self.params.window_frames,
             'last_points': s.last_points, 'last_blocks': s.last_blocks, 'last_error': s.last_error,
+            **self._map_outputs.diagnostics(),
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
@@ -322,6 +332,7 @@ class SegmentNode(Node):
         self._wake.set()
         self._worker.join(timeout=timeout)
         finished = not self._worker.is_alive()
+        self._map_outputs.close(self.pipeline)
         if not finished:
             busy = self.pipeline.busy()
             self.get_logger().warning('stopping without the frame in progress' + (

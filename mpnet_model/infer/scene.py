@@ -28,7 +28,14 @@ import torch
 from scipy.spatial import cKDTree
 
 from mpnet_model.infer.backends.base import Backend, make_backend
-from mpnet_model.infer.blocking import LAYOUTS, SAMPLERS, FrameBlocks, frame_blocks
+from mpnet_model.infer.blocking import (
+    LAYOUTS,
+    SAMPLERS,
+    FrameBlocks,
+    FramePartition,
+    frame_blocks,
+    sample_partition,
+)
 from mpnet_model.infer.meanshift import mean_shift_blocks
 from mpnet_model.infer.merging import block_merging, join_across_borders
 
@@ -64,6 +71,7 @@ class SceneResult:
     instances_info: list[InstanceInfo] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)   # milliseconds per stage
     num_blocks: int = 0       # blocks segmented
+    probabilities: np.ndarray | None = None   # (N, C) float32 class probabilities, when asked for (semantic map)
 
     @classmethod
     def empty(cls, num_points: int, timings: dict[str, float] | None = None) -> SceneResult:
@@ -228,8 +236,25 @@ class SceneSegmenter:
         return self.segment_blocks(cloud, blocks, clock)
 
     @torch.inference_mode()
-    def segment_blocks(self, cloud: torch.Tensor, blocks: FrameBlocks, clock: _Clock | None = None) -> SceneResult:
-        """The stages after blocking, for a cloud (N,3) tensor and its `FrameBlocks` on the backend's device."""
+    def segment_partition(self, xyz: np.ndarray, colours: np.ndarray, partition: FramePartition) -> SceneResult:
+        """Segment the chosen blocks `partition` of the cloud xyz (N,3) with colour channels (N,3) (a subset of
+        a fixed-frame grid, e.g. the dirty blocks of `mpnet_model.mapping`), with the class probabilities."""
+        clock = _Clock(self.device)
+        cloud = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).to(self.device)
+        cloud_colours = torch.from_numpy(np.ascontiguousarray(colours, dtype=np.float32)).to(self.device)
+        with _cpu_threads(self.device, POSTPROCESS_CPU_THREADS):
+            blocks = sample_partition(cloud, cloud_colours, partition.to(self.device), list(self.point_buckets),
+                                      self.seed, self.sampler)
+        clock.lap('blocks')
+        if len(blocks) == 0:
+            return SceneResult.empty(len(xyz), clock.finish())
+        return self.segment_blocks(cloud, blocks, clock, with_probabilities=True)
+
+    @torch.inference_mode()
+    def segment_blocks(self, cloud: torch.Tensor, blocks: FrameBlocks, clock: _Clock | None = None,
+                       with_probabilities: bool = False) -> SceneResult:
+        """The stages after blocking, for a cloud (N,3) tensor and its `FrameBlocks` on the backend's device.
+        with_probabilities: also return every point's (N, C) class probabilities."""
         clock = clock or _Clock(cloud.device)
         outputs = [self.backend.run_frame(group.points, self.batch_size) for group in blocks.groups]
         clock.lap('inference')                                          # per group: (K,P,C) logits, (K,P,E)
@@ -244,6 +269,8 @@ class SceneSegmenter:
         result = SceneResult(labels.cpu().numpy().astype(np.int32), scores.cpu().numpy().astype(np.float32),
                              instances.cpu().numpy().astype(np.int32))                  # device -> host, once
         result.instances_info = self._instance_infos(*(value.cpu().numpy() for value in boxes))
+        if with_probabilities:
+            result.probabilities = point_probs.cpu().numpy().astype(np.float32)
         result.timings = clock.finish()
         result.num_blocks = len(blocks)
         return result
@@ -359,6 +386,12 @@ class SceneSegmenter:
                                       num_points=int(counts[instance_id]),
                                       score=float(score_sum[instance_id] / counts[instance_id])))
         return infos
+
+
+def postprocess_threads(device: torch.device | str):
+    """The torch thread setting of the stages around the network (POSTPROCESS_CPU_THREADS on the CPU), for callers
+    that prepare blocks themselves (e.g. `mpnet_model.mapping`)."""
+    return _cpu_threads(torch.device(device), POSTPROCESS_CPU_THREADS)
 
 
 @contextmanager
