@@ -48,7 +48,6 @@ def test_frame_path_matches_golden(case, golden_set):
 
 def test_the_kept_room_model_predates_the_encoding_setting():
     import onnx
-
     from golden_cases import ROOM_MODEL
 
     props = {p.key for p in onnx.load(str(ROOM_MODEL), load_external_data=False).metadata_props}

@@ -114,18 +114,26 @@ class FramePartition:
 
 
 def partition_torch(xyz: Tensor, block_size: float = 1.0, stride: float = 0.5, min_points: int = 100,
-                    lattice: float | None = None) -> FramePartition:
-    """`partition_blocks` on a tensor (N, 3) of finite points, on its device: same blocks, same member order."""
+                    lattice: float | None = None, room_box: tuple[Tensor, Tensor] | None = None
+                    ) -> FramePartition:
+    """`partition_blocks` on a tensor (N, 3) of finite points, on its device: same blocks, same member order.
+
+    lattice: anchor the grid to multiples of this pitch (`mpnet_model.data.blocks.lattice_origin`).
+    room_box: (room_min (3,), room_extent (3,)) float64 to use instead of the cloud's own (a grid anchored in a
+    fixed frame, e.g. the semantic map's; points below room_min fall in no block)."""
     device = xyz.device
-    if xyz.shape[0] == 0:
+    if xyz.shape[0] == 0 and room_box is None:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
         zeros = torch.zeros(3, dtype=torch.float64, device=device)
         return FramePartition(empty, torch.zeros(1, dtype=torch.int64, device=device),
                               torch.zeros(0, 2, dtype=torch.int64, device=device), zeros, zeros, block_size, stride)
-    room_min = xyz.amin(0).double()
-    if lattice is not None:                                  # the grid on a fixed lattice (`lattice_origin`)
-        room_min = torch.cat([torch.floor((room_min[:2] - block_size) / lattice) * lattice, room_min[2:]])
-    room_extent = xyz.amax(0).double() - room_min
+    if room_box is None:
+        room_min = xyz.amin(0).double()
+        if lattice is not None:                              # the grid on a fixed lattice (`lattice_origin`)
+            room_min = torch.cat([torch.floor((room_min[:2] - block_size) / lattice) * lattice, room_min[2:]])
+        room_extent = xyz.amax(0).double() - room_min
+    else:
+        room_min, room_extent = (torch.as_tensor(v, dtype=torch.float64, device=device) for v in room_box)
     shifted = xyz[:, :2].double() - room_min[:2]                                       # (N, 2)
     extent_xy = room_extent[:2].tolist()                                              # the one sync for the grid
     grid = [grid_size(extent_xy[a], block_size, stride, lattice is not None) for a in (0, 1)]
@@ -321,13 +329,18 @@ class FrameBlocks:
         return FrameBlocks([group.to(device) for group in self.groups], self.partition.to(device))
 
 
+def layout_stride(layout: str, block_size: float, stride: float) -> float:
+    """The stride of the grid a layout picks its blocks from (the half-block grid for the thinned layouts)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout={layout!r}: choose one of {LAYOUTS}')
+    return {'grid': stride, 'tile': block_size}.get(layout, block_size / 2.0)
+
+
 def layout_partition(xyz: Tensor, layout: str, block_size: float, stride: float, min_points: int,
                      use_numpy: bool, dense_points: int | None = None, anchored: bool = False) -> FramePartition:
     """The kept blocks of `layout` for the cloud `xyz` (N, 3) (see the module docstring). `anchored`: the grid on
     the lattice of pitch 2 x its stride (so the parity classes of the thinned layouts stay put too)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f'layout={layout!r}: choose one of {LAYOUTS}')
-    grid_stride = {'grid': stride, 'tile': block_size}.get(layout, block_size / 2.0)
+    grid_stride = layout_stride(layout, block_size, stride)
     lattice = 2.0 * grid_stride if anchored else None
     if use_numpy:
         partition = FramePartition.from_numpy(partition_blocks(xyz.numpy(), block_size, grid_stride, min_points,
@@ -355,16 +368,32 @@ def frame_blocks(xyz: Tensor, colours: Tensor | None, layout: str = 'grid', bloc
     anchors the grid to a lattice and samples blocks with keys of their own cells and points (numpy or torch, the
     same indices on every device); ``room`` keeps the random streams above.
     """
+    use_numpy = _use_numpy(sampler, xyz)
+    buckets = sorted(point_buckets or (num_points,))
+    partition = layout_partition(xyz, layout, block_size, stride, min_points, use_numpy, buckets[-1],
+                                 anchors_grid(encoding))
+    return sample_partition(xyz, colours, partition, buckets, seed, sampler, encoding, floor)
+
+
+def _use_numpy(sampler: str, xyz: Tensor) -> bool:
     if sampler not in SAMPLERS:
         raise ValueError(f'sampler={sampler!r}: choose one of {SAMPLERS}')
     use_numpy = sampler in ('numpy', 'legacy') or (sampler == 'auto' and xyz.device.type == 'cpu')
     if use_numpy and xyz.device.type != 'cpu':
         raise ValueError(f'sampler={sampler!r} needs CPU tensors, got {xyz.device}')
+    return use_numpy
+
+
+def sample_partition(xyz: Tensor, colours: Tensor | None, partition: FramePartition, point_buckets: list[int],
+                     seed: int = 0, sampler: str = 'auto', encoding: str = 'room', floor: float | None = None
+                     ) -> FrameBlocks:
+    """Sample the blocks of `partition` (any set of blocks of the cloud `xyz`, e.g. a layout's or a chosen subset)
+    to the ascending `point_buckets` and build their channels in `encoding` (see `frame_blocks`)."""
+    use_numpy = _use_numpy(sampler, xyz)
     keyed = anchors_grid(encoding)
     if keyed and sampler == 'legacy':
         raise ValueError(f"sampler='legacy' draws the pre-issue-12 blocks of the 'room' encoding, not {encoding!r}")
-    buckets = sorted(point_buckets or (num_points,))
-    partition = layout_partition(xyz, layout, block_size, stride, min_points, use_numpy, buckets[-1], keyed)
+    buckets = sorted(point_buckets)
     bucket_sizes = torch.tensor(buckets, device=xyz.device)
     bucket = torch.searchsorted(bucket_sizes, partition.counts).clamp_(max=len(buckets) - 1)     # (K,)
     present = torch.unique(bucket).tolist() if len(buckets) > 1 else [0]

@@ -39,7 +39,14 @@ from scipy.spatial import cKDTree
 
 from mpnet_model.data.encoding import needs_floor
 from mpnet_model.infer.backends.base import Backend, make_backend
-from mpnet_model.infer.blocking import LAYOUTS, SAMPLERS, FrameBlocks, frame_blocks
+from mpnet_model.infer.blocking import (
+    LAYOUTS,
+    SAMPLERS,
+    FrameBlocks,
+    FramePartition,
+    frame_blocks,
+    sample_partition,
+)
 from mpnet_model.infer.floor import FloorEstimate, estimate_floor
 from mpnet_model.infer.meanshift import mean_shift_blocks
 from mpnet_model.infer.merging import block_merging, join_across_borders
@@ -77,6 +84,7 @@ class SceneResult:
     timings: dict[str, float] = field(default_factory=dict)   # milliseconds per stage
     num_blocks: int = 0       # blocks segmented
     floor: FloorEstimate | None = None   # the floor the location channels used (input encoding 'floor')
+    probabilities: np.ndarray | None = None   # (N, C) float32 class probabilities, when asked for (semantic map)
 
     @classmethod
     def empty(cls, num_points: int, timings: dict[str, float] | None = None) -> SceneResult:
@@ -277,8 +285,31 @@ class SceneSegmenter:
         return result
 
     @torch.inference_mode()
-    def segment_blocks(self, cloud: torch.Tensor, blocks: FrameBlocks, clock: _Clock | None = None) -> SceneResult:
-        """The stages after blocking, for a cloud (N,3) tensor and its `FrameBlocks` on the backend's device."""
+    def segment_partition(self, xyz: np.ndarray, colours: np.ndarray, partition: FramePartition,
+                          floor: float | None = None, origin=None) -> SceneResult:
+        """Segment the chosen blocks `partition` of the cloud xyz (N,3) with colour channels (N,3) (a subset of
+        a fixed-frame grid, e.g. the dirty blocks of `mpnet_model.mapping`), with the class probabilities.
+        floor / origin: as in `segment` (the floor of the ``floor`` encoding: given, or estimated from `xyz`)."""
+        clock = _Clock(self.device)
+        floor_estimate = self.floor_of(np.asarray(xyz), floor, origin)
+        cloud = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).to(self.device)
+        cloud_colours = torch.from_numpy(np.ascontiguousarray(colours, dtype=np.float32)).to(self.device)
+        with _cpu_threads(self.device, POSTPROCESS_CPU_THREADS):
+            blocks = sample_partition(cloud, cloud_colours, partition.to(self.device), list(self.point_buckets),
+                                      self.seed, self.sampler, self.input_encoding,
+                                      None if floor_estimate is None else floor_estimate.z)
+        clock.lap('blocks')
+        if len(blocks) == 0:
+            return replace(SceneResult.empty(len(xyz), clock.finish()), floor=floor_estimate)
+        result = self.segment_blocks(cloud, blocks, clock, with_probabilities=True)
+        result.floor = floor_estimate
+        return result
+
+    @torch.inference_mode()
+    def segment_blocks(self, cloud: torch.Tensor, blocks: FrameBlocks, clock: _Clock | None = None,
+                       with_probabilities: bool = False) -> SceneResult:
+        """The stages after blocking, for a cloud (N,3) tensor and its `FrameBlocks` on the backend's device.
+        with_probabilities: also return every point's (N, C) class probabilities."""
         clock = clock or _Clock(cloud.device)
         outputs = [self.backend.run_frame(group.points, self.batch_size) for group in blocks.groups]
         clock.lap('inference')                                          # per group: (K,P,C) logits, (K,P,E)
@@ -293,6 +324,8 @@ class SceneSegmenter:
         result = SceneResult(labels.cpu().numpy().astype(np.int32), scores.cpu().numpy().astype(np.float32),
                              instances.cpu().numpy().astype(np.int32))                  # device -> host, once
         result.instances_info = self._instance_infos(*(value.cpu().numpy() for value in boxes))
+        if with_probabilities:
+            result.probabilities = point_probs.cpu().numpy().astype(np.float32)
         result.timings = clock.finish()
         result.num_blocks = len(blocks)
         return result
@@ -337,7 +370,13 @@ class SceneSegmenter:
         """(M,) index of the nearest of `references` (S,3) for each of `queries` (M,3): a k-d tree on the CPU,
         chunked brute force (one matmul per chunk) on a GPU."""
         if references.device.type == 'cpu':
-            return torch.from_numpy(cKDTree(references.numpy()).query(queries.numpy(), k=1)[1].astype(np.int64))
+            # One reference per distinct coordinate (first in order): coincident points cannot be split by a k-d
+            # tree, so a degenerate cloud (500,000 points at one coordinate) made every query scan them all (1 s).
+            refs = np.ascontiguousarray(references.numpy())
+            rows = refs.view(np.dtype((np.void, refs.dtype.itemsize * refs.shape[1]))).reshape(-1)
+            first = np.sort(np.unique(rows, return_index=True)[1])
+            nearest = first[cKDTree(refs[first]).query(queries.numpy(), k=1)[1]]
+            return torch.from_numpy(nearest.astype(np.int64))
         ref_sq = (references * references).sum(1)
         rows = max(1, _NEAREST_CHUNK_ELEMENTS // max(references.shape[0], 1))
         return torch.cat([(ref_sq[None, :] - 2.0 * chunk @ references.T).argmin(1)
@@ -402,6 +441,12 @@ class SceneSegmenter:
                                       num_points=int(counts[instance_id]),
                                       score=float(score_sum[instance_id] / counts[instance_id])))
         return infos
+
+
+def postprocess_threads(device: torch.device | str):
+    """The torch thread setting of the stages around the network (POSTPROCESS_CPU_THREADS on the CPU), for callers
+    that prepare blocks themselves (e.g. `mpnet_model.mapping`)."""
+    return _cpu_threads(torch.device(device), POSTPROCESS_CPU_THREADS)
 
 
 @contextmanager

@@ -36,6 +36,7 @@ LIDAR_SENSORS = ('os1-64', 'os1-128', 'os0-128')
 CAMERA_SENSORS = ('kinect', 'realsense')
 SENSORS = LIDAR_SENSORS + CAMERA_SENSORS
 SCENE_KINDS = ('room', 'floor')                    # the default mix of drives
+TABLETOP_SCENE_TRIES = 5                          # rooms laid out for a manipulation sequence before giving up
 VIEW_KINDS = ('tabletop',)                         # manipulation views (cameras only, `tabletop.py`)
 ALL_SCENE_KINDS = SCENE_KINDS + VIEW_KINDS
 START_STAMP_NS = 1_700_000_000 * 10 ** 9
@@ -167,8 +168,14 @@ def generate_frames(root: str | os.PathLike, areas: dict[int, int], sensors: tup
         kind = scenes[(area + index) % len(scenes)]            # alternate over areas and drives
         name = f'{sensor}_{kind}_{area}_{index + 1}'
         build = {'floor': floor_scene, 'room': room_scene, 'tabletop': tabletop_scene}[kind]
-        scene = build(rng, name=f'{kind}_{area}_{index + 1}')
-        result = simulate_sequence(scene, SequenceSpec(sensor, kind, frames, spacing, columns), rng)
+        for attempt in range(TABLETOP_SCENE_TRIES if kind == 'tabletop' else 1):
+            scene = build(rng, name=f'{kind}_{area}_{index + 1}')
+            try:
+                result = simulate_sequence(scene, SequenceSpec(sensor, kind, frames, spacing, columns), rng)
+                break
+            except ValueError:          # a table no view fits (a small desk in a corner): lay out another room
+                if attempt == TABLETOP_SCENE_TRIES - 1 or kind != 'tabletop':
+                    raise
         write_sequence(root / f'Area_{area}' / name, scene, *result)
         summary['sequences'].append({'area': area, 'sequence': name, 'sensor': sensor, 'scene': kind,
                                      'frames': len(result[0]),
