@@ -109,3 +109,12 @@ def unique_inverse(values: Tensor) -> Tensor:
     inverse = torch.empty_like(order)
     inverse[order] = torch.cumsum(starts, 0) - 1
     return inverse
+
+
+def available_memory(device: torch.device | str) -> int:
+    """Bytes a CUDA device can still give this process: the driver's free memory plus what torch's caching
+    allocator holds reserved but unused (`memory_reserved - memory_allocated`). `mem_get_info` alone counts the
+    cache as used: after a frame it shrinks by everything the frame freed into the cache."""
+    device = torch.device(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))

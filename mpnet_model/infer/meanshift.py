@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mpnet_model.infer.device_ops import compact, counts, read_host, to_device
+from mpnet_model.infer.device_ops import available_memory, compact, counts, read_host, to_device
 
 DEFAULT_BANDWIDTH = 0.6
 MAX_ITER = 300
@@ -262,15 +262,15 @@ def _cpu_strategy(device: torch.device) -> bool:
 def default_max_elements(device: torch.device) -> int:
     """Seed slots x points of one chunk of blocks (the padded (blocks, seeds, points) window): the memory bound.
 
-    CUDA: the window tensor is computed in one pass, so an eighth of the free device memory in float32
-    elements, clipped to [2^22, 2^30] (4 GiB: a 15 m lidar frame in one chunk, whose padding costs a GPU less
-    than repeating the iterations per chunk). CPU: 2^23 (the window is computed in cache-sized passes of 2^19 elements
-    into one reused buffer, so the chunk bounds the padded bookkeeping; smaller chunks pad less but loop more,
-    2^23 was the fastest on the shared Ouster frames).
+    CUDA: the window tensor is computed in one pass, so an eighth of the memory the device can give
+    (`device_ops.available_memory`: free memory plus the caching allocator's unused reserve, which a frame leaves
+    behind) in float32 elements, clipped to [2^22, 2^30] (4 GiB: a 15 m lidar frame in one chunk, whose padding
+    costs a GPU less than repeating the iterations per chunk). CPU: 2^23 (the window is computed in cache-sized
+    passes of 2^19 elements into one reused buffer, so the chunk bounds the padded bookkeeping; smaller chunks pad
+    less but loop more, 2^23 was the fastest on the shared Ouster frames).
     """
     if device.type == 'cuda':
-        free_bytes, _ = torch.cuda.mem_get_info(device)
-        return int(min(max(free_bytes // 32, 1 << 22), 1 << 30))
+        return int(min(max(available_memory(device) // 32, 1 << 22), 1 << 30))
     return 1 << 23
 
 

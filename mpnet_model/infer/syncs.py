@@ -235,7 +235,7 @@ def _caller() -> str:
     frame = sys._getframe(2)
     while frame is not None:
         path = frame.f_code.co_filename
-        if 'torch' not in path.split('site-packages')[-1][:12] and not path.endswith('syncs.py'):
+        if 'torch' not in path.split('site-packages')[-1][:12] and not path.endswith(('syncs.py', 'device_ops.py')):
             return f'{path.rsplit("/", 2)[-2]}/{path.rsplit("/", 1)[-1]}:{frame.f_lineno}'
         frame = frame.f_back
     return '?'
@@ -268,11 +268,12 @@ def gpu_strategies():
 
 
 @contextlib.contextmanager
-def stage_attribution(counter: SyncCounter):
+def stage_attribution(counter: SyncCounter, emulate_cuda: bool = True):
     """Attribute the counts to the stages of the frame path's stage timer (`scene._Clock`): what runs before
     ``lap(name)`` to ``name``, what runs inside the timer to 'timer', what runs after the last lap to 'output'.
     The timer is switched to its CUDA behaviour (the clock before issue 25: ``sync`` after every lap; the new one:
-    CUDA events, here a CPU stand-in `_HostEvent`), so its synchronisations are counted as on a GPU."""
+    CUDA events, here a CPU stand-in `_HostEvent`), so its synchronisations are counted as on a GPU;
+    ``emulate_cuda=False`` on a real CUDA device."""
     import mpnet_model.infer.scene as scene
 
     clock = scene._Clock
@@ -281,7 +282,7 @@ def stage_attribution(counter: SyncCounter):
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        if not uses_events:
+        if emulate_cuda and not uses_events:
             self.sync = True
         counter.stage = 'blocks'
 
@@ -301,7 +302,7 @@ def stage_attribution(counter: SyncCounter):
             counter.stage = 'other'
 
     with contextlib.ExitStack() as stack:
-        if uses_events:
+        if emulate_cuda and uses_events:
             stack.enter_context(_patched(clock, '_uses_events', staticmethod(lambda device: True)))
             stack.enter_context(_patched(clock, '_event', staticmethod(_HostEvent)))
         for name, value in (('__init__', init), ('lap', lap), ('finish', finish)):
