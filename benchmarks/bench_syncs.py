@@ -26,7 +26,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import tarfile
@@ -71,24 +70,27 @@ def worker_count(args) -> dict:
     counter_module.frame_syncs(segmenter, xyz, intensity)                      # first frame (not counted)
     start = time.perf_counter()
     counter, result = counter_module.frame_syncs(segmenter, xyz, intensity, trace=True)
+    seconds = time.perf_counter() - start
+    # The answer to compare across trees: with the k-d tree for the unsampled points (older code has no switch to
+    # the brute-force search, so it keeps the k-d tree on CPU tensors).
+    import mpnet_model.infer.scene as scene
+    comparable = result
+    if hasattr(scene, '_cpu_strategy'):
+        comparable = counter_module.frame_syncs(segmenter, xyz, intensity, nearest=False)[1]
     return {'stages': counter.per_stage(), 'kinds': {s: dict(k) for s, k in counter.counts.items()},
-            'sites': {s: dict(c.most_common(12)) for s, c in counter.sites.items()},
-            'seconds': time.perf_counter() - start, 'points': int(len(xyz)), 'blocks': int(result.num_blocks),
-            'answer': digest(result.labels, result.instances, result.scores)}
+            'sites': {s: dict(c.most_common(12)) for s, c in counter.sites.items()}, 'seconds': seconds,
+            'points': int(len(xyz)), 'blocks': int(result.num_blocks),
+            'answer': digest(comparable.labels, comparable.instances, comparable.scores)}
 
 
 def worker_speed(args) -> dict:
     import torch
 
-    from benchmarks.sample_frames import ouster_scans
+    from benchmarks.bench_frame import ouster_crops
     from mpnet_model.infer.scene import SceneSegmenter
-    from mpnet_ros.accumulate import range_mask
 
     torch.set_num_threads(args.threads)
-    crops = []
-    for xyz, intensity in ouster_scans():
-        keep = range_mask(xyz, 0.0, args.range)
-        crops.append((xyz[keep], intensity[keep]))
+    crops = ouster_crops(args.range)
     segmenter = SceneSegmenter.from_config('onnxruntime', '', backend_options={'intra_op_threads': args.threads})
     segmenter.segment(crops[0][0], None, crops[0][1])                         # warm-up
     totals, answers = [], []
@@ -148,7 +150,6 @@ def run_worker(tree: Path, task: str, args, env_extra: dict | None = None) -> di
 
 
 def shared_data() -> Path:
-    sys.path.insert(0, str(ROOT))
     from benchmarks.sample_frames import shared_data as data
     return data()
 
@@ -163,14 +164,6 @@ def unpack(ref: str, folder: Path) -> Path:
         tar.extractall(target, filter='data')
     archive.unlink()
     return target
-
-
-def machine_note(threads: int) -> str:
-    import torch
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-    return (f'{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end (shared with other '
-            f'jobs: absolute times are noisy, the ratio comes from the same run); {threads} thread(s); torch '
-            f'{torch.__version__}')
 
 
 STAGE_ORDER = ('blocks', 'inference', 'meanshift', 'merging', 'projection', 'output', 'timer')
@@ -215,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f'bench_syncs: mpnet_model imported from {mpnet_model.__file__}, not from {args.tree}')
         args.json.write_text(json.dumps(WORKERS[args.worker](args)))
         return 0
+    sys.path.insert(0, str(ROOT))                     # (not in the workers: they import their own tree)
+    from benchmarks.bench_frame import machine_note
     from mpnet_model.io.atomic import atomic_write_text
 
     lines = ['# Host-device syncs of the frame path per frame (issue 25)', '']
@@ -237,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             if len(counts) == 2:
                 before = counts[next(iter(counts))]
                 same = before['answer'] == after['answer']
-                lines += ['', f'Answers of the forced GPU path, before vs after: '
+                lines += ['', 'Answers of the forced GPU path (the unsampled points by k-d tree in both, as the '
+                          'code before has no switch to the brute-force search), before vs after: '
                           f'{"identical (labels, instances, scores)" if same else "DIFFERENT"}.']
             total = sum(after['stages'].values())
             lines += ['', f'**After: {total} syncs per frame (bound {BOUND}: '
@@ -250,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = {name: [] for name in trees}
             answers = {name: None for name in trees}
             for round_index in range(args.speed_rounds):
-                for name, tree in trees.items():
+                order = list(trees.items()) if round_index % 2 == 0 else list(trees.items())[::-1]  # ABBA...
+                for name, tree in order:
                     result = run_worker(tree, 'speed', args)
                     rows[name] += result['totals']
                     answers[name] = answers[name] or result['answers']

@@ -25,7 +25,7 @@ ROOT=$PWD
 # name|timeout s (H200)|what
 STEPS=(
   "env|30|python, torch, CUDA device, the package importable"
-  "tests|140|pytest -k cuda: tests/test_frame.py test_fps.py test_meanshift.py test_merging.py test_precision.py"
+  "tests|140|pytest -k cuda: tests/test_frame.py test_fps.py test_meanshift.py test_merging.py test_precision.py test_syncs.py"
   "frame|120|benchmarks/gpu_frame.py: frame latency on CUDA (p50 <= 100 ms shipped, <= 250 ms paper config)"
   "syncs|45|benchmarks/bench_syncs.py --device cuda: host-device syncs per frame on CUDA (counter + sync debug mode)"
   "half|100|benchmarks/gpu_half_check.py: fp16/bf16 inference and AMP training on CUDA"
@@ -131,7 +131,8 @@ if wanted tests; then
   if ! "$PY" -c 'import pytest' 2>/dev/null; then skip_step tests "pytest is not installed for $PY"
   else
     run_step tests "$PY" -m pytest -q -p no:cacheprovider -rs -k cuda --junitxml "$OUT/pytest_cuda.xml" \
-      tests/test_frame.py tests/test_fps.py tests/test_meanshift.py tests/test_merging.py tests/test_precision.py
+      tests/test_frame.py tests/test_fps.py tests/test_meanshift.py tests/test_merging.py tests/test_precision.py \
+      tests/test_syncs.py
     # the junit file becomes a short text log (fewer, readable files come back)
     "$PY" - "$OUT/pytest_cuda.xml" "$OUT/pytest_cuda.log" <<'EOF' 2>&1 | tee -a "$LOG"
 import sys, xml.etree.ElementTree as ET

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -231,37 +232,48 @@ def _device_argument(args, kwargs):
 
 
 def _caller() -> str:
-    """file:line of the innermost frame outside torch and this module (trace mode)."""
+    """folder/file:line of the innermost frame outside torch, this module and device_ops (trace mode)."""
     frame = sys._getframe(2)
     while frame is not None:
-        path = frame.f_code.co_filename
-        if 'torch' not in path.split('site-packages')[-1][:12] and not path.endswith(('syncs.py', 'device_ops.py')):
-            return f'{path.rsplit("/", 2)[-2]}/{path.rsplit("/", 1)[-1]}:{frame.f_lineno}'
+        path = Path(frame.f_code.co_filename)
+        if not str(path).startswith(_SKIPPED):
+            return f'{path.parent.name}/{path.name}:{frame.f_lineno}'
         frame = frame.f_back
     return '?'
 
 
+_HERE = Path(__file__).parent
+_SKIPPED = (str(Path(torch.__file__).parent), str(Path(torch.__file__).resolve().parent), str(_HERE / 'syncs.py'),
+            str(_HERE / 'device_ops.py'))
+
+
 @contextlib.contextmanager
 def _patched(owner, name: str, value):
-    previous = getattr(owner, name)
+    """Set ``owner.name`` for the block, then restore the raw attribute (a class's staticmethod stays one)."""
+    own = vars(owner) if isinstance(owner, type) else getattr(owner, '__dict__', {})
+    missing = object()
+    previous = own.get(name, missing) if name in own or isinstance(owner, type) else getattr(owner, name)
     setattr(owner, name, value)
     try:
         yield
     finally:
-        setattr(owner, name, previous)
+        if previous is missing:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, previous)
 
 
 @contextlib.contextmanager
-def gpu_strategies():
+def gpu_strategies(nearest: bool = True):
     """Run the code paths chosen for CUDA on CPU tensors: the `_cpu_strategy` switches of mean shift, merging and
-    (where the module has one) the frame path's nearest-neighbour search return False. The torch sampler and the
-    torch FPS are options of the segmenter / backend (`frame_syncs` sets them)."""
+    (where the module has one, and with `nearest`) the frame path's nearest-neighbour search return False. The
+    torch sampler and the torch FPS are options of the segmenter / backend (`gpu_like_segmenter` sets them)."""
     import mpnet_model.infer.meanshift as meanshift
     import mpnet_model.infer.merging as merging
     import mpnet_model.infer.scene as scene
 
     with contextlib.ExitStack() as stack:
-        for module in (meanshift, merging, scene):
+        for module in (meanshift, merging, scene) if nearest else (meanshift, merging):
             if hasattr(module, '_cpu_strategy'):
                 stack.enter_context(_patched(module, '_cpu_strategy', lambda device: False))
         yield
@@ -340,9 +352,10 @@ def gpu_like_segmenter(**options):
 
 
 def frame_syncs(segmenter, xyz: np.ndarray, intensity: np.ndarray | None = None, rgb: np.ndarray | None = None,
-                trace: bool = False) -> tuple[SyncCounter, object]:
-    """Count the syncs of one `segmenter.segment` call with the GPU strategies forced -> (counter, result)."""
+                trace: bool = False, nearest: bool = True) -> tuple[SyncCounter, object]:
+    """Count the syncs of one `segmenter.segment` call with the GPU strategies forced -> (counter, result).
+    ``nearest=False`` keeps the k-d tree for the unsampled points (as code without that switch runs on the CPU)."""
     counter = SyncCounter(trace=trace)
-    with gpu_strategies(), stage_attribution(counter), counter:
+    with gpu_strategies(nearest), stage_attribution(counter), counter:
         result = segmenter.segment(xyz, rgb, intensity)
     return counter, result
