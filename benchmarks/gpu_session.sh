@@ -25,10 +25,10 @@ ROOT=$PWD
 # name|timeout s (H200)|what
 STEPS=(
   "env|30|python, torch, CUDA device, the package importable"
-  "tests|140|pytest -k cuda: tests/test_frame.py test_fps.py test_meanshift.py test_merging.py test_precision.py test_syncs.py"
+  "tests|130|pytest -k cuda: tests/test_frame.py test_fps.py test_meanshift.py test_merging.py test_precision.py test_syncs.py"
   "frame|120|benchmarks/gpu_frame.py: frame latency on CUDA (p50 <= 100 ms shipped, <= 250 ms paper config)"
   "syncs|45|benchmarks/bench_syncs.py --device cuda: host-device syncs per frame on CUDA (counter + sync debug mode)"
-  "half|100|benchmarks/gpu_half_check.py: fp16/bf16 inference and AMP training on CUDA"
+  "half|110|benchmarks/gpu_half_check.py: fp16/bf16 inference and AMP training on CUDA"
   "postprocess|100|benchmarks/bench_postprocess.py --real-only --device cuda (batched vs per-block references)"
   "tensorrt|150|benchmarks/gpu_tensorrt_check.py (only where tensorrt imports)"
   "replay|5|benchmarks/gpu_check_robot.sh's ROS replay (skipped where rclpy is missing)"
