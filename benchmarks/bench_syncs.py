@@ -11,8 +11,9 @@
    folder and run in a subprocess with the SAME counter (this checkout's syncs.py, loaded by path); "after" is
    this checkout, the same way. Both answers are compared point by point.
 2. CPU speed of the default frame path (ONNX Runtime, numpy sampler, CPU strategies, 1 thread) on the 15 m crops
-   of the 3 Ouster scans, before and after, in interleaved subprocess rounds (a load change hits both): p50 per
-   frame and the ratio; the answers (labels, instances, scores) compared for identity.
+   of the 3 Ouster scans, before and after in ONE process (the before tree's package copied under another name),
+   frames alternating (a load change hits both): median ms per stage, the p50 ratio; the answers (labels,
+   instances, scores) of every frame compared array by array.
 3. ``--device cuda`` (a GPU session): the real CUDA path of this checkout (torch backend), its second frame
    counted by the same counter and by torch's own sync debug mode (`torch.cuda.set_sync_debug_mode('warn')`:
    one warning per synchronising CUDA call), per stage.
@@ -83,25 +84,6 @@ def worker_count(args) -> dict:
             'answer': digest(comparable.labels, comparable.instances, comparable.scores)}
 
 
-def worker_speed(args) -> dict:
-    import torch
-
-    from benchmarks.bench_frame import ouster_crops
-    from mpnet_model.infer.scene import SceneSegmenter
-
-    torch.set_num_threads(args.threads)
-    crops = ouster_crops(args.range)
-    segmenter = SceneSegmenter.from_config('onnxruntime', '', backend_options={'intra_op_threads': args.threads})
-    segmenter.segment(crops[0][0], None, crops[0][1])                         # warm-up
-    totals, answers = [], []
-    for xyz, intensity in crops:
-        start = time.perf_counter()
-        result = segmenter.segment(xyz, None, intensity)
-        totals.append((time.perf_counter() - start) * 1e3)
-        answers.append(digest(result.labels, result.instances, result.scores))
-    return {'totals': totals, 'answers': answers}
-
-
 def worker_cuda(args) -> dict:
     """The real CUDA path of this checkout: the counter, and torch's sync debug mode, on the second frame."""
     import warnings
@@ -130,7 +112,7 @@ def worker_cuda(args) -> dict:
             'timings': result.timings, 'device': torch.cuda.get_device_name(), 'points': int(len(xyz))}
 
 
-WORKERS = {'count': worker_count, 'speed': worker_speed, 'cuda': worker_cuda}
+WORKERS = {'count': worker_count, 'cuda': worker_cuda}
 
 
 def run_worker(tree: Path, task: str, args, env_extra: dict | None = None) -> dict:
@@ -166,6 +148,54 @@ def unpack(ref: str, folder: Path) -> Path:
     return target
 
 
+def renamed_package(tree: Path, folder: Path, name: str = 'mpnet_model_before') -> str:
+    """A copy of `tree`'s mpnet_model importable as `name` next to this checkout's (every `mpnet_model` word in its
+    sources renamed), so both run in ONE process and share the machine's load frame by frame."""
+    import re
+    import shutil
+
+    target = folder / 'packages' / name
+    shutil.copytree(tree / 'mpnet_model', target)
+    for source in target.rglob('*.py'):
+        source.write_text(re.sub(r'\bmpnet_model\b', name, source.read_text()))
+    sys.path.insert(0, str(folder / 'packages'))
+    return name
+
+
+def speed_pair(before_tree: Path, folder: Path, args) -> dict:
+    """The default CPU frame path of both trees in one process, frames interleaved (before, after, after, before,
+    ...): per-stage timings and the answers of every frame compared array by array."""
+    import importlib
+
+    import torch
+
+    from benchmarks.bench_frame import ouster_crops
+    from mpnet_model.infer.scene import SceneSegmenter
+
+    torch.set_num_threads(args.threads)
+    old = importlib.import_module(renamed_package(before_tree, folder) + '.infer.scene')
+    options = {'backend_options': {'intra_op_threads': args.threads}}
+    segmenters = {'before': old.SceneSegmenter.from_config('onnxruntime', '', **options),
+                  'after': SceneSegmenter.from_config('onnxruntime', '', **options)}
+    crops = ouster_crops(args.range)
+    for segmenter in segmenters.values():
+        segmenter.segment(crops[0][0], None, crops[0][1])                    # warm-up
+    timings = {name: [] for name in segmenters}
+    identical = True
+    for repeat in range(args.speed_rounds):
+        for index, (xyz, intensity) in enumerate(crops):
+            names = list(segmenters) if (repeat * len(crops) + index) % 2 == 0 else list(segmenters)[::-1]
+            results = {}
+            for name in names:
+                results[name] = segmenters[name].segment(xyz, None, intensity)
+                timings[name].append(results[name].timings)
+            identical &= all(np.array_equal(getattr(results['before'], key), getattr(results['after'], key))
+                             for key in ('labels', 'instances', 'scores'))
+            print(f'speed repeat {repeat} scan {index}: ' + ', '.join(
+                f'{name} {results[name].timings["total"]:.0f} ms' for name in names), flush=True)
+    return {'timings': timings, 'identical': bool(identical), 'frames': len(crops) * args.speed_rounds}
+
+
 STAGE_ORDER = ('blocks', 'inference', 'meanshift', 'merging', 'projection', 'output', 'timer')
 
 
@@ -192,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--before', default=BEFORE, help='commit of the "before" code (git archive)')
     parser.add_argument('--skip-before', action='store_true', help='count this checkout only (no git needed)')
     parser.add_argument('--skip-speed', action='store_true', help='no CPU speed comparison')
-    parser.add_argument('--speed-rounds', type=int, default=3, help='interleaved before/after rounds (3 frames each)')
+    parser.add_argument('--skip-count', action='store_true', help='no sync count on the CPU')
+    parser.add_argument('--speed-rounds', type=int, default=3, help='passes over the 3 scans, before/after alternating')
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'),
                         help="cuda: also count the real CUDA path (a GPU session)")
     parser.add_argument('--range', type=float, default=15.0, help='crop radius [m]')
@@ -216,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         trees = {} if args.skip_before else {f'before ({args.before})': unpack(args.before, Path(folder))}
         trees['after (this checkout)'] = ROOT
-        if args.device == 'cpu' or not args.skip_before:
+        if not args.skip_count and (args.device == 'cpu' or not args.skip_before):
             counts = {}
             for name, tree in trees.items():
                 print(f'counting syncs: {name}', flush=True)
@@ -243,31 +274,22 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f'- {stage}: ' + ', '.join(f'{site} x{number}' for site, number in sites.items()))
             lines.append('')
         if not args.skip_speed and len(trees) == 2:
-            rows = {name: [] for name in trees}
-            answers = {name: None for name in trees}
-            for round_index in range(args.speed_rounds):
-                order = list(trees.items()) if round_index % 2 == 0 else list(trees.items())[::-1]  # ABBA...
-                for name, tree in order:
-                    result = run_worker(tree, 'speed', args)
-                    rows[name] += result['totals']
-                    answers[name] = answers[name] or result['answers']
-                    same = answers[name] == result['answers']
-                    print(f'speed round {round_index} {name}: {[round(t) for t in result["totals"]]} ms'
-                          f'{"" if same else " (answers changed between rounds!)"}', flush=True)
-            names = list(trees)
-            p50 = {name: float(np.median(rows[name])) for name in names}
-            identical = answers[names[0]] == answers[names[1]]
+            speed = speed_pair(trees[next(iter(trees))], Path(folder), args)
+            stages = ('blocks', 'inference', 'meanshift', 'merging', 'projection', 'total')
+            median = {name: {stage: float(np.median([t.get(stage, 0.0) for t in rows])) for stage in stages}
+                      for name, rows in speed['timings'].items()}
             lines += ['## CPU speed of the default frame path, before vs after', '',
                       f'Machine: {machine_note(args.threads)}. ONNX Runtime, numpy sampler, CPU strategies (the '
-                      f'default CPU path); the {args.range:g} m crops of the 3 Ouster scans, {args.speed_rounds} '
-                      'interleaved rounds of one subprocess per tree (warm-up frame not timed).', '',
-                      '| tree | p50 ms/frame | min | max | frames |', '|---|---|---|---|---|']
-            for name in names:
-                lines.append(f'| {name} | {p50[name]:.0f} | {min(rows[name]):.0f} | {max(rows[name]):.0f} | '
-                             f'{len(rows[name])} |')
-            lines += ['', f'**p50 after / before: {p50[names[1]] / p50[names[0]]:.3f}** (below 1: faster). Answers '
-                      f'(labels, instances, scores of every frame): '
-                      f'{"identical" if identical else "DIFFERENT"}.', '']
+                      f'default CPU path); the {args.range:g} m crops of the 3 Ouster scans x {args.speed_rounds}, '
+                      f'{speed["frames"]} frames per tree. Both trees in ONE process (the before tree\'s package '
+                      'imported under another name), frames alternating before/after, so the load hits both; '
+                      'warm-up frame not timed. Median ms per stage:', '',
+                      '| tree | ' + ' | '.join(stages) + ' |', '|---' * (len(stages) + 1) + '|']
+            for name, values in median.items():
+                lines.append(f'| {name} | ' + ' | '.join(f'{values[stage]:.0f}' for stage in stages) + ' |')
+            ratio = median['after']['total'] / median['before']['total']
+            lines += ['', f'**p50 after / before: {ratio:.3f}** (below 1: faster). Answers (labels, instances, '
+                      f'scores of every frame): {"identical" if speed["identical"] else "DIFFERENT"}.', '']
         if args.device == 'cuda':
             result = run_worker(ROOT, 'cuda', args)
             debug = result['debug_mode']

@@ -7,6 +7,7 @@ review, each where the CPU can show it (the FPS graph capture under inference mo
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from sklearn.metrics import adjusted_rand_score
 import mpnet_model.infer.scene as scene
 from mpnet_model.infer import syncs
 from mpnet_model.infer.device_ops import available_memory, compact, counts, read_host, to_device, unique_inverse
-from mpnet_model.infer.syncs import SyncCounter, frame_syncs, gpu_like_segmenter
+from mpnet_model.infer.syncs import SyncCounter, frame_syncs, gpu_like_segmenter, gpu_strategies
 
 FRAME_SYNC_BOUND = 50     # issue 25: syncs per frame on the 15 m crop of Ouster scan 0, GPU strategies forced
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA is not available on this machine')
@@ -86,27 +87,29 @@ def test_counter_attributes_and_tabulates():
     assert any(site.startswith('scalar tests/test_syncs.py:') for site in counter.sites['meanshift'])
 
 
-def test_sync_free_helpers_equal_the_operations_they_replace():
+@pytest.mark.parametrize('strategy', ['device', 'cpu'])
+def test_sync_free_helpers_equal_the_operations_they_replace(strategy):
+    """The sync-free branches (run on CPU tensors under `gpu_strategies`) and the CPU branches (the operation
+    itself) give exactly the replaced operation's values; the sync-free ones without a single sync."""
     rng = np.random.default_rng(0)
-    for mask in (torch.from_numpy(rng.random(1000) < 0.3), torch.zeros(7, dtype=torch.bool),
-                 torch.ones(5, dtype=torch.bool), torch.zeros(0, dtype=torch.bool)):
-        expected = torch.nonzero(mask).reshape(-1)
-        torch.testing.assert_close(compact(mask, expected.numel()), expected, rtol=0, atol=0)
+    masks = (torch.from_numpy(rng.random(1000) < 0.3), torch.zeros(7, dtype=torch.bool),
+             torch.ones(5, dtype=torch.bool), torch.zeros(0, dtype=torch.bool))
+    numbers = [int(mask.sum()) for mask in masks]
     index = torch.from_numpy(rng.integers(0, 50, 2000))
     weights = torch.from_numpy(rng.integers(1, 9, 2000).astype(np.float64))
-    torch.testing.assert_close(counts(index, 60), torch.bincount(index, minlength=60), rtol=0, atol=0)
-    torch.testing.assert_close(counts(index, 60, weights), torch.bincount(index, weights, 60), rtol=0, atol=0)
     values = torch.from_numpy(rng.integers(-5, 30, 500))
-    torch.testing.assert_close(unique_inverse(values), torch.unique(values, return_inverse=True)[1], rtol=0, atol=0)
+    with gpu_strategies() if strategy == 'device' else contextlib.nullcontext(), SyncCounter() as counter:
+        compacted = [compact(mask, number) for mask, number in zip(masks, numbers)]
+        counted, weighted = counts(index, 60), counts(index, 60, weights)
+        inverse = unique_inverse(values)
+    assert counter.total() == (0 if strategy == 'device' else len(masks) + 2 + 1)   # nonzero, bincount, unique
+    for mask, result in zip(masks, compacted):
+        torch.testing.assert_close(result, torch.nonzero(mask).reshape(-1), rtol=0, atol=0)
+    torch.testing.assert_close(counted, torch.bincount(index, minlength=60), rtol=0, atol=0)
+    torch.testing.assert_close(weighted, torch.bincount(index, weights, 60), rtol=0, atol=0)
+    torch.testing.assert_close(inverse, torch.unique(values, return_inverse=True)[1], rtol=0, atol=0)
     on_device = to_device(np.arange(6, dtype=np.int32).reshape(2, 3), 'cpu')
     assert on_device.dtype == torch.int32 and on_device.tolist() == [[0, 1, 2], [3, 4, 5]]
-    mask = torch.from_numpy(rng.random(100) < 0.5)
-    number = int(mask.sum())
-    with SyncCounter() as counter:
-        compact(mask, number)
-        counts(index, 60)
-        unique_inverse(values)
-    assert counter.total() == 0
 
 
 def test_read_host_is_one_exact_copy_of_mixed_tensors():
@@ -158,34 +161,32 @@ def test_frame_path_on_cuda_makes_few_syncs():
 
 
 @needs_data
-def test_block_merging_reads_the_device_three_times(monkeypatch):
+def test_block_merging_reads_the_device_three_times():
     """The real block layout of the Ouster frame (400 blocks), GPU strategy: the block loop's ids, from three host
     reads (the label spans, the number of entries, the merge plan)."""
     from postprocess_fixtures import lidar_merge_case
 
     import mpnet_model.infer.merging as merging
 
-    monkeypatch.setattr(merging, '_cpu_strategy', lambda device: False)
     xyz, indices, instances, semantic = lidar_merge_case()
     expected = merging.block_merging_reference(xyz, indices, instances, semantic)
     tensors = [torch.from_numpy(np.ascontiguousarray(a)).to('cpu', non_blocking=True)
                for a in (xyz, indices, instances, semantic)]
-    with SyncCounter() as counter:
+    with gpu_strategies(), SyncCounter() as counter:
         result = merging.block_merging(*tensors, validate=False)
     np.testing.assert_array_equal(result.numpy(), expected)
     assert counter.total() == 3, '\n'.join(counter.table())
 
 
 @needs_data
-def test_mean_shift_gpu_strategy_reads_the_device_a_few_times(monkeypatch):
+def test_mean_shift_gpu_strategy_reads_the_device_a_few_times():
     from postprocess_fixtures import shipped_block_embeddings
 
     import mpnet_model.infer.meanshift as meanshift
 
     embeddings = shipped_block_embeddings()
     expected = meanshift.mean_shift_blocks(embeddings)                     # the CPU strategy
-    monkeypatch.setattr(meanshift, '_cpu_strategy', lambda device: False)
-    with SyncCounter() as counter:
+    with gpu_strategies(), SyncCounter() as counter:
         labels = meanshift.mean_shift_blocks(torch.from_numpy(embeddings).to('cpu', non_blocking=True))
     assert min(adjusted_rand_score(a, b) for a, b in zip(expected, labels.numpy())) == 1.0
     # the plan, the chunk's convergence checks (after 4, 8, 16, 32, 64, ... iterations), no retries here

@@ -13,7 +13,9 @@ compactions and counts with sizes the host already knows:
 * `to_device` - a host array to the device without a blocking copy (pinned memory, ``non_blocking``);
 * `to_host` - one tensor to numpy: on CUDA a non-blocking copy into pinned memory and one stream sync.
 
-Every function is exact: the same integers / values as the synchronising operation it replaces.
+Every function is exact: the same integers / values as the synchronising operation it replaces. On the CPU
+(`_cpu_strategy`, which tests and the sync counter switch off to run the GPU code on CPU tensors) `compact`,
+`counts` and `unique_inverse` call the operation they replace: there it costs no sync and is faster.
 """
 from __future__ import annotations
 
@@ -80,10 +82,17 @@ def to_device(array: np.ndarray, device: torch.device | str) -> Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def _cpu_strategy(device: torch.device) -> bool:
+    """True on the CPU: the synchronising operation itself (no sync there); tests switch it off."""
+    return device.type == 'cpu'
+
+
 def compact(mask: Tensor, count: int) -> Tensor:
     """(n,) bool -> (count,) int64 positions of its True entries in increasing order; `count` must be their
     number (known on the host). ``torch.nonzero(mask).squeeze(1)`` without the sync."""
     mask = mask.reshape(-1)
+    if _cpu_strategy(mask.device):
+        return torch.nonzero(mask).reshape(-1)
     positions = torch.cumsum(mask, 0) - 1
     target = torch.where(mask, positions, count)                 # everything else goes to a dump slot
     out = torch.empty(count + 1, dtype=torch.int64, device=mask.device)
@@ -94,6 +103,9 @@ def compact(mask: Tensor, count: int) -> Tensor:
 def counts(index: Tensor, length: int, weights: Tensor | None = None) -> Tensor:
     """``torch.bincount(index, weights, minlength=length)`` for indices known to lie in [0, length): int64 counts,
     or the sums of `weights` in their dtype (exact for integer-valued weights), without the sync."""
+    if _cpu_strategy(index.device):
+        result = torch.bincount(index, weights, minlength=length)
+        return result if weights is None else result.to(weights.dtype)   # integer weights: bincount gives float64
     if weights is None:
         return torch.zeros(length, dtype=torch.int64, device=index.device).index_add_(
             0, index, torch.ones_like(index))
@@ -103,6 +115,8 @@ def counts(index: Tensor, length: int, weights: Tensor | None = None) -> Tensor:
 def unique_inverse(values: Tensor) -> Tensor:
     """(n,) -> (n,) int64 index of each value among the sorted distinct values: the inverse of
     ``torch.unique(values, return_inverse=True)`` without the sync (one sort, a cumsum, a scatter)."""
+    if _cpu_strategy(values.device):
+        return torch.unique(values, return_inverse=True)[1]
     sorted_values, order = torch.sort(values)
     starts = torch.ones(values.shape, dtype=torch.bool, device=values.device)
     starts[1:] = sorted_values[1:] != sorted_values[:-1]

@@ -575,8 +575,14 @@ def _merge_in_waves(stored_id: torch.Tensor, block: torch.Tensor, voxel: torch.T
     """
     device = stored_id.device
     num_entries, num_voxels = block.numel(), stored_id.numel()
-    bound = num_entries  # >= groups, >= pairs
-    group = unique_inverse(block * local_span + local)  # (L,) groups numbered as torch.unique(...) would
+    # Groups numbered as torch.unique(keys) would: by a count over the key space when it is small (no sort).
+    key_space = num_blocks * local_span
+    bound = min(num_entries, key_space)  # >= groups
+    group_key = block * local_span + local
+    if key_space <= 4 * num_entries + 1024:
+        group = (torch.cumsum(counts(group_key, key_space) > 0, 0) - 1)[group_key]  # (L,)
+    else:
+        group = unique_inverse(group_key)
     group_block = torch.zeros(bound, dtype=torch.int64, device=device).scatter_(0, group, block)
     group_class = _majority(group, semantic, copies.double(), bound, num_classes)  # (bound,)
     group_size = counts(group, bound, copies.double())  # (bound,)
@@ -586,7 +592,7 @@ def _merge_in_waves(stored_id: torch.Tensor, block: torch.Tensor, voxel: torch.T
     writer_group = group[writer[voxel]]  # (L,) the group whose id the entry's voxel will hold
     reads = (group_block[writer_group] < block) & (group_class[writer_group] == group_class[group])
     # Static overlaps: the distinct (group, writer group) pairs of the reads, in key order (as torch.unique), with
-    # their point counts; pair slots past the real pairs hold the sentinel key.
+    # their point counts, in pair slots (one per entry: a bound); slots past the real pairs hold the sentinel.
     sentinel = bound * bound
     pair_sorted, pair_order = torch.sort(torch.where(reads, group * bound + writer_group, sentinel))
     is_pair = pair_sorted < sentinel
@@ -594,26 +600,27 @@ def _merge_in_waves(stored_id: torch.Tensor, block: torch.Tensor, voxel: torch.T
     pair_start[1:] = pair_sorted[1:] != pair_sorted[:-1]
     pair_start &= is_pair
     pair_rank = torch.cumsum(pair_start, 0) - 1
-    pair_points = counts(pair_rank.clamp_min(0), bound, torch.where(is_pair, copies[pair_order], 0).double())
-    pair_keys = torch.full((bound + 1,), sentinel, dtype=torch.int64, device=device).scatter_(
-        0, torch.where(pair_start, pair_rank, bound), pair_sorted)[:bound]
+    pair_points = counts(pair_rank.clamp_min(0), num_entries, torch.where(is_pair, copies[pair_order], 0).double())
+    pair_keys = torch.full((num_entries + 1,), sentinel, dtype=torch.int64, device=device).scatter_(
+        0, torch.where(pair_start, pair_rank, num_entries), pair_sorted)[:num_entries]
     real_pair = pair_keys < sentinel  # the first num_pairs slots
     pair_group, pair_writer = (pair_keys // bound).clamp_max(bound - 1), pair_keys % bound
     pairs_per_group = counts(pair_group, bound, real_pair.long())
-    edge_keys = torch.sort(torch.where(real_pair, group_block[pair_writer] * num_blocks + group_block[pair_group],
-                                       num_blocks * num_blocks)).values
+    # The DAG's edges (writer's block -> reader's block), one per pair slot (the host keeps the distinct ones).
+    edge_keys = group_block[pair_writer] * num_blocks + group_block[pair_group]
     is_group = torch.arange(bound, device=device) <= group.max()
     groups_per_block = counts(group_block, num_blocks, is_group.long())
-    num_pairs, widest, num_groups, *rest = read_host(torch.cat([torch.stack([
-        real_pair.sum(), pairs_per_group.max(), group.max() + 1]), groups_per_block, edge_keys]))[0].tolist()
-    groups_per_block, edges = np.asarray(rest[:num_blocks]), np.unique(rest[num_blocks:num_blocks + num_pairs])
+    packed = read_host(torch.cat([torch.stack([real_pair.sum(), pairs_per_group.max(), group.max() + 1]),
+                                  groups_per_block, edge_keys]))[0]
+    num_pairs, widest, num_groups = (int(value) for value in packed[:3])
+    groups_per_block = packed[3:3 + num_blocks]
+    edges = np.unique(packed[3 + num_blocks:3 + num_blocks + num_pairs])
     waves = _dependency_waves(edges, num_blocks)  # (K,) on the host
     num_waves = int(waves.max()) + 1
     bounds = np.concatenate([[0], np.cumsum(np.bincount(waves, weights=groups_per_block, minlength=num_waves))])
     bounds = bounds.astype(np.int64).tolist()
     # Groups by wave (stable, as the slices of a sort by wave), the wave order copied to the device once.
-    group_wave = torch.where(is_group, to_device(waves, device)[group_block], num_waves)
-    group_order = torch.sort(group_wave, stable=True).indices[:num_groups]
+    group_order = torch.sort(to_device(waves, device)[group_block[:num_groups]], stable=True).indices
     # Pairs padded per group: (G, H) writer groups and counts (count 0 = padding).
     pair_group, pair_writer, pair_points = pair_group[:num_pairs], pair_writer[:num_pairs], pair_points[:num_pairs]
     writers, _ = _pad_rows(pair_writer, pair_group, num_groups, max(widest, 1))

@@ -265,15 +265,20 @@ def _patched(owner, name: str, value):
 
 @contextlib.contextmanager
 def gpu_strategies(nearest: bool = True):
-    """Run the code paths chosen for CUDA on CPU tensors: the `_cpu_strategy` switches of mean shift, merging and
-    (where the module has one, and with `nearest`) the frame path's nearest-neighbour search return False. The
+    """Run the code paths chosen for CUDA on CPU tensors: the `_cpu_strategy` switches of mean shift, merging, the
+    sync-free helpers and (where the module has one, and with `nearest`) the frame path's nearest-neighbour search
+    return False. The
     torch sampler and the torch FPS are options of the segmenter / backend (`gpu_like_segmenter` sets them)."""
     import mpnet_model.infer.meanshift as meanshift
     import mpnet_model.infer.merging as merging
     import mpnet_model.infer.scene as scene
+    try:
+        import mpnet_model.infer.device_ops as device_ops
+    except ImportError:                 # code before issue 25
+        device_ops = meanshift
 
     with contextlib.ExitStack() as stack:
-        for module in (meanshift, merging, scene) if nearest else (meanshift, merging):
+        for module in (meanshift, merging, device_ops, *((scene,) if nearest else ())):
             if hasattr(module, '_cpu_strategy'):
                 stack.enter_context(_patched(module, '_cpu_strategy', lambda device: False))
         yield
