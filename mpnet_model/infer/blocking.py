@@ -50,6 +50,8 @@ from mpnet_model.data.blocks import (
     sample_block_indices_keyed,
 )
 from mpnet_model.data.encoding import anchors_grid, fill_location_channels, finish_block_channels
+from mpnet_model.infer.device_ops import compact, read_host
+from mpnet_model.infer.device_ops import counts as index_counts
 
 LAYOUTS = ('grid', 'tile', 'staggered', 'cover', 'adaptive')
 SAMPLERS = ('auto', 'numpy', 'torch', 'legacy')
@@ -86,15 +88,20 @@ class FramePartition:
 
     def pair_blocks(self) -> Tensor:
         """(M,) the block of every entry of `point_order`."""
-        return torch.repeat_interleave(torch.arange(len(self), device=self.cells.device), self.counts)
+        return torch.repeat_interleave(torch.arange(len(self), device=self.cells.device), self.counts,
+                                       output_size=self.point_order.shape[0])
 
-    def subset(self, keep: Tensor) -> FramePartition:
-        """The partition restricted to blocks `keep` (K,) bool, in the same (x-major) order."""
+    def subset(self, keep: Tensor, sizes: tuple[int, int] | None = None) -> FramePartition:
+        """The partition restricted to blocks `keep` (K,) bool, in the same (x-major) order. `sizes`: (kept blocks,
+        their members) when the caller knows them; else read from the device (one sync)."""
         pairs = keep[self.pair_blocks()]
-        counts = self.counts[keep]
+        if sizes is None:
+            sizes = tuple(int(v) for v in read_host(torch.stack([keep.sum(), pairs.sum()]))[0])
+        kept = compact(keep, sizes[0])
+        counts = self.counts[kept]
         offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-        return FramePartition(self.point_order[pairs], offsets, self.cells[keep], self.room_min, self.room_extent,
-                              self.block_size, self.stride)
+        return FramePartition(self.point_order[compact(pairs, sizes[1])], offsets, self.cells[kept], self.room_min,
+                              self.room_extent, self.block_size, self.stride)
 
     @classmethod
     def from_numpy(cls, partition: BlockPartition, device: torch.device | str = 'cpu') -> FramePartition:
@@ -150,11 +157,13 @@ def partition_torch(xyz: Tensor, block_size: float = 1.0, stride: float = 0.5, m
     # All (kx, ky, point) memberships in one nonzero, in the numpy version's order (kx, then ky, then point).
     kx, ky, point_ids = torch.nonzero(insides[0][:, None, :] & insides[1][None, :, :], as_tuple=True)
     block_ids = (tops[0][point_ids] - kx) * grid[1] + (tops[1][point_ids] - ky)
-    counts = torch.bincount(block_ids, minlength=grid[0] * grid[1])
+    counts = index_counts(block_ids, grid[0] * grid[1])
     keep = counts >= min_points
-    kept = torch.nonzero(keep).reshape(-1)
     sorted_ids, order = torch.sort(block_ids, stable=True)
-    point_order = point_ids[order[keep[sorted_ids]]]
+    member_kept = keep[sorted_ids]
+    num_kept, num_members = (int(v) for v in read_host(torch.stack([keep.sum(), member_kept.sum()]))[0])
+    kept = compact(keep, num_kept)
+    point_order = point_ids[order[compact(member_kept, num_members)]]
     kept_counts = counts[kept]
     offsets = torch.cat([kept_counts.new_zeros(1), torch.cumsum(kept_counts, 0)])
     cells = torch.stack([kept // grid[1], kept % grid[1]], 1)
@@ -177,8 +186,7 @@ def select_layout(partition: FramePartition, layout: str, num_cloud: int, dense_
         keep |= partition.counts >= dense_points
     pair_blocks = partition.pair_blocks()
     for i, j in rescue_classes:
-        covered = torch.zeros(num_cloud, dtype=torch.bool, device=klass.device)
-        covered[partition.point_order[keep[pair_blocks]]] = True
+        covered = index_counts(partition.point_order, num_cloud, keep[pair_blocks].long()) > 0
         uncovered = torch.zeros(len(partition), dtype=torch.int64, device=klass.device)
         uncovered.index_add_(0, pair_blocks, (~covered[partition.point_order]).long())
         keep |= (klass == i * 2 + j) & (uncovered >= min_points)
@@ -193,14 +201,18 @@ def sample_rows_torch(partition: FramePartition, num_points: int, generator: tor
     counts, offsets = partition.counts, partition.offsets
     num_blocks = len(partition)
     indices = torch.empty(num_blocks, num_points, dtype=torch.int64, device=device)
-    large = torch.nonzero(counts >= num_points).reshape(-1)
-    short = torch.nonzero(counts < num_points).reshape(-1)
+    is_large = counts >= num_points
+    num_large, large_members = (int(v) for v in read_host(torch.stack([is_large.sum(), torch.where(
+        is_large, counts, 0).sum()]))[0])                                             # the call's one sync
+    large = compact(is_large, num_large)
+    short = compact(~is_large, num_blocks - num_large)
     if large.numel():
         large_counts = counts[large]
         starts = torch.cumsum(large_counts, 0) - large_counts
-        pair_block = torch.repeat_interleave(torch.arange(large.numel(), device=device), large_counts)
+        pair_block = torch.repeat_interleave(torch.arange(large.numel(), device=device), large_counts,
+                                             output_size=large_members)
         position = torch.arange(pair_block.numel(), device=device) + torch.repeat_interleave(
-            offsets[large] - starts, large_counts)
+            offsets[large] - starts, large_counts, output_size=large_members)
         keys = pair_block.double() + torch.rand(pair_block.numel(), generator=generator, device=device,
                                                 dtype=torch.float64)
         order = torch.argsort(keys)
@@ -232,29 +244,27 @@ def sample_rows_keyed_torch(partition: FramePartition, xyz: Tensor, num_points: 
     device = partition.point_order.device
     counts, offsets = partition.counts, partition.offsets
     num_blocks = len(partition)
-    indices = torch.empty(num_blocks, num_points, dtype=torch.int64, device=device)
     if num_blocks == 0:
-        return indices
+        return torch.empty(0, num_points, dtype=torch.int64, device=device)
     cells = partition.cells + torch.round(partition.room_min[:2] / partition.stride).long()            # absolute
     pair_block = torch.repeat_interleave(torch.arange(num_blocks, device=device), counts,
                                          output_size=partition.point_order.numel())
     keys = cell_keys_torch(point_keys_torch(xyz[partition.point_order], seed), cells[pair_block, 0],
                            cells[pair_block, 1])
     ranked = partition.point_order[torch.sort(sort_key_torch(pair_block, keys), stable=True).indices]
-    slot = torch.arange(num_points, device=device)
-    large = torch.nonzero(counts >= num_points).reshape(-1)
-    indices[large] = ranked[offsets[large][:, None] + slot]
-    short = torch.nonzero(counts < num_points).reshape(-1)
-    if short.numel():
-        short_counts = counts[short][:, None]
-        cell_i, cell_j = cells[short, 0][:, None], cells[short, 1][:, None]
-        repeat = torch.minimum((unit_torch(hash_fields_torch([seed, cell_i, cell_j, slot[None], 1], device))
-                                * short_counts).long(), short_counts - 1)
-        rows = ranked[offsets[short][:, None] + torch.where(slot[None] < short_counts, slot[None], repeat)]
-        shuffle = torch.sort(order_key_torch(hash_fields_torch([seed, cell_i, cell_j, slot[None], 2], device)),
-                             dim=1, stable=True).indices
-        indices[short] = torch.gather(rows, 1, shuffle)
-    return indices
+    # Both draws for every block, chosen per block with torch.where (no host reads of which blocks are short).
+    slot = torch.arange(num_points, device=device)[None, :]                                # (1, P)
+    block_counts, starts = counts[:, None], offsets[:-1, None]                             # (K, 1)
+    last = max(int(partition.point_order.numel()) - 1, 0)
+    large_rows = ranked[(starts + slot).clamp_(max=last)]                                  # first P in key order
+    cell_i, cell_j = cells[:, 0:1], cells[:, 1:2]
+    repeat = torch.minimum((unit_torch(hash_fields_torch([seed, cell_i, cell_j, slot, 1], device))
+                            * block_counts).long(), block_counts - 1)
+    member = torch.where(slot < block_counts, slot, repeat)
+    short_rows = ranked[(starts + member).clamp_(max=last)]
+    shuffle = torch.sort(order_key_torch(hash_fields_torch([seed, cell_i, cell_j, slot, 2], device)), dim=1,
+                         stable=True).indices
+    return torch.where(block_counts >= num_points, large_rows, torch.gather(short_rows, 1, shuffle))
 
 
 def block_channels(xyz: Tensor, colours: Tensor | None, indices: Tensor, partition: FramePartition,
@@ -394,16 +404,27 @@ def sample_partition(xyz: Tensor, colours: Tensor | None, partition: FramePartit
     if keyed and sampler == 'legacy':
         raise ValueError(f"sampler='legacy' draws the pre-issue-12 blocks of the 'room' encoding, not {encoding!r}")
     buckets = sorted(point_buckets)
-    bucket_sizes = torch.tensor(buckets, device=xyz.device)
-    bucket = torch.searchsorted(bucket_sizes, partition.counts).clamp_(max=len(buckets) - 1)     # (K,)
-    present = torch.unique(bucket).tolist() if len(buckets) > 1 else [0]
+    # Bucket of each block: the smallest size >= its count (the largest when it exceeds them all), as a
+    # searchsorted would give, without a host -> device copy of the sizes.
+    bucket = torch.zeros_like(partition.counts)                                                    # (K,)
+    for size in buckets[:-1]:
+        bucket += partition.counts > size
+    if len(buckets) > 1:   # blocks and members per bucket, in one read
+        level_blocks, level_members = read_host(index_counts(bucket, len(buckets)),
+                                                index_counts(bucket, len(buckets), partition.counts))
+        present = [level for level in range(len(buckets)) if level_blocks[level]]
+    else:
+        present = [0]
     rng = np.random.default_rng(seed) if use_numpy else None
     generator = None if use_numpy else torch.Generator(device=xyz.device).manual_seed(seed)
     groups = []
     for level in present:                                           # at most 3 sizes: a loop over sizes, not blocks
-        members = bucket == level
-        blocks = torch.nonzero(members).reshape(-1)
-        part = partition if len(present) == 1 else partition.subset(members)
+        if len(present) == 1:
+            blocks, part = torch.arange(len(partition), device=xyz.device), partition
+        else:
+            members = bucket == level
+            sizes = (int(level_blocks[level]), int(level_members[level]))
+            blocks, part = compact(members, sizes[0]), partition.subset(members, sizes)
         size = buckets[level]
         if keyed and use_numpy:
             indices = torch.from_numpy(sample_block_indices_keyed(part.to_numpy(), xyz.numpy(), size, seed))
