@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mpnet_model.data.synthetic import generate_room, room_rng
-from mpnet_model.infer.floor import estimate_floor
+from mpnet_model.infer.floor import NOMINAL_TABLE_HEIGHT, estimate_floor
 from mpnet_model.infer.gravity import estimate_up
 
 FLOOR_CLASS = 1
@@ -75,11 +75,24 @@ def test_a_floor_seen_by_a_simulated_lidar_and_camera():
 
 def test_without_a_floor_in_view():
     rng = np.random.default_rng(0)
-    # a camera looking down at a table: the table top (the lowest dominant plane) becomes the reference
+    # a camera 0.6 m above a table looking down at it: the table top is the lowest dominant plane; without the
+    # sensor's position it is the reference, with it the view is a tabletop view and the floor lies a nominal
+    # table height below the top
     top = np.column_stack([rng.uniform(-0.6, 0.6, (20000, 2)), rng.normal(-0.6, 0.003, 20000)])
     cups = np.column_stack([rng.uniform(-0.1, 0.1, (3000, 2)), rng.uniform(-0.6, -0.45, 3000)])
-    estimate = estimate_floor(np.concatenate([top, cups]))
-    assert estimate.found and abs(estimate.z + 0.6) < 0.01
+    table_view = np.concatenate([top, cups])
+    estimate = estimate_floor(table_view)
+    assert estimate.found and estimate.method == 'histogram' and abs(estimate.z + 0.6) < 0.01
+    estimate = estimate_floor(table_view, origin=(0.0, 0.0, 0.0))
+    assert not estimate.found and estimate.method == 'tabletop'
+    assert estimate.z == pytest.approx(-0.6 - NOMINAL_TABLE_HEIGHT, abs=0.01)
+    # the same plane seen from 2 m above (a floor under a tall sensor), or from 0.6 m but ahead of the sensor at
+    # shallow angles (a robot's camera looking at the floor in front of it), or wider than a table: a floor
+    for origin, shift in (((0.0, 0.0, 1.4), (0.0, 0.0)), ((0.0, 0.0, 0.0), (1.5, 0.0))):
+        moved = table_view + [*shift, 0.0]
+        assert estimate_floor(moved, origin=origin).method == 'histogram'
+    wide = np.column_stack([rng.uniform(-2, 2, (20000, 2)), rng.normal(-0.6, 0.003, 20000)])
+    assert estimate_floor(wide, origin=(0.0, 0.0, 0.0)).method == 'histogram'
     # a wall seen head-on with no horizontal surface: the 1st percentile of z, flagged as not found
     wall = np.column_stack([rng.normal(2.0, 0.005, 20000), rng.uniform(-1, 1, 20000), rng.uniform(-1.2, 1.5, 20000)])
     estimate = estimate_floor(wall)
@@ -109,7 +122,7 @@ def test_a_known_floor_wins_over_the_estimate():
     segmenter = SceneSegmenter.from_config('onnxruntime', '')
     segmenter.backend.metadata.input_encoding = 'floor'      # the shipped file's weights, read as a floor model
     xyz, _ = _room(5)
-    xyz = xyz[np.all(np.abs(xyz[:, :2]) < 1.0, axis=1)]
+    xyz = xyz[np.all(np.abs(xyz[:, :2]) < 1.5, axis=1)]        # wider than a table: not a tabletop view
     grey = np.full(len(xyz), 0.5, np.float32)
     estimated = ScenePipeline(validate_params({}, check_files=False), segmenter, enforce_budget=False)
     known = ScenePipeline(validate_params({'floor_source': 'sensor_height', 'sensor_height': 1.0},

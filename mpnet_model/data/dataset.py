@@ -86,7 +86,8 @@ class BlockDataset(Dataset):
     `mpnet_model.data.transforms`) first changes the block's members: stray points, partial views, façades, floor
     errors.
     `encoding`: the model's input encoding (`mpnet_model.data.encoding`); ``floor`` measures heights from each
-    room's floor as the runtime estimates it (`mpnet_model.infer.floor.estimate_floor` on the whole room or frame).
+    room's floor as the runtime estimates it (`mpnet_model.infer.floor.estimate_floor` on the whole room or frame, from
+    the frame's sensor position when it has one).
     """
 
     def __init__(self, rooms_or_cache: str | os.PathLike | Sequence[Room | str | os.PathLike],
@@ -129,7 +130,7 @@ class BlockDataset(Dataset):
             self._sem.append(room.sem.astype(np.int32))
             self._ins.append(room.ins.astype(np.int32))
             self._partitions.append(partition)
-            self._floors.append(estimate_floor(room.xyz).z if needs_floor(self.encoding) else None)
+            self._floors.append(estimate_floor(room.xyz, room.origin).z if needs_floor(self.encoding) else None)
             block_room.append(np.full(len(partition), room_index, dtype=np.int64))
             block_local.append(np.arange(len(partition), dtype=np.int64))
         if not self.room_names:

@@ -13,12 +13,21 @@ same peak (the same surface near the sensor); a tilted sensor must be levelled f
 When no peak qualifies (a camera facing a wall with a strip of floor at its bottom, a cloud of clutter), the floor
 is the 1st percentile of z (mmdetection3d's height feature, robust to a few stray points) and `found` is False.
 
-When no floor is in view at all (a camera looking down at a table), the lowest dominant plane is the table top, and
-it becomes the reference: its height reads 0. The shipped model is trained with the same estimator on simulated
-manipulation views (a camera 0.3-1.2 m above a table top, the table filling the view), where the same happens, so a
-table seen that way is still a table (docs/floor.md has the measurement on the real Kinect tabletop frames). A robot
-that knows where its floor is says so (`floor_source` in the node: the fixed frame's z = `floor_z`, or the sensor's
-mounting height), which always wins over the estimate.
+When no floor is in view at all (a camera looking down at a table), the lowest dominant plane is the table top.
+Taken as the floor, the table would read height 0 and come out `floor`. When the sensor position is known, a view
+is taken for a tabletop view when all three hold:
+
+* the sensor looks down on the plane: the median depression angle from the sensor to the plane's points is at
+  least `TABLETOP_MIN_DEPRESSION_DEG` (a robot's camera sees the floor ahead of it at 15-35 deg; a manipulation
+  camera looks down at its table at 40-75 deg);
+* from close by: the sensor is at most `TABLETOP_MAX_SENSOR_HEIGHT` m above the plane;
+* the cloud is table-sized: at most `TABLETOP_MAX_EXTENT` m along x and y (1st-99th percentile).
+
+Then the floor is put `NOMINAL_TABLE_HEIGHT` m below the plane (method 'tabletop', `found` False), where the
+training rooms' tables stand. A camera held low and staring down at a patch of bare floor is the case this rule
+gets wrong (docs/floor.md); without a sensor position (whole rooms) it never applies. A robot that knows where its
+floor is says so (`floor_source` in the node: the fixed frame's z = `floor_z`, or the sensor's mounting height),
+which always wins over the estimate.
 """
 from __future__ import annotations
 
@@ -32,6 +41,10 @@ DEFAULT_MIN_SHARE = 0.05        # of the points within the radius
 DEFAULT_MIN_POINTS = 30
 DEFAULT_BAND = 0.1              # m, half-width around the peak for the median
 FALLBACK_PERCENTILE = 1.0
+TABLETOP_MIN_DEPRESSION_DEG = 40.0  # tabletop views (module docstring): the sensor looks down on the plane this steeply,
+TABLETOP_MAX_SENSOR_HEIGHT = 1.3    # m: from at most this high above it,
+TABLETOP_MAX_EXTENT = 2.5           # m: and the cloud is at most this wide along x and y
+NOMINAL_TABLE_HEIGHT = 0.75         # m: the floor of a tabletop view lies this far below its table top
 _PEAK_SEARCH_BINS = 4           # the peak is the highest bin within this many bins above the first qualifying one
 _BACKGROUND_BINS = 10           # a peak is compared with the density within this many bins around it
 _MIN_CONTRAST = 3.0             # and must be this many times denser (a wall's or a façade's heights are flat)
@@ -42,7 +55,7 @@ class FloorEstimate:
     z: float                    # floor height in the cloud's frame [m]
     found: bool                 # a floor peak was found (False: the percentile fallback, or no points)
     support: float              # share of the points considered that lie within the band of the floor
-    method: str                 # 'histogram' | 'percentile' | 'given'
+    method: str                 # 'histogram' | 'tabletop' | 'percentile' | 'given'
 
     @classmethod
     def given(cls, z: float) -> FloorEstimate:
@@ -58,13 +71,13 @@ def estimate_floor(xyz: np.ndarray, origin=None, radius: float = DEFAULT_RADIUS,
         raise ValueError(f'xyz must have shape (N, 3), got {xyz.shape}')
     if not bin_size > 0 or not band > 0 or not 0 < min_share < 1:
         raise ValueError(f'bin_size={bin_size}, band={band} must be > 0 and min_share={min_share} in (0, 1)')
-    z = xyz[:, 2].astype(np.float64)
+    points = xyz.astype(np.float64)
     if origin is not None and radius and radius > 0:
-        near = np.sum((xyz[:, :2].astype(np.float64) - np.asarray(origin, np.float64)[:2]) ** 2, axis=1) \
-            <= radius * radius
+        near = np.sum((points[:, :2] - np.asarray(origin, np.float64)[:2]) ** 2, axis=1) <= radius * radius
         if near.sum() >= min_points:
-            z = z[near]
-    z = z[np.isfinite(z)]
+            points = points[near]
+    points = points[np.isfinite(points).all(axis=1)]
+    z = points[:, 2]
     if z.size == 0:
         return FloorEstimate(0.0, False, 0.0, 'percentile')
     low = z.min()
@@ -84,4 +97,22 @@ def estimate_floor(xyz: np.ndarray, origin=None, radius: float = DEFAULT_RADIUS,
     peak = low + (first + int(np.argmax(window)) + 0.5) * bin_size
     on_peak = np.abs(z - peak) <= band
     floor = float(np.median(z[on_peak]))
-    return FloorEstimate(floor, True, float(np.mean(np.abs(z - floor) <= band)), 'histogram')
+    support = float(np.mean(np.abs(z - floor) <= band))
+    if origin is not None and is_tabletop_view(points, floor, origin, band):
+        return FloorEstimate(floor - NOMINAL_TABLE_HEIGHT, False, support, 'tabletop')
+    return FloorEstimate(floor, True, support, 'histogram')
+
+
+def is_tabletop_view(xyz: np.ndarray, plane_z: float, origin, band: float = DEFAULT_BAND) -> bool:
+    """True when the z-up cloud xyz (N, 3), whose lowest dominant plane lies at `plane_z`, seen from the sensor at
+    `origin` (3,), is a view down onto a table (the three conditions of the module docstring)."""
+    origin = np.asarray(origin, np.float64).reshape(3)
+    height = float(origin[2]) - plane_z
+    if len(xyz) == 0 or not 0 < height <= TABLETOP_MAX_SENSOR_HEIGHT:
+        return False
+    low, high = np.percentile(xyz[:, :2], [1.0, 99.0], axis=0)
+    if np.any(high - low > TABLETOP_MAX_EXTENT):
+        return False
+    plane = xyz[np.abs(xyz[:, 2] - plane_z) <= band]
+    distance = np.linalg.norm(plane[:, :2] - origin[:2], axis=1)
+    return bool(np.degrees(np.median(np.arctan2(height, distance))) >= TABLETOP_MIN_DEPRESSION_DEG)

@@ -88,17 +88,29 @@ def _estimate_up(xyz: np.ndarray, prior_up, max_tilt_deg: float, inlier_distance
     not_found = GravityEstimate(prior, rotation_to_z(prior), 0.0, False)
     if len(xyz) < 50:
         return not_found
-    rng = np.random.default_rng(seed)
-    points = xyz[rng.choice(len(xyz), max_points, replace=False)] if len(xyz) > max_points else xyz
+    # Keyed draws (`mpnet_model.data.point_keys`): the subsample is the points with the smallest coordinate keys, the
+    # hypotheses' seed points the smallest of a second key, and each seed picks its neighbours from its own key, so
+    # that one added point (a stray return) or a crop changes at most a few draws, not all of them.
+    from mpnet_model.data.point_keys import hash_fields_np, point_keys_np
+
+    keys = point_keys_np(xyz, seed)
+    if len(xyz) > max_points:
+        keep = np.argpartition(keys, max_points - 1)[:max_points]
+        xyz, keys = xyz[keep], keys[keep]
+    order = np.argsort(keys, kind='stable')
+    points, keys = xyz[order], keys[order]
     # local triples (a seed point and two of its 32 nearest neighbours, not collinear) lie on one surface far more
     # often than three random points: the floor, a large share of the seeds, yields many good hypotheses; 32
     # neighbours reach across a lidar's rings, whose nearest points alone lie on one line
     from scipy.spatial import cKDTree
 
-    seeds = rng.integers(0, len(points), hypotheses)
+    seed_keys = hash_fields_np([seed + 1, keys.view(np.int64)])
+    seeds = np.argsort(seed_keys, kind='stable')[:hypotheses]
+    hypotheses = len(seeds)
     k = min(32, len(points))
     _, neighbours = cKDTree(points).query(points[seeds], k=k)
-    pick = rng.integers(1, k, (hypotheses, 2))
+    picks = [hash_fields_np([seed + 2 + j, keys[seeds].view(np.int64)]) % np.uint64(k - 1) for j in range(2)]
+    pick = np.stack(picks, 1).astype(np.int64) + 1
     rows = np.arange(hypotheses)
     a = points[neighbours[rows, pick[:, 0]]] - points[seeds]
     b = points[neighbours[rows, pick[:, 1]]] - points[seeds]

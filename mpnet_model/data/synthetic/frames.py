@@ -227,7 +227,8 @@ def load_frame(path: str | os.PathLike, lidar_colour: str = 'intensity', frame: 
         raise ValueError(f"frame={frame!r}: choose 'level' or 'sensor'")
     names = tuple(i['name'] for i in meta['scene']['instances'])
     return Room(f'{path.parent.name}/{path.stem}', xyz, frame_colours(arrays, meta, lidar_colour),
-                arrays['sem'].astype(np.int64), arrays['ins'].astype(np.int64), tuple(meta['classes']), names)
+                arrays['sem'].astype(np.int64), arrays['ins'].astype(np.int64), tuple(meta['classes']), names,
+                origin=(0.0, 0.0, 0.0))
 
 
 def load_window(seq_dir: str | os.PathLike, last: int, size: int, lidar_colour: str = 'intensity') -> Room:
@@ -249,7 +250,8 @@ def load_window(seq_dir: str | os.PathLike, last: int, size: int, lidar_colour: 
                           room.rgb, room.sem, room.ins, room.class_names, room.instance_names))
     return Room(f'{seq_dir.name}/window_{last:04d}x{len(parts)}', np.concatenate([p.xyz for p in parts]),
                 np.concatenate([p.rgb for p in parts]), np.concatenate([p.sem for p in parts]),
-                np.concatenate([p.ins for p in parts]), parts[0].class_names, parts[0].instance_names)
+                np.concatenate([p.ins for p in parts]), parts[0].class_names, parts[0].instance_names,
+                origin=(0.0, 0.0, 0.0))
 
 
 def frame_ranges(path: str | os.PathLike) -> np.ndarray:
