@@ -164,7 +164,7 @@ def tune_postprocessing(backend: Backend, rooms: Iterable[Room], mean_instance_p
     for room in tqdm(list(rooms), desc='tuning post-processing', unit='room', disable=not progress):
         for bandwidth in bandwidths:
             segmenter = SceneSegmenter(cached, bandwidth=bandwidth, class_min_points=None, **segmenter_options)
-            result = segmenter.segment(room.xyz, room.rgb)
+            result = segmenter.segment(room.xyz, room.rgb, origin=room.origin)
             labels = np.where(result.labels < 0, 0, result.labels)
             for fraction in fractions:
                 thresholds = None if fraction == 0 else fraction * sizes

@@ -34,7 +34,8 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, s
                          version=str(meta.get('version', __version__)),
                          cluster_bandwidth=float(extra.get('cluster_bandwidth', DEFAULT_CLUSTER_BANDWIDTH)),
                          min_instance_fraction=float(extra.get('min_instance_fraction', 0.0)),
-                         class_mean_instance_points=tuple(float(v) for v in means) if means is not None else ())
+                         class_mean_instance_points=tuple(float(v) for v in means) if means is not None else (),
+                         input_encoding=cfg.input_encoding)
 
 
 class TorchBackend(Backend):
