@@ -20,9 +20,11 @@ The new path with ``layout='grid', sampler='legacy'`` draws the same blocks; its
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 
 from mpnet_model.data.blocks import BlockPartition, block_features, partition_blocks
+from mpnet_model.infer.instances import instance_summaries
 
 REFERENCE_BATCH_SIZE = 8        # today's SceneSegmenter default
 
@@ -105,10 +107,9 @@ def _finalise_instances(segmenter, xyz: np.ndarray, labels: np.ndarray, scores: 
     num_classes = len(segmenter.class_names)
     ids, inverse, sizes = np.unique(instances[valid], return_inverse=True, return_counts=True)
     keep = sizes >= segmenter.min_instance_points
-    if segmenter.class_min_points is not None:
-        votes = np.zeros((ids.size, num_classes), dtype=np.int64)
-        np.add.at(votes, (inverse, labels[valid]), 1)
-        keep &= sizes >= segmenter.class_min_points[votes.argmax(axis=1)]
+    keep &= segmenter.size_filter.keep(torch.from_numpy(xyz[valid]), torch.from_numpy(inverse.astype(np.int64)),
+                                       torch.from_numpy(labels[valid].astype(np.int64)), torch.from_numpy(sizes),
+                                       num_classes).numpy()
     order = np.lexsort((ids, -sizes))
     order = order[keep[order]]
     new_id = np.full(ids.size, -1, dtype=np.int32)
@@ -124,5 +125,8 @@ def _finalise_instances(segmenter, xyz: np.ndarray, labels: np.ndarray, scores: 
     upper = np.full((order.size, 3), -np.inf)
     np.minimum.at(lower, member_ids, xyz[members])
     np.maximum.at(upper, member_ids, xyz[members])
-    infos = segmenter._instance_infos(votes, counts, score_sum, lower, upper)   # the same InstanceInfo rule
+    summaries = instance_summaries(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (
+        xyz, final.astype(np.int64), labels.astype(np.int64), scores, votes.argmax(axis=1))))
+    infos = segmenter._instance_infos(votes, counts, score_sum, lower, upper,   # the same InstanceInfo rule
+                                      *(value.numpy() for value in summaries))
     return final, infos

@@ -1,0 +1,333 @@
+"""What a robot needs of each instance, computed on the frame's device: the size filter, an oriented box and a
+confidence (torch ops over all instances at once; no per-instance Python loops).
+
+**Size filters** (`SizeFilter`, `SIZE_FILTERS`), applied by `SceneSegmenter._finalise_instances` after the absolute
+floor `min_instance_points`:
+
+* ``points`` (ASIS's, the filter before issue 23): an instance is dropped when it holds fewer points than
+  `class_min_points` of its majority class (a fraction x the training set's mean instance size in points). Point
+  counts fall with range (a lidar's density drops ~100x between 2 m and 20 m) and differ between sensors, so on
+  robot frames this filter drops most far objects.
+* ``area`` (metric): the instance's **occupied area**, the number of distinct voxels of edge `voxel` (0.1 m by
+  default) its points fill times voxel^2, must reach `class_min_area` of its majority class (a fraction x the
+  training set's mean occupied area of that class, computed the same way: `class_mean_instance_area`). A surface
+  seen by a sparse far lidar fills the same voxels as one seen up close, as long as its points are no farther apart
+  than about a voxel (an OS-1-64 at 12 m: 0.11 m between rings, 0.07 m along a ring), so the filter keeps an object
+  alike near and far. The fraction is tuned per sensor kind (`mpnet-eval --tune`; a single lidar frame sees one side
+  of an object, a whole static room all of it).
+* ``off``: only `min_instance_points`.
+
+**Oriented boxes** (`oriented_boxes`): the yaw about the up axis (+z of the frame segmented: the gravity frame when
+the cloud was levelled first) is the angle of the minimum-area rectangle around the instance's xy footprint, its
+points gathered into `footprint_cell` cells (a uniform footprint whatever the density) and the rectangle found by
+an exhaustive sweep of candidate angles (every 2 deg over 90 deg, then every 0.2 deg around the best), all
+instances at once. The box's x axis is its longer horizontal side; yaw is in [-90, 90) deg (a box is symmetric
+under a half turn); the extent is the points' extent along the box axes, z from their lowest to highest point.
+
+**Confidence** (`instance_confidence`): the mean probability of the instance's class over its points, where a
+point whose own arg-max is another class counts 0 (the per-point outputs keep only the arg-max probability). It is
+in [0, 1]: 1 = every point is sure of the instance's class; it falls with disagreement among the points and with
+their uncertainty. docs/instances.md shows precision against it per sensor kind.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SIZE_FILTERS = ('points', 'area', 'off')
+DEFAULT_AREA_VOXEL = 0.1            # [m] voxel edge of the occupied-area size measure
+DEFAULT_FOOTPRINT_CELL = 0.05       # [m] footprint cells of the oriented-box estimate
+COARSE_STEP_DEG = 2.0               # oriented boxes: candidate angles every 2 deg over [0, 90) ...
+FINE_STEP_DEG = 0.2                 # ... then every 0.2 deg within +-2 deg of the best
+SENSOR_KINDS = ('lidar', 'rgbd', 'static')   # what the size filter's fraction is tuned for
+_KEY_LIMIT = 1 << 62
+
+
+def majority_class(index: torch.Tensor, labels: torch.Tensor, count: int, num_classes: int) -> torch.Tensor:
+    """(K,) majority label of each instance from points' instance `index` (M,) in [0, K) and `labels` (M,); ties ->
+    the smaller class id."""
+    votes = torch.zeros(count * num_classes, dtype=torch.int64, device=index.device)
+    votes.index_add_(0, index * num_classes + labels, torch.ones_like(index))
+    return votes.reshape(count, num_classes).argmax(1)
+
+
+def _distinct_cells(cells: torch.Tensor, index: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct (instance, cell) pairs of integer `cells` (M, D) with instance `index` (M,) -> (instance (U,),
+    cells (U, D)) sorted by instance."""
+    low = cells.min(0).values
+    cells = cells - low
+    spans = (cells.max(0).values + 1).tolist()
+    volume = math.prod(spans)
+    if count * volume < _KEY_LIMIT:            # one int64 key per pair: a 1-D unique
+        key = index.clone()
+        for axis, span in enumerate(spans):
+            key = key * span + cells[:, axis]
+        unique = torch.unique(key)
+        out = []
+        for span in reversed(spans):
+            out.append(unique % span)
+            unique = unique // span
+        return unique, torch.stack(out[::-1], 1) + low
+    rows = torch.unique(torch.cat([index[:, None], cells], 1), dim=0)   # a huge extent: row-wise unique
+    return rows[:, 0], rows[:, 1:] + low
+
+
+def occupied_area(xyz: torch.Tensor, index: torch.Tensor, count: int, voxel: float = DEFAULT_AREA_VOXEL
+                  ) -> torch.Tensor:
+    """(K,) occupied area [m^2] of each instance: distinct voxels of edge `voxel` holding its points x voxel^2.
+    xyz (M,3) and index (M,) in [0, K) are the instances' points."""
+    if count == 0 or index.numel() == 0:
+        return torch.zeros(count, dtype=torch.float64, device=xyz.device)
+    cells = torch.floor(xyz.double() / voxel).long()
+    instance, _ = _distinct_cells(cells, index.long(), count)
+    return torch.bincount(instance, minlength=count).double() * voxel * voxel
+
+
+@dataclass(frozen=True)
+class SizeFilter:
+    """The per-class size filter (module docstring). `class_minimum` (C,): points (kind 'points') or m^2 (kind
+    'area') per class; None = no per-class filter."""
+
+    kind: str = 'points'
+    class_minimum: np.ndarray | None = None
+    voxel: float = DEFAULT_AREA_VOXEL
+
+    def __post_init__(self):
+        if self.kind not in SIZE_FILTERS:
+            raise ValueError(f'size_filter={self.kind!r}: choose one of {SIZE_FILTERS}')
+        if self.kind == 'area' and self.class_minimum is None:
+            raise ValueError("size_filter='area' needs the per-class minimum areas (class_min_area): the model "
+                             'records no area statistics (tune it with mpnet-eval --tune) or the fraction is 0')
+        if not self.voxel > 0:
+            raise ValueError(f'area voxel {self.voxel!r} must be > 0 m')
+
+    @property
+    def active(self) -> bool:
+        return self.kind != 'off' and self.class_minimum is not None
+
+    def keep(self, xyz: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, sizes: torch.Tensor,
+             num_classes: int) -> torch.Tensor:
+        """(K,) bool: which instances pass. xyz (M,3), index (M,) in [0, K), labels (M,) of the instances' points;
+        sizes (K,) their point counts."""
+        count = sizes.numel()
+        if not self.active or count == 0:
+            return torch.ones(count, dtype=torch.bool, device=sizes.device)
+        majority = majority_class(index, labels, count, num_classes)
+        threshold = torch.as_tensor(self.class_minimum, dtype=torch.float64, device=sizes.device)[majority]
+        if self.kind == 'points':
+            return sizes >= threshold
+        return occupied_area(xyz, index, count, self.voxel) >= threshold * (1 - 1e-9)
+
+    def describe(self) -> str:
+        if not self.active:
+            return 'off (min_instance_points only)'
+        if self.kind == 'points':
+            return 'points (per-class minimum point counts)'
+        return f'area (per-class minimum occupied area at {self.voxel:g} m voxels)'
+
+
+def size_filter_options(metadata, size_filter: str | None = None, sensor_kind: str | None = None,
+                        fraction: float | None = None) -> dict:
+    """SceneSegmenter options of the size filter a model brings (`ModelMetadata`), as chosen by `size_filter`:
+
+    * 'auto' / None: 'area' when the model records area statistics and a fraction is known (`fraction`, else the one
+      tuned for `sensor_kind`), otherwise 'points' (models made before issue 23: today's filter);
+    * 'area': the metric filter (an error naming what is missing when the model cannot give it);
+    * 'points': ASIS's point counts (`fraction`, else the model's `min_instance_fraction`);
+    * 'off': `min_instance_points` only.
+    A fraction of 0 switches the per-class filter off. Returns {size_filter, class_min_points, class_min_area,
+    area_voxel}."""
+    choice = 'auto' if size_filter is None else size_filter
+    if choice not in ('auto', *SIZE_FILTERS):
+        raise ValueError(f"size_filter={size_filter!r}: choose 'auto' or one of {SIZE_FILTERS}")
+    if sensor_kind is not None and sensor_kind not in SENSOR_KINDS:
+        raise ValueError(f'sensor_kind={sensor_kind!r}: choose one of {SENSOR_KINDS}')
+    area_fraction = fraction if fraction is not None else metadata.area_fraction(sensor_kind)
+    if choice == 'auto':
+        choice = 'area' if metadata.class_mean_instance_area and area_fraction is not None else 'points'
+    options = {'size_filter': choice, 'class_min_points': None, 'class_min_area': None,
+               'area_voxel': float(metadata.instance_area_voxel)}
+    if choice == 'area':
+        if not metadata.class_mean_instance_area:
+            raise ValueError("size_filter='area': the model records no class mean instance areas (made before issue "
+                             "23); add them with mpnet-eval --tune, or use size_filter 'points'")
+        if area_fraction is None:
+            raise ValueError(f"size_filter='area': the model has no area fraction tuned for sensor_kind "
+                             f"{sensor_kind!r} (tuned: {sorted(metadata.min_instance_area_fraction) or 'none'}); "
+                             'give min_instance_fraction, or tune it with mpnet-eval --tune on that kind')
+        options['class_min_area'] = metadata.class_min_area(area_fraction)
+    elif choice == 'points':
+        points_fraction = metadata.min_instance_fraction if fraction is None else fraction
+        if points_fraction > 0 and metadata.class_mean_instance_points:
+            options['class_min_points'] = points_fraction * np.asarray(metadata.class_mean_instance_points,
+                                                                      dtype=np.float64)
+    if options['class_min_points'] is None and options['class_min_area'] is None:
+        options['size_filter'] = 'off' if choice != 'points' else 'points'
+    return options
+
+
+def instance_confidence(index: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
+                        count: int) -> torch.Tensor:
+    """(K,) mean probability of each instance's class `classes` (K,) over its points (module docstring): points
+    (M,) with instance `index`, arg-max `labels` and its probability `scores`."""
+    if count == 0:
+        return torch.zeros(0, dtype=torch.float64, device=index.device)
+    agree = labels == classes[index]
+    total = torch.zeros(count, dtype=torch.float64, device=index.device)
+    total.index_add_(0, index[agree], scores[agree].double())
+    return total / torch.bincount(index, minlength=count).clamp(min=1).double()
+
+
+def _ranges(u: torch.Tensor, v: torch.Tensor, index: torch.Tensor, count: int) -> torch.Tensor:
+    """Per instance and angle, the (K, A) area of the rectangle spanned by projections u, v (M, A)."""
+    columns = u.shape[1]
+    expanded = index[:, None].expand(-1, columns)
+    out = []
+    for values in (u, v):
+        high = torch.full((count, columns), -torch.inf, dtype=values.dtype, device=values.device)
+        low = torch.full((count, columns), torch.inf, dtype=values.dtype, device=values.device)
+        out.append(high.scatter_reduce(0, expanded, values, 'amax') - low.scatter_reduce(0, expanded, values, 'amin'))
+    return out[0] * out[1]
+
+
+def _project(x: torch.Tensor, y: torch.Tensor, angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return x * cos + y * sin, -x * sin + y * cos
+
+
+def footprint_yaw(xyz: torch.Tensor, index: torch.Tensor, count: int, cell: float = DEFAULT_FOOTPRINT_CELL
+                  ) -> torch.Tensor:
+    """(K,) angle in [0, pi/2) of the minimum-area rectangle around each instance's xy footprint (module
+    docstring; which side is longer is decided by `oriented_boxes`)."""
+    if count == 0:
+        return torch.zeros(0, dtype=torch.float64, device=xyz.device)
+    instance, cells = _distinct_cells(torch.floor(xyz[:, :2].double() / cell).long(), index.long(), count)
+    centres = (cells.double() + 0.5) * cell                                           # (U, 2)
+    mean = torch.zeros(count, 2, dtype=torch.float64, device=xyz.device).index_add_(0, instance, centres)
+    mean /= torch.bincount(instance, minlength=count).clamp(min=1)[:, None]
+    local = centres - mean[instance]
+    x, y = local[:, :1], local[:, 1:]
+    coarse = torch.arange(0.0, 90.0, COARSE_STEP_DEG, dtype=torch.float64, device=xyz.device).deg2rad()   # (A,)
+    best = coarse[_ranges(*_project(x, y, coarse[None, :]), instance, count).argmin(1)]                 # (K,)
+    offsets = torch.arange(-COARSE_STEP_DEG, COARSE_STEP_DEG + FINE_STEP_DEG / 2, FINE_STEP_DEG,
+                           dtype=torch.float64, device=xyz.device).deg2rad()
+    fine = best[:, None] + offsets[None, :]                                                          # (K, F)
+    chosen = fine.gather(1, _ranges(*_project(x, y, fine[instance]), instance, count).argmin(1)[:, None])[:, 0]
+    return torch.remainder(chosen, math.pi / 2)
+
+
+def oriented_boxes(xyz: torch.Tensor, index: torch.Tensor, count: int, cell: float = DEFAULT_FOOTPRINT_CELL
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Oriented boxes of K instances from their points xyz (M,3) with instance `index` (M,) in [0, K): centre (K,3),
+    extent (K,3) along the box axes (x = the longer horizontal side), yaw (K,) [rad] in [-pi/2, pi/2) about +z."""
+    device = xyz.device
+    if count == 0:
+        empty = torch.zeros(0, 3, dtype=torch.float64, device=device)
+        return empty, empty.clone(), torch.zeros(0, dtype=torch.float64, device=device)
+    index = index.long()
+    points = xyz.double()
+    angle = footprint_yaw(points, index, count, cell)                                   # (K,) in [0, pi/2)
+    u, v = _project(points[:, 0], points[:, 1], angle[index])
+    columns = torch.stack([u, v, points[:, 2]], 1)                                      # (M, 3)
+    expanded = index[:, None].expand(-1, 3)
+    high = torch.full((count, 3), -torch.inf, dtype=torch.float64, device=device).scatter_reduce(
+        0, expanded, columns, 'amax')
+    low = torch.full((count, 3), torch.inf, dtype=torch.float64, device=device).scatter_reduce(
+        0, expanded, columns, 'amin')
+    extent, middle = high - low, (high + low) / 2
+    cos, sin = torch.cos(angle), torch.sin(angle)          # the rectangle's centre from its (u, v) axes to x, y
+    centre = torch.stack([middle[:, 0] * cos - middle[:, 1] * sin, middle[:, 0] * sin + middle[:, 1] * cos,
+                          middle[:, 2]], 1)
+    turn = extent[:, 1] > extent[:, 0]                      # the longer side becomes the box's x axis
+    extent[:, :2] = torch.where(turn[:, None], extent[:, [1, 0]], extent[:, :2])
+    yaw = torch.where(turn, angle + math.pi / 2, angle)
+    return centre, extent, torch.remainder(yaw + math.pi / 2, math.pi) - math.pi / 2
+
+
+def instance_summaries(cloud: torch.Tensor, instances: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+                       classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per kept instance (ids 0..K-1 in `instances` (N,), -1 none; `classes` (K,) their majority class) of a cloud
+    (N,3) with per-point arg-max `labels` and `scores`: oriented box centre (K,3), extent (K,3), yaw (K,) and
+    confidence (K,) (module docstring)."""
+    count = int(classes.numel())
+    members = torch.nonzero(instances >= 0).reshape(-1)
+    index = instances[members].long()
+    centre, extent, yaw = oriented_boxes(cloud[members], index, count)
+    confidence = instance_confidence(index, labels[members].long(), scores[members], classes.long(), count)
+    return centre, extent, yaw, confidence
+
+
+def yaw_quaternion(yaw: float) -> np.ndarray:
+    """(4,) quaternion x, y, z, w of a rotation by `yaw` about +z."""
+    return np.array([0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)])
+
+
+def rotation_quaternion(rotation: np.ndarray) -> np.ndarray:
+    """(4,) quaternion x, y, z, w (w >= 0) of a (3,3) rotation matrix (scipy's conversion)."""
+    from scipy.spatial.transform import Rotation
+
+    quaternion = Rotation.from_matrix(np.asarray(rotation, np.float64)).as_quat()
+    return quaternion if quaternion[3] >= 0 else -quaternion
+
+
+def yaw_error_deg(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """|predicted - truth| in degrees modulo a half turn (a box is symmetric under it), in [0, 90]."""
+    difference = np.remainder(np.degrees(np.asarray(predicted) - np.asarray(truth)), 180.0)
+    return np.minimum(difference, 180.0 - difference)
+
+
+# --- the same on numpy results (tuning, statistics) ---------------------------------------------------------------
+
+def instance_areas_np(xyz: np.ndarray, instances: np.ndarray, voxel: float = DEFAULT_AREA_VOXEL
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (K,), occupied area (K,) [m^2]) of the instances (N,) (-1 = none) of a cloud xyz (N,3)."""
+    instances = np.asarray(instances)
+    valid = instances >= 0
+    ids, inverse = np.unique(instances[valid], return_inverse=True)
+    area = occupied_area(torch.from_numpy(np.ascontiguousarray(xyz[valid], dtype=np.float64)),
+                         torch.from_numpy(inverse.astype(np.int64)), ids.size, voxel)
+    return ids, area.numpy()
+
+
+def apply_area_filter(xyz: np.ndarray, instances: np.ndarray, labels: np.ndarray, class_min_area: np.ndarray | None,
+                      voxel: float = DEFAULT_AREA_VOXEL) -> np.ndarray:
+    """Instances (N,) with those under `class_min_area` of their majority class set to -1 (ids kept): the rule of
+    `SizeFilter('area')` on a segmented cloud (N,) (what `mpnet_model.eval.tune` scores)."""
+    instances = np.asarray(instances)
+    if class_min_area is None or not (instances >= 0).any():
+        return instances
+    valid = np.flatnonzero(instances >= 0)
+    ids, inverse = np.unique(instances[valid], return_inverse=True)
+    size_filter = SizeFilter('area', np.asarray(class_min_area, np.float64), voxel)
+    keep = size_filter.keep(torch.from_numpy(np.ascontiguousarray(xyz[valid], dtype=np.float64)),
+                            torch.from_numpy(inverse.astype(np.int64)),
+                            torch.from_numpy(np.asarray(labels)[valid].astype(np.int64)),
+                            torch.from_numpy(np.bincount(inverse, minlength=ids.size)), len(class_min_area))
+    out = instances.copy()
+    out[valid[~keep.numpy()[inverse]]] = -1
+    return out
+
+
+def class_mean_instance_area(clouds: Iterable, num_classes: int, voxel: float = DEFAULT_AREA_VOXEL,
+                             progress: bool = False) -> np.ndarray:
+    """(C,) mean occupied area [m^2] of a ground-truth instance of each class (0 where the class has none) over
+    `clouds` (Rooms: xyz, sem, ins; each cloud's instances counted once per cloud: a frame's partial view is an
+    instance of that frame). The area counterpart of `BlockDataset.class_mean_instance_points`."""
+    from tqdm import tqdm
+
+    sums, counts = np.zeros(num_classes), np.zeros(num_classes)
+    for room in tqdm(clouds, desc='class instance areas', unit='cloud', disable=not progress):
+        valid = (room.ins >= 0) & (room.sem >= 0) & (room.sem < num_classes)
+        if not valid.any():
+            continue
+        ids, inverse = np.unique(room.ins[valid], return_inverse=True)
+        majority = majority_class(torch.from_numpy(inverse.astype(np.int64)),
+                                  torch.from_numpy(room.sem[valid].astype(np.int64)), ids.size, num_classes).numpy()
+        _, area = instance_areas_np(room.xyz[valid], inverse, voxel)
+        np.add.at(sums, majority, area)
+        np.add.at(counts, majority, 1)
+    return np.divide(sums, counts, out=np.zeros(num_classes), where=counts > 0)
