@@ -1,6 +1,13 @@
 """What a robot needs of each instance, computed on the frame's device: the size filter, an oriented box and a
 confidence (torch ops over all instances at once; no per-instance Python loops).
 
+**Fragment join** (`join_fragments`, `SceneSegmenter(fragment_join=d)`; 0 = off): before the size filter, instances
+of the same majority class that touch, i.e. hold at least `JOIN_MIN_CONTACTS` pairs of footprint cells (cells of
+edge d / 2, represented by their centres) within d of each other, become one (the connected components of those
+pairs; the smallest id of a component survives). Sparse single frames leave a wall or a floor in many pieces
+(BlockMerging joins pieces through shared points only); joined, the object is one instance and its pieces no
+longer count as false positives. Tuned per sensor kind with the size filter.
+
 **Size filters** (`SizeFilter`, `SIZE_FILTERS`), applied by `SceneSegmenter._finalise_instances` after the absolute
 floor `min_instance_points`:
 
@@ -45,6 +52,7 @@ COARSE_STEP_DEG = 2.0               # oriented boxes: candidate angles every 2 d
 FINE_STEP_DEG = 0.2                 # ... then every 0.2 deg within +-2 deg of the best
 SENSOR_KINDS = ('lidar', 'rgbd', 'static')   # what the size filter's fraction is tuned for
 _KEY_LIMIT = 1 << 62
+JOIN_MIN_CONTACTS = 3               # fragment join: cell pairs within the distance needed to join two instances
 
 
 def majority_class(index: torch.Tensor, labels: torch.Tensor, count: int, num_classes: int) -> torch.Tensor:
@@ -85,6 +93,49 @@ def occupied_area(xyz: torch.Tensor, index: torch.Tensor, count: int, voxel: flo
     cells = torch.floor(xyz.double() / voxel).long()
     instance, _ = _distinct_cells(cells, index.long(), count)
     return torch.bincount(instance, minlength=count).double() * voxel * voxel
+
+
+def join_fragments(xyz: torch.Tensor, instances: torch.Tensor, labels: torch.Tensor, distance: float,
+                   num_classes: int, min_contacts: int = JOIN_MIN_CONTACTS) -> torch.Tensor:
+    """(N,) instance ids with touching same-class instances joined (module docstring): xyz (N,3), instances (N,)
+    (-1 none), labels (N,) per-point classes. The cell pairs are found by a k-d tree on the host (as the border
+    join's, `merging.join_across_borders`); everything else stays on the device."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if not distance > 0 or min_contacts < 1:
+        raise ValueError(f'join_fragments: distance must be > 0 and min_contacts >= 1, got {distance!r}, '
+                         f'{min_contacts!r}')
+    members = torch.nonzero(instances >= 0).reshape(-1)
+    if members.numel() < 2:
+        return instances
+    ids, inverse = torch.unique(instances[members], return_inverse=True)
+    count = ids.numel()
+    if count < 2:
+        return instances
+    classes = majority_class(inverse, labels[members].long(), count, num_classes)
+    cell = distance / 2
+    owner, cells = _distinct_cells(torch.floor(xyz[members].double() / cell).long(), inverse, count)
+    centres = ((cells.double() + 0.5) * cell).cpu().numpy()
+    pairs = cKDTree(centres).query_pairs(distance, output_type='ndarray')
+    if len(pairs) == 0:
+        return instances
+    first, second = (owner[torch.from_numpy(pairs[:, axis].astype(np.int64)).to(owner.device)] for axis in (0, 1))
+    keep = (first != second) & (classes[first] == classes[second])
+    low, high = torch.minimum(first, second)[keep], torch.maximum(first, second)[keep]
+    edges, contacts = torch.unique(low * count + high, return_counts=True)
+    edges = edges[contacts >= min_contacts].cpu().numpy()
+    if edges.size == 0:
+        return instances
+    graph = coo_matrix((np.ones(edges.size), (edges // count, edges % count)), shape=(count, count))
+    _, component = connected_components(graph, directed=False)
+    smallest = np.full(component.max() + 1, count, dtype=np.int64)
+    np.minimum.at(smallest, component, np.arange(count))
+    new_index = torch.from_numpy(smallest[component]).to(ids.device)                   # (K,) index of the survivor
+    out = instances.clone()
+    out[members] = ids[new_index[inverse]].to(instances.dtype)
+    return out
 
 
 @dataclass(frozen=True)
@@ -130,9 +181,10 @@ class SizeFilter:
         return f'area (per-class minimum occupied area at {self.voxel:g} m voxels)'
 
 
-def size_filter_options(metadata, size_filter: str | None = None, sensor_kind: str | None = None,
+def instance_options(metadata, size_filter: str | None = None, sensor_kind: str | None = None,
                         fraction: float | None = None) -> dict:
-    """SceneSegmenter options of the size filter a model brings (`ModelMetadata`), as chosen by `size_filter`:
+    """SceneSegmenter options of the instance post-processing a model brings (`ModelMetadata`): the fragment join
+tuned for `sensor_kind` (0 when none), and the size filter chosen by `size_filter`:
 
     * 'auto' / None: 'area' when the model records area statistics and a fraction is known (`fraction`, else the one
       tuned for `sensor_kind`), otherwise 'points' (models made before issue 23: today's filter);
@@ -140,7 +192,7 @@ def size_filter_options(metadata, size_filter: str | None = None, sensor_kind: s
     * 'points': ASIS's point counts (`fraction`, else the model's `min_instance_fraction`);
     * 'off': `min_instance_points` only.
     A fraction of 0 switches the per-class filter off. Returns {size_filter, class_min_points, class_min_area,
-    area_voxel}."""
+    area_voxel, fragment_join}."""
     choice = 'auto' if size_filter is None else size_filter
     if choice not in ('auto', *SIZE_FILTERS):
         raise ValueError(f"size_filter={size_filter!r}: choose 'auto' or one of {SIZE_FILTERS}")
@@ -150,7 +202,8 @@ def size_filter_options(metadata, size_filter: str | None = None, sensor_kind: s
     if choice == 'auto':
         choice = 'area' if metadata.class_mean_instance_area and area_fraction is not None else 'points'
     options = {'size_filter': choice, 'class_min_points': None, 'class_min_area': None,
-               'area_voxel': float(metadata.instance_area_voxel)}
+               'area_voxel': float(metadata.instance_area_voxel),
+               'fragment_join': float(metadata.fragment_join.get(sensor_kind, 0.0)) if sensor_kind else 0.0}
     if choice == 'area':
         if not metadata.class_mean_instance_area:
             raise ValueError("size_filter='area': the model records no class mean instance areas (made before issue "

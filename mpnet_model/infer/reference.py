@@ -24,7 +24,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from mpnet_model.data.blocks import BlockPartition, block_features, partition_blocks
-from mpnet_model.infer.instances import instance_summaries
+from mpnet_model.infer.instances import instance_summaries, join_fragments
 
 REFERENCE_BATCH_SIZE = 8        # today's SceneSegmenter default
 
@@ -101,6 +101,9 @@ def segment_reference(segmenter, xyz: np.ndarray, rgb: np.ndarray | None = None,
 def _finalise_instances(segmenter, xyz: np.ndarray, labels: np.ndarray, scores: np.ndarray, instances: np.ndarray):
     """Today's numpy instance filter: drop small instances, renumber largest first, majority class, boxes."""
     final = np.full(labels.shape, -1, dtype=np.int32)
+    if segmenter.fragment_join > 0:
+        instances = join_fragments(torch.from_numpy(xyz), torch.from_numpy(instances), torch.from_numpy(labels),
+                                   segmenter.fragment_join, len(segmenter.class_names)).numpy()
     valid = instances >= 0
     if not valid.any():
         return final, []

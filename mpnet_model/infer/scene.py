@@ -29,7 +29,13 @@ from scipy.spatial import cKDTree
 
 from mpnet_model.infer.backends.base import Backend, make_backend
 from mpnet_model.infer.blocking import LAYOUTS, SAMPLERS, FrameBlocks, frame_blocks
-from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL, SizeFilter, instance_summaries, size_filter_options
+from mpnet_model.infer.instances import (
+    DEFAULT_AREA_VOXEL,
+    SizeFilter,
+    instance_options,
+    instance_summaries,
+    join_fragments,
+)
 from mpnet_model.infer.meanshift import mean_shift_blocks
 from mpnet_model.infer.merging import block_merging, join_across_borders
 
@@ -107,7 +113,8 @@ class SceneSegmenter:
                  merge_gap: float = DEFAULT_MERGE_GAP, class_min_points: np.ndarray | None = None,
                  layout: str = DEFAULT_LAYOUT, sampler: str = 'auto', sparse_points: bool = DEFAULT_SPARSE_POINTS,
                  border_join: float = DEFAULT_BORDER_JOIN, size_filter: str = 'points',
-                 class_min_area: np.ndarray | None = None, area_voxel: float = DEFAULT_AREA_VOXEL):
+                 class_min_area: np.ndarray | None = None, area_voxel: float = DEFAULT_AREA_VOXEL,
+                 fragment_join: float = 0.0):
         if num_points is not None and num_points != backend.num_points:
             raise ValueError(f'num_points={num_points} but the model ({backend.source}) takes {backend.num_points} '
                              'points per block')
@@ -119,6 +126,8 @@ class SceneSegmenter:
             raise ValueError(f"lidar_colour={lidar_colour!r}: choose 'intensity' or 'grey'")
         if layout not in LAYOUTS:
             raise ValueError(f'layout={layout!r}: choose one of {LAYOUTS}')
+        if not 0 <= fragment_join <= block_size:
+            raise ValueError(f'fragment_join={fragment_join!r}: a distance in [0, block_size] metres (0 = off)')
         if not 0 <= border_join < block_size / 2:
             raise ValueError(f'border_join={border_join!r}: a distance in [0, block_size / 2) metres (0 = off)')
         if sampler not in SAMPLERS:
@@ -134,6 +143,7 @@ class SceneSegmenter:
         self.layout, self.sampler = layout, sampler
         self.sparse_points = bool(sparse_points)
         self.border_join = float(border_join)
+        self.fragment_join = float(fragment_join)      # join touching same-class instances [m] (instances.py)
         # Optional per-class minimum instance size (points), e.g. ASIS's 0.25 x the training set's mean instance
         # size of the class: evaluation uses it; on a robot the density differs, so min_instance_points rules.
         self.class_min_points = None
@@ -177,7 +187,8 @@ class SceneSegmenter:
                     min_block_points=self.min_block_points, lidar_colour=self.lidar_colour,
                     merge_gap=self.merge_gap, class_min_points=self.class_min_points, layout=self.layout,
                     sampler=self.sampler, sparse_points=self.sparse_points, border_join=self.border_join,
-                    size_filter=self.size_filter.kind, class_min_area=self.class_min_area, area_voxel=self.area_voxel)
+                    size_filter=self.size_filter.kind, class_min_area=self.class_min_area, area_voxel=self.area_voxel,
+                    fragment_join=self.fragment_join)
 
     def replace(self, **changes) -> SceneSegmenter:
         """A segmenter on the same backend with some options changed."""
@@ -193,7 +204,7 @@ class SceneSegmenter:
         `min_instance_fraction` replaces the model's tuned fraction of its class mean instance sizes (0 = no per-class
         filter, e.g. for crops and single sensor frames, whose instances are smaller than whole rooms').
         `size_filter` ('auto' / None, 'area', 'points', 'off') and `sensor_kind` ('lidar', 'rgbd', 'static': whose
-        tuned area fraction applies) choose the filter (`instances.size_filter_options`)."""
+        tuned area fraction and fragment join apply) choose the filter (`instances.instance_options`)."""
         runtime = make_backend(backend, model_path, device=device, precision=precision, **(backend_options or {}))
         metadata = runtime.metadata
         segmenter_options.setdefault('block_size', metadata.block_size)
@@ -203,7 +214,7 @@ class SceneSegmenter:
             if min_instance_fraction < 0:
                 raise ValueError(f'min_instance_fraction={min_instance_fraction!r}: must be >= 0 (0 = no filter)')
             metadata = replace(metadata, min_instance_fraction=float(min_instance_fraction))
-        for key, value in size_filter_options(metadata, size_filter, sensor_kind, min_instance_fraction).items():
+        for key, value in instance_options(metadata, size_filter, sensor_kind, min_instance_fraction).items():
             segmenter_options.setdefault(key, value)
         return cls(runtime, **segmenter_options)
 
@@ -342,6 +353,8 @@ class SceneSegmenter:
         points. -> (N,) new ids, and per kept instance (votes (K,C), sizes (K,), score sums (K,), lower (K,3),
         upper (K,3))."""
         device, num_classes = cloud.device, len(self.class_names)
+        if self.fragment_join > 0:
+            instances = join_fragments(cloud, instances, labels, self.fragment_join, num_classes)
         final = torch.full_like(labels, -1)
         valid = torch.nonzero(instances >= 0).reshape(-1)
         ids, inverse, sizes = torch.unique(instances[valid], return_inverse=True, return_counts=True)
