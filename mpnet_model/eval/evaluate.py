@@ -16,8 +16,9 @@ filter when the model records the class mean areas and a fraction for the data's
 lidar or rgbd, from their sequence.json; rooms: static; `--sensor-kind` overrides), else the point filter;
 `points` / `area` / `off` force one. `--tune` on a frames config (config/eval_sim_lidar.yaml, eval_sim_rgbd.yaml)
 tunes the area fraction of that sensor kind on its validation frames; on a rooms config it also tunes the `static`
-kind after the bandwidth and point fraction. The class mean areas come from the model's training data (the
-checkpoint's own train_config, or `--stats-config`) and are stored once.
+kind after the bandwidth and point fraction (`--tune-size-filter`: only the size filter and fragment join of the
+kind). The class mean areas come from the model's training data (the checkpoint's own train_config, or
+`--stats-config`) and are stored once.
 
     mpnet-eval --checkpoint M.pt --config config/eval_sim_lidar.yaml --tune --out out/tune_lidar
 """
@@ -283,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--tune', action='store_true',
                         help='choose bandwidth and size fraction on the validation rooms, store them in the '
                              'checkpoint (.pt, rewritten atomically), then evaluate --split with them')
+    parser.add_argument('--tune-size-filter', action='store_true',
+                        help='choose only the area size filter and fragment join of the sensor kind (frames: lidar / '
+                             'rgbd; rooms: static) on the validation clouds, store them in the checkpoint, then '
+                             'evaluate (--tune on a frames config does the same)')
     parser.add_argument('--bandwidths', type=_float_list, default=None, metavar='B1,B2,...',
                         help='bandwidths tried by --tune (default 0.3,0.4,0.5,0.6,0.8,1.0,1.2,1.5)')
     parser.add_argument('--fractions', type=_float_list, default=None, metavar='F1,F2,...',
@@ -310,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune:
             extra = {**extra, **tune_checkpoint(args, split, extra, d.cache_dir)}
             args.bandwidth = args.bandwidth if args.bandwidth is not None else extra.get('cluster_bandwidth')
+        if args.tune or args.tune_size_filter:
+            if not split.val:
+                raise FileNotFoundError('--tune needs validation rooms: the config\'s split has none '
+                                        '(data.val_fraction)')
             extra = {**extra, **tune_size_filter_checkpoint(args, (split.loader(r) for r in split.val),
                                                             args.sensor_kind or 'static', extra, data=d)}
         shares, sizes = extra.get('class_shares'), extra.get('class_mean_instance_points')
@@ -364,7 +373,7 @@ def _evaluate_frames(args, d, frame_paths) -> int:
     if args.border_join is not None:
         layout['border_join'] = args.border_join
     kind = args.sensor_kind or frame_eval.sensor_kind(frame_paths)
-    if args.tune:
+    if args.tune or args.tune_size_filter:
         split = d.split()
         if not split.val:
             raise FileNotFoundError(f'--tune needs validation frames: {d.root} has none (data.val_fraction)')

@@ -13,11 +13,12 @@ extra['class_mean_instance_points']).
 
 The metric size filter (issue 23, `mpnet_model.infer.instances`) is tuned per sensor kind by `tune_size_filter`:
 with the model's bandwidth, each validation cloud of that kind is segmented once with no per-class filter and no
-size floor, then for every fragment-join distance the touching same-class pieces are joined, the floor
+size floor, then for every fragment-join distance the touching same-class pieces are joined, every point floor
 (`min_instance_points`) applied, and every fraction of the area filter (and, for comparison, of the point filter
-without a join: the filter before issue 23) applied; the best (join, area fraction) by the same F1 rule is stored
-as extra['fragment_join'][kind] and extra['min_instance_area_fraction'][kind], next to the training set's class
-mean areas extra['class_mean_instance_area'] and their voxel extra['instance_area_voxel'].
+without a join at the caller's floor: the filter before issue 23) applied; the best (join, floor, area fraction)
+by the same F1 rule is stored as extra['fragment_join'][kind], extra['instance_min_points'][kind] and
+extra['min_instance_area_fraction'][kind], next to the training set's class mean areas
+extra['class_mean_instance_area'] and their voxel extra['instance_area_voxel'].
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ DEFAULT_BANDWIDTHS = (0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5)
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_AREA_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
 DEFAULT_JOINS = (0.0, 0.2, 0.3)              # fragment join distances [m] (0 = off)
+DEFAULT_FLOORS = (10, 25, 50)                # point floors (min_instance_points) tried with the area filter
 BANDWIDTH_KEY = 'cluster_bandwidth'          # checkpoint extra keys (the contract with the runtimes)
 FRACTION_KEY = 'min_instance_fraction'
 SIZES_KEY = 'class_mean_instance_points'
@@ -49,6 +51,7 @@ AREA_VOXEL_KEY = 'instance_area_voxel'
 AREA_FRACTION_KEY = 'min_instance_area_fraction'    # {sensor kind: fraction}
 AREA_TUNING_KEY = 'size_filter_tuning'              # {sensor kind: how it was chosen}
 JOIN_KEY = 'fragment_join'                          # {sensor kind: join distance [m]}
+FLOOR_KEY = 'instance_min_points'                   # {sensor kind: point floor}
 
 
 class CachingBackend(Backend):
@@ -202,52 +205,54 @@ def tune_postprocessing(backend: Backend, rooms: Iterable[Room], mean_instance_p
 
 @dataclass
 class SizeFilterTuning:
-    """Scores of every (filter, join, fraction) on one sensor kind's validation clouds and the chosen area fraction
-    and fragment join."""
+    """Scores of every (filter, join, floor, fraction) on one sensor kind's validation clouds and the chosen area
+    fraction, fragment join and point floor."""
     sensor_kind: str
     fraction: float
     join: float
-    grid: list[dict]                        # one entry per (filter, join, fraction): mPrec, mRec, F1, mCov, ...
+    floor: int
+    grid: list[dict]                        # one entry per row: filter, fragment_join, min_instance_points, ...
     clouds: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> dict:
         return next(g for g in self.grid if g['filter'] == 'area' and g['fraction'] == self.fraction
-                    and g['fragment_join'] == self.join)
+                    and g['fragment_join'] == self.join and g['min_instance_points'] == self.floor)
 
-    def best_of(self, size_filter: str) -> dict:
-        return _choose([g for g in self.grid if g['filter'] == size_filter])
+    def best_of(self, size_filter: str) -> dict | None:
+        rows = [g for g in self.grid if g['filter'] == size_filter]
+        return _choose(rows) if rows else None
 
     def to_extra(self, previous: dict, areas: Sequence[float], voxel: float) -> dict:
-        """The checkpoint `extra` entries: the class mean areas, their voxel, this kind's fraction merged into the
-        fractions of other kinds (`previous`: the checkpoint's extra), and the record of how it was chosen."""
-        fractions = dict(previous.get(AREA_FRACTION_KEY) or {})
-        fractions[self.sensor_kind] = float(self.fraction)
-        joins = dict(previous.get(JOIN_KEY) or {})
-        joins[self.sensor_kind] = float(self.join)
+        """The checkpoint `extra` entries: the class mean areas, their voxel, this kind's fraction / join / floor
+        merged into those of other kinds (`previous`: the checkpoint's extra), and the record of the grid."""
+        merged = {}
+        for key, value in ((AREA_FRACTION_KEY, float(self.fraction)), (JOIN_KEY, float(self.join)),
+                           (FLOOR_KEY, int(self.floor))):
+            merged[key] = {**dict(previous.get(key) or {}), self.sensor_kind: value}
         records = dict(previous.get(AREA_TUNING_KEY) or {})
         records[self.sensor_kind] = {'criterion': 'F1(mPrec, mRec)', 'split': 'val', 'clouds': list(self.clouds),
                                      'grid': [{k: (v if isinstance(v, str) else float(v)) for k, v in g.items()}
                                               for g in self.grid]}
-        return {AREA_SIZES_KEY: [float(v) for v in areas], AREA_VOXEL_KEY: float(voxel),
-                AREA_FRACTION_KEY: fractions, JOIN_KEY: joins, AREA_TUNING_KEY: records}
+        return {AREA_SIZES_KEY: [float(v) for v in areas], AREA_VOXEL_KEY: float(voxel), **merged,
+                AREA_TUNING_KEY: records}
 
     def markdown(self) -> str:
-        lines = ['| filter | fragment join [m] | fraction | mPrec | mRec | F1 | mCov |',
-                 '|---|---|---|---|---|---|---|']
-        for g in sorted(self.grid, key=lambda g: (g['filter'], g['fragment_join'], g['fraction'])):
-            chosen = g is self.best
-            cells = [g['filter'], f"{g['fragment_join']:g}", f"{g['fraction']:g}",
-                     *(f'{g[k]:.3f}' for k in ('mPrec', 'mRec', 'F1', 'mCov'))]
-            lines.append('| ' + ' | '.join(f'**{c}**' if chosen else c for c in cells) + ' |')
-        points = self.best_of('points') if any(g['filter'] == 'points' for g in self.grid) else None
+        lines = ['| filter | fragment join [m] | point floor | fraction | mPrec | mRec | F1 | mCov |',
+                 '|---|---|---|---|---|---|---|---|']
         best = self.best
+        for g in sorted(self.grid, key=lambda g: (g['filter'], g['fragment_join'], g['min_instance_points'],
+                                                   g['fraction'])):
+            cells = [g['filter'], f"{g['fragment_join']:g}", f"{g['min_instance_points']:g}", f"{g['fraction']:g}",
+                     *(f'{g[k]:.3f}' for k in ('mPrec', 'mRec', 'F1', 'mCov'))]
+            lines.append('| ' + ' | '.join(f'**{c}**' if g is best else c for c in cells) + ' |')
+        points = self.best_of('points')
         return '\n'.join([
             f'Size filter tuned for {self.sensor_kind} on {len(self.clouds)} validation cloud(s). IoU 0.5; the point '
-            'filter rows are the filter before issue 23, for comparison.', '', *lines, '',
-            f'Chosen: area fraction {self.fraction:g}, fragment join {self.join:g} m (mPrec {best["mPrec"]:.3f}, mRec '
-            f'{best["mRec"]:.3f}, F1 {best["F1"]:.3f})' + (
-                f'; the best point fraction {points["fraction"]:g} (no join) gives mPrec {points["mPrec"]:.3f}, mRec '
+            'filter rows (no join, the caller\'s floor) are the filter before issue 23, for comparison.', '', *lines,
+            '', f'Chosen: area fraction {self.fraction:g}, fragment join {self.join:g} m, point floor {self.floor} '
+            f'(mPrec {best["mPrec"]:.3f}, mRec {best["mRec"]:.3f}, F1 {best["F1"]:.3f})' + (
+                f'; the best point fraction {points["fraction"]:g} gives mPrec {points["mPrec"]:.3f}, mRec '
                 f'{points["mRec"]:.3f}, F1 {points["F1"]:.3f}.' if points else '.'), ''])
 
 
@@ -255,12 +260,14 @@ def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str,
                      class_mean_points: Sequence[float] | None = None,
                      area_fractions: Sequence[float] = DEFAULT_AREA_FRACTIONS,
                      point_fractions: Sequence[float] = DEFAULT_FRACTIONS, joins: Sequence[float] = DEFAULT_JOINS,
-                     voxel: float | None = None, segment: Callable | None = None, progress: bool = True,
-                     **segmenter_options) -> SizeFilterTuning:
-    """Choose the area fraction and fragment join for `sensor_kind` on `clouds` (module docstring).
+                     floors: Sequence[int] = DEFAULT_FLOORS, voxel: float | None = None,
+                     segment: Callable | None = None, progress: bool = True, **segmenter_options
+                     ) -> SizeFilterTuning:
+    """Choose the area fraction, fragment join and point floor for `sensor_kind` on `clouds` (module docstring).
     `class_mean_area` (C,) [m^2] at `voxel` (default `instances.DEFAULT_AREA_VOXEL`); `class_mean_points` (C,)
-    adds the point filter's rows. `segment(segmenter, cloud) -> SceneResult` (default `segmenter.segment(xyz,
-    rgb)`); `segmenter_options` go to `SceneSegmenter` (bandwidth, block_size, min_instance_points, ...)."""
+    adds the point filter's rows (with segmenter_options' min_instance_points, default 50, as the floor).
+    `segment(segmenter, cloud) -> SceneResult` (default `segmenter.segment(xyz, rgb)`); `segmenter_options` go to
+    `SceneSegmenter` (bandwidth, block_size, min_instance_points, ...)."""
     import torch
 
     from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL, SENSOR_KINDS, apply_area_filter, join_fragments
@@ -275,54 +282,54 @@ def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str,
     area_fractions = sorted({float(f) for f in area_fractions})
     point_fractions = sorted({float(f) for f in point_fractions}) if class_mean_points is not None else []
     joins = sorted({float(j) for j in joins})
-    if not area_fractions or not joins or min(area_fractions + point_fractions + joins) < 0:
-        raise ValueError(f'fractions and joins must be >= 0 and not empty: area {area_fractions}, points '
-                         f'{point_fractions}, joins {joins}')
+    floors = sorted({int(f) for f in floors})
+    if not area_fractions or not joins or not floors or min(area_fractions + point_fractions + joins) < 0 \
+            or min(floors) < 1:
+        raise ValueError(f'fractions and joins must be >= 0, floors >= 1, none empty: area {area_fractions}, points '
+                         f'{point_fractions}, joins {joins}, floors {floors}')
     points = None if class_mean_points is None else np.asarray(class_mean_points, dtype=np.float64)
     segmenter_options.setdefault('block_size', backend.metadata.block_size)
     segmenter_options.setdefault('stride', backend.metadata.stride)
     segmenter_options.setdefault('bandwidth', backend.metadata.cluster_bandwidth)
-    floor = int(segmenter_options.pop('min_instance_points', DEFAULT_MIN_INSTANCE_POINTS))
+    points_floor = int(segmenter_options.pop('min_instance_points', DEFAULT_MIN_INSTANCE_POINTS))
     segmenter = SceneSegmenter(backend, size_filter='off', min_instance_points=1, **segmenter_options)
     segment = segment or (lambda s, cloud: s.segment(cloud.xyz, cloud.rgb))
-    rows = [('area', j, f) for j in joins for f in area_fractions] + [('points', 0.0, f) for f in point_fractions]
+    rows = [('area', j, floor, f) for j in joins for floor in floors for f in area_fractions]
+    rows += [('points', 0.0, points_floor, f) for f in point_fractions]
     evaluators = {row: InstanceEvaluator(len(backend.class_names)) for row in rows}
     names = []
     for cloud in tqdm(list(clouds), desc=f'tuning the size filter ({sensor_kind})', unit='cloud',
                       disable=not progress):
         result = segment(segmenter, cloud)
         labels = np.where(result.labels < 0, 0, result.labels)
+        joined = {0.0: result.instances}
         for join in joins:
-            joined = result.instances
             if join > 0:
-                joined = join_fragments(torch.from_numpy(np.ascontiguousarray(cloud.xyz)),
-                                        torch.from_numpy(result.instances.astype(np.int64)),
-                                        torch.from_numpy(labels.astype(np.int64)), join, len(areas)).numpy()
-            joined = _apply_floor(joined, floor)
-            for kind, row_join, fraction in rows:
-                if row_join != join:
-                    continue
-                if fraction == 0:
-                    instances = joined
-                elif kind == 'area':
-                    instances = apply_area_filter(cloud.xyz, joined, labels, fraction * areas, voxel)
-                else:
-                    instances = apply_size_filter(joined, labels, fraction * points)
-                evaluators[(kind, join, fraction)].add(labels, instances, cloud.sem, cloud.ins, room_id=cloud.name)
+                joined[join] = join_fragments(torch.from_numpy(np.ascontiguousarray(cloud.xyz)),
+                                              torch.from_numpy(result.instances.astype(np.int64)),
+                                              torch.from_numpy(labels.astype(np.int64)), join, len(areas)).numpy()
+        for kind, join, floor, fraction in rows:
+            instances = _apply_floor(joined[join], floor)
+            if fraction > 0 and kind == 'area':
+                instances = apply_area_filter(cloud.xyz, instances, labels, fraction * areas, voxel)
+            elif fraction > 0:
+                instances = apply_size_filter(instances, labels, fraction * points)
+            evaluators[(kind, join, floor, fraction)].add(labels, instances, cloud.sem, cloud.ins, room_id=cloud.name)
         names.append(cloud.name)
     if not names:
         raise ValueError(f'no {sensor_kind} clouds to tune the size filter on')
     grid = []
-    for (kind, join, fraction), evaluator in evaluators.items():
+    for (kind, join, floor, fraction), evaluator in evaluators.items():
         scores = evaluator.compute()
-        grid.append({'filter': kind, 'fragment_join': join, 'fraction': fraction,
-                     'bandwidth': float(segmenter.bandwidth), 'min_instance_points': float(floor),
-                     'F1': f1(scores['mPrec'], scores['mRec']),
+        grid.append({'filter': kind, 'fragment_join': join, 'min_instance_points': float(floor), 'fraction': fraction,
+                     'bandwidth': float(segmenter.bandwidth), 'F1': f1(scores['mPrec'], scores['mRec']),
                      **{k: float(scores[k]) for k in ('mPrec', 'mRec', 'mCov', 'mWCov', 'mFrag', 'mSplit')}})
     best = _choose([g for g in grid if g['filter'] == 'area'])
-    log.info('tuned the area size filter for %s on %d cloud(s): fraction %g, fragment join %g m (F1 %.3f)',
-             sensor_kind, len(names), best['fraction'], best['fragment_join'], best['F1'])
-    return SizeFilterTuning(sensor_kind, best['fraction'], best['fragment_join'], grid, names)
+    log.info('tuned the area size filter for %s on %d cloud(s): fraction %g, fragment join %g m, point floor %d '
+             '(F1 %.3f)', sensor_kind, len(names), best['fraction'], best['fragment_join'],
+             best['min_instance_points'], best['F1'])
+    return SizeFilterTuning(sensor_kind, best['fraction'], best['fragment_join'], int(best['min_instance_points']),
+                            grid, names)
 
 
 def _apply_floor(instances: np.ndarray, floor: int) -> np.ndarray:

@@ -26,9 +26,9 @@ floor `min_instance_points`:
 
 **Oriented boxes** (`oriented_boxes`): the yaw about the up axis (+z of the frame segmented: the gravity frame when
 the cloud was levelled first) is the angle of the minimum-area rectangle around the instance's xy footprint, its
-points gathered into `footprint_cell` cells (a uniform footprint whatever the density) and the rectangle found by
-an exhaustive sweep of candidate angles (every 2 deg over 90 deg, then every 0.2 deg around the best), all
-instances at once. The box's x axis is its longer horizontal side; yaw is in [-90, 90) deg (a box is symmetric
+points gathered into `footprint_cell` cells (a uniform footprint whatever the density) for an exhaustive sweep of
+candidate angles every 2 deg over 90 deg, then the points themselves for a sweep every 0.2 deg around the best,
+all instances at once. The box's x axis is its longer horizontal side; yaw is in [-90, 90) deg (a box is symmetric
 under a half turn); the extent is the points' extent along the box axes, z from their lowest to highest point.
 
 **Confidence** (`instance_confidence`): the mean probability of the instance's class over its points, where a
@@ -184,7 +184,8 @@ class SizeFilter:
 def instance_options(metadata, size_filter: str | None = None, sensor_kind: str | None = None,
                         fraction: float | None = None) -> dict:
     """SceneSegmenter options of the instance post-processing a model brings (`ModelMetadata`): the fragment join
-tuned for `sensor_kind` (0 when none), and the size filter chosen by `size_filter`:
+    and point floor tuned for `sensor_kind` (join 0 and the segmenter's floor when none), and the size filter
+    chosen by `size_filter`:
 
     * 'auto' / None: 'area' when the model records area statistics and a fraction is known (`fraction`, else the one
       tuned for `sensor_kind`), otherwise 'points' (models made before issue 23: today's filter);
@@ -192,7 +193,7 @@ tuned for `sensor_kind` (0 when none), and the size filter chosen by `size_filte
     * 'points': ASIS's point counts (`fraction`, else the model's `min_instance_fraction`);
     * 'off': `min_instance_points` only.
     A fraction of 0 switches the per-class filter off. Returns {size_filter, class_min_points, class_min_area,
-    area_voxel, fragment_join}."""
+    area_voxel, fragment_join[, min_instance_points]}."""
     choice = 'auto' if size_filter is None else size_filter
     if choice not in ('auto', *SIZE_FILTERS):
         raise ValueError(f"size_filter={size_filter!r}: choose 'auto' or one of {SIZE_FILTERS}")
@@ -220,6 +221,8 @@ tuned for `sensor_kind` (0 when none), and the size filter chosen by `size_filte
                                                                       dtype=np.float64)
     if options['class_min_points'] is None and options['class_min_area'] is None:
         options['size_filter'] = 'off' if choice != 'points' else 'points'
+    if sensor_kind in metadata.instance_min_points:
+        options['min_instance_points'] = int(metadata.instance_min_points[sensor_kind])
     return options
 
 
@@ -252,24 +255,30 @@ def _project(x: torch.Tensor, y: torch.Tensor, angle: torch.Tensor) -> tuple[tor
     return x * cos + y * sin, -x * sin + y * cos
 
 
+def _centred_xy(xy: torch.Tensor, index: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x (M,1), y (M,1)) relative to each instance's mean (numerically safe far from the origin)."""
+    mean = torch.zeros(count, 2, dtype=torch.float64, device=xy.device).index_add_(0, index, xy)
+    mean /= torch.bincount(index, minlength=count).clamp(min=1)[:, None]
+    local = xy - mean[index]
+    return local[:, :1], local[:, 1:]
+
+
 def footprint_yaw(xyz: torch.Tensor, index: torch.Tensor, count: int, cell: float = DEFAULT_FOOTPRINT_CELL
                   ) -> torch.Tensor:
     """(K,) angle in [0, pi/2) of the minimum-area rectangle around each instance's xy footprint (module
-    docstring; which side is longer is decided by `oriented_boxes`)."""
+    docstring; which side is longer is decided by `oriented_boxes`): the coarse sweep on footprint cells, the
+    fine one on the points."""
     if count == 0:
         return torch.zeros(0, dtype=torch.float64, device=xyz.device)
     instance, cells = _distinct_cells(torch.floor(xyz[:, :2].double() / cell).long(), index.long(), count)
-    centres = (cells.double() + 0.5) * cell                                           # (U, 2)
-    mean = torch.zeros(count, 2, dtype=torch.float64, device=xyz.device).index_add_(0, instance, centres)
-    mean /= torch.bincount(instance, minlength=count).clamp(min=1)[:, None]
-    local = centres - mean[instance]
-    x, y = local[:, :1], local[:, 1:]
+    x, y = _centred_xy((cells.double() + 0.5) * cell, instance, count)
     coarse = torch.arange(0.0, 90.0, COARSE_STEP_DEG, dtype=torch.float64, device=xyz.device).deg2rad()   # (A,)
     best = coarse[_ranges(*_project(x, y, coarse[None, :]), instance, count).argmin(1)]                 # (K,)
     offsets = torch.arange(-COARSE_STEP_DEG, COARSE_STEP_DEG + FINE_STEP_DEG / 2, FINE_STEP_DEG,
                            dtype=torch.float64, device=xyz.device).deg2rad()
     fine = best[:, None] + offsets[None, :]                                                          # (K, F)
-    chosen = fine.gather(1, _ranges(*_project(x, y, fine[instance]), instance, count).argmin(1)[:, None])[:, 0]
+    x, y = _centred_xy(xyz[:, :2].double(), index.long(), count)
+    chosen = fine.gather(1, _ranges(*_project(x, y, fine[index]), index, count).argmin(1)[:, None])[:, 0]
     return torch.remainder(chosen, math.pi / 2)
 
 

@@ -58,9 +58,9 @@ class ModelMetadata:
     `extra` -> ONNX metadata -> every backend -> `SceneSegmenter.from_config` defaults -> node parameters.
     The metric size filter (issue 23, mpnet_model/infer/instances.py) travels the same way: the training set's mean
     occupied area per class (class_mean_instance_area [m^2] at instance_area_voxel) and the fraction of it tuned per
-    sensor kind (min_instance_area_fraction, e.g. {"lidar": 0.1, "rgbd": 0.25}), with the fragment join distance
-    tuned with it (fragment_join, by sensor kind); models without them (made before issue 23) get the point-count
-    filter and no join.
+    sensor kind (min_instance_area_fraction, e.g. {"lidar": 0.1, "rgbd": 0.25}), with the fragment join distance and
+    the point floor tuned with it (fragment_join, instance_min_points, by sensor kind); models without them (made
+    before issue 23) get the point-count filter, no join and the segmenter's floor.
     """
 
     class_names: tuple[str, ...]
@@ -79,6 +79,7 @@ class ModelMetadata:
     instance_area_voxel: float = DEFAULT_AREA_VOXEL     # voxel edge [m] the areas are counted at
     min_instance_area_fraction: dict[str, float] = field(default_factory=dict)   # by sensor kind; {} = not tuned
     fragment_join: dict[str, float] = field(default_factory=dict)                # [m] by sensor kind; {} = off
+    instance_min_points: dict[str, int] = field(default_factory=dict)            # point floor by sensor kind
     extra: dict[str, str] = field(default_factory=dict)
     # The graph takes blocks of fewer points too (point axis dynamic; sparse blocks run at `point_buckets()`).
     dynamic_points: bool = False
@@ -150,6 +151,8 @@ class ModelMetadata:
                            props.get('min_instance_area_fraction', '{}')).items()},
                        fragment_join={str(k): float(v) for k, v in
                                       json.loads(props.get('fragment_join', '{}')).items()},
+                       instance_min_points={str(k): int(v) for k, v in
+                                            json.loads(props.get('instance_min_points', '{}')).items()},
                        extra={k: v for k, v in props.items() if k not in {f for f in cls.__dataclass_fields__}})
         except KeyError as error:
             raise BackendError(f'{source}: model metadata lacks key {error}; re-export with mpnet-export') from error

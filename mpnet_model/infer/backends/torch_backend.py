@@ -25,7 +25,7 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, s
     """ModelMetadata of a loaded checkpoint. Block geometry: the explicit argument, else the checkpoint's `extra`
     (the training geometry), else 1 m / 0.5 m. Post-processing values (`cluster_bandwidth`, `min_instance_fraction`,
     `class_mean_instance_points`; the metric filter's `class_mean_instance_area`, `instance_area_voxel`,
-    `min_instance_area_fraction`, `fragment_join`) from `extra` when it records them."""
+    `min_instance_area_fraction`, `fragment_join`, `instance_min_points`) from `extra` when it records them."""
     extra = meta.get('extra') or {}
     block_size = float(extra.get('block_size', 1.0)) if block_size is None else float(block_size)
     stride = float(extra.get('stride', 0.5)) if stride is None else float(stride)
@@ -42,7 +42,9 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, s
                          instance_area_voxel=float(extra.get('instance_area_voxel', DEFAULT_AREA_VOXEL)),
                          min_instance_area_fraction={str(k): float(v) for k, v in
                                                      (extra.get('min_instance_area_fraction') or {}).items()},
-                         fragment_join={str(k): float(v) for k, v in (extra.get('fragment_join') or {}).items()})
+                         fragment_join={str(k): float(v) for k, v in (extra.get('fragment_join') or {}).items()},
+                         instance_min_points={str(k): int(v) for k, v in
+                                              (extra.get('instance_min_points') or {}).items()})
 
 
 class TorchBackend(Backend):
