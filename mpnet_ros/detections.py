@@ -43,8 +43,12 @@ def vision_msgs_available() -> bool:
 def oriented_box(info: Any) -> tuple[list[float], list[float], list[float]] | None:
     """(centre (3,), orientation quaternion x, y, z, w (4,), size (3,)) of an instance: its oriented box when it has
     one, else its axis-aligned box; None when it has no finite centre. Non-finite sizes become 0."""
-    centre = _finite_vector(_field(info, 'box_centre', default=None) or (), math.nan)
-    size = _finite_vector(_field(info, 'box_extent', default=None) or (), 0.0)
+    def optional(name):
+        value = _field(info, name, default=None)
+        return () if value is None else value
+
+    centre = _finite_vector(optional('box_centre'), math.nan)
+    size = _finite_vector(optional('box_extent'), 0.0)
     orientation = _field(info, 'box_orientation', default=None)
     if centre is None or size is None or orientation is None or not all(math.isfinite(v) for v in centre):
         centre = _finite_vector(_field(info, 'centre', 'center', default=()), math.nan)

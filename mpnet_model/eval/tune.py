@@ -270,8 +270,13 @@ def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str,
     `SceneSegmenter` (bandwidth, block_size, min_instance_points, ...)."""
     import torch
 
-    from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL, SENSOR_KINDS, apply_area_filter, join_fragments
-    from mpnet_model.infer.scene import DEFAULT_MIN_INSTANCE_POINTS, SceneSegmenter
+    from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL, SENSOR_KINDS, instance_table, join_fragments
+    from mpnet_model.infer.scene import (
+        DEFAULT_MIN_INSTANCE_POINTS,
+        POSTPROCESS_CPU_THREADS,
+        SceneSegmenter,
+        _cpu_threads,
+    )
 
     if sensor_kind not in SENSOR_KINDS:
         raise ValueError(f'sensor_kind={sensor_kind!r}: choose one of {SENSOR_KINDS}')
@@ -302,19 +307,20 @@ def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str,
                       disable=not progress):
         result = segment(segmenter, cloud)
         labels = np.where(result.labels < 0, 0, result.labels)
-        joined = {0.0: result.instances}
-        for join in joins:
-            if join > 0:
-                joined[join] = join_fragments(torch.from_numpy(np.ascontiguousarray(cloud.xyz)),
-                                              torch.from_numpy(result.instances.astype(np.int64)),
-                                              torch.from_numpy(labels.astype(np.int64)), join, len(areas)).numpy()
-        for kind, join, floor, fraction in rows:
-            instances = _apply_floor(joined[join], floor)
-            if fraction > 0 and kind == 'area':
-                instances = apply_area_filter(cloud.xyz, instances, labels, fraction * areas, voxel)
-            elif fraction > 0:
-                instances = apply_size_filter(instances, labels, fraction * points)
-            evaluators[(kind, join, floor, fraction)].add(labels, instances, cloud.sem, cloud.ins, room_id=cloud.name)
+        with _cpu_threads(torch.device('cpu'), POSTPROCESS_CPU_THREADS):
+            for join in joins:
+                joined = result.instances
+                if join > 0:
+                    joined = join_fragments(torch.from_numpy(np.ascontiguousarray(cloud.xyz)),
+                                            torch.from_numpy(result.instances.astype(np.int64)),
+                                            torch.from_numpy(labels.astype(np.int64)), join, len(areas)).numpy()
+                table = instance_table(cloud.xyz, joined, labels, len(areas), voxel)
+                for row in (r for r in rows if r[1] == join):
+                    index = table['inverse'][table['inverse'] >= 0]
+                    instances = np.full(len(labels), -1, dtype=np.int64)
+                    instances[table['inverse'] >= 0] = np.where(_size_rule(table, row, areas, points)[index],
+                                                                table['ids'][index], -1)
+                    evaluators[row].add(labels, instances, cloud.sem, cloud.ins, room_id=cloud.name)
         names.append(cloud.name)
     if not names:
         raise ValueError(f'no {sensor_kind} clouds to tune the size filter on')
@@ -332,13 +338,14 @@ def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str,
                             grid, names)
 
 
-def _apply_floor(instances: np.ndarray, floor: int) -> np.ndarray:
-    """Instances (N,) with those of fewer than `floor` points set to -1 (`min_instance_points`)."""
-    instances = np.asarray(instances)
-    valid = instances >= 0
-    if floor <= 1 or not valid.any():
-        return instances
-    ids, inverse, sizes = np.unique(instances[valid], return_inverse=True, return_counts=True)
-    out = instances.copy()
-    out[np.flatnonzero(valid)[sizes[inverse] < floor]] = -1
-    return out
+def _size_rule(table: dict, row: tuple, class_mean_area: np.ndarray, class_mean_points: np.ndarray | None
+               ) -> np.ndarray:
+    """(K,) bool: the instances of `table` (`instances.instance_table`) that pass the floor and filter of `row`
+    (kind, join, floor, fraction): the rule of `SceneSegmenter._finalise_instances` (floor, then the class filter)."""
+    kind, _, floor, fraction = row
+    keep = table['points'] >= floor
+    if fraction > 0 and kind == 'area':
+        keep &= table['area'] >= fraction * class_mean_area[table['classes']] * (1 - 1e-9)   # as SizeFilter
+    elif fraction > 0:
+        keep &= table['points'] >= fraction * class_mean_points[table['classes']]
+    return keep

@@ -355,6 +355,23 @@ def instance_areas_np(xyz: np.ndarray, instances: np.ndarray, voxel: float = DEF
     return ids, area.numpy()
 
 
+def instance_table(xyz: np.ndarray, instances: np.ndarray, labels: np.ndarray, num_classes: int,
+                   voxel: float = DEFAULT_AREA_VOXEL) -> dict[str, np.ndarray]:
+    """Per instance of a segmented cloud (N,): ids (K,), the index of each point's instance `inverse` (N,) (-1 none),
+    point counts, majority class and occupied area (K,) [m^2] at `voxel` (what the size filters compare)."""
+    instances = np.asarray(instances)
+    valid = np.flatnonzero(instances >= 0)
+    ids, inverse = np.unique(instances[valid], return_inverse=True)
+    point_index = np.full(instances.shape, -1, dtype=np.int64)
+    point_index[valid] = inverse
+    index = torch.from_numpy(inverse.astype(np.int64))
+    classes = majority_class(index, torch.from_numpy(np.asarray(labels)[valid].astype(np.int64)), ids.size,
+                             num_classes)
+    area = occupied_area(torch.from_numpy(np.ascontiguousarray(xyz[valid], dtype=np.float64)), index, ids.size, voxel)
+    return {'ids': ids, 'inverse': point_index, 'points': np.bincount(inverse, minlength=ids.size),
+            'classes': classes.numpy(), 'area': area.numpy()}
+
+
 def apply_area_filter(xyz: np.ndarray, instances: np.ndarray, labels: np.ndarray, class_min_area: np.ndarray | None,
                       voxel: float = DEFAULT_AREA_VOXEL) -> np.ndarray:
     """Instances (N,) with those under `class_min_area` of their majority class set to -1 (ids kept): the rule of
