@@ -55,6 +55,16 @@ _KEY_LIMIT = 1 << 62
 JOIN_MIN_CONTACTS = 3               # fragment join: cell pairs within the distance needed to join two instances
 
 
+def per_class_values(values, name: str, num_classes: int) -> np.ndarray | None:
+    """`values` as a (C,) float64 array (None stays None); ValueError naming `name` when it has another length."""
+    if values is None:
+        return None
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if array.shape[0] != num_classes:
+        raise ValueError(f'{name} has {array.shape[0]} entries for {num_classes} classes')
+    return array
+
+
 def majority_class(index: torch.Tensor, labels: torch.Tensor, count: int, num_classes: int) -> torch.Tensor:
     """(K,) majority label of each instance from points' instance `index` (M,) in [0, K) and `labels` (M,); ties ->
     the smaller class id."""

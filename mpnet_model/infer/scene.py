@@ -35,6 +35,7 @@ from mpnet_model.infer.instances import (
     instance_options,
     instance_summaries,
     join_fragments,
+    per_class_values,
 )
 from mpnet_model.infer.meanshift import mean_shift_blocks
 from mpnet_model.infer.merging import block_merging, join_across_borders
@@ -154,12 +155,7 @@ class SceneSegmenter:
                                  f'{len(backend.class_names)} classes')
         # Which per-class size filter runs (mpnet_model/infer/instances.py): 'points' (class_min_points), 'area'
         # (class_min_area [m^2] of occupied voxels of edge area_voxel: survives range and density) or 'off'.
-        self.class_min_area = None
-        if class_min_area is not None:
-            self.class_min_area = np.asarray(class_min_area, dtype=np.float64).reshape(-1)
-            if self.class_min_area.shape[0] != len(backend.class_names):
-                raise ValueError(f'class_min_area has {self.class_min_area.shape[0]} entries for '
-                                 f'{len(backend.class_names)} classes')
+        self.class_min_area = per_class_values(class_min_area, 'class_min_area', len(backend.class_names))
         self.area_voxel = float(area_voxel)
         self.size_filter = SizeFilter(size_filter, {'points': self.class_min_points, 'area': self.class_min_area,
                                                     'off': None}.get(size_filter), self.area_voxel)
