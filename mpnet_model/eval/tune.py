@@ -16,7 +16,9 @@ with the model's bandwidth, each validation cloud of that kind is segmented once
 size floor, then for every fragment-join distance the touching same-class pieces are joined, every point floor
 (`min_instance_points`) applied, and every fraction of the area filter (and, for comparison, of the point filter
 without a join at the caller's floor: the filter before issue 23) applied; the best (join, floor, area fraction)
-by the same F1 rule is stored as extra['fragment_join'][kind], extra['instance_min_points'][kind] and
+by F1 (near ties, within RECALL_TIE_F1 of the best F1, go to the higher mRec: a robot would rather keep an
+object than drop it for a marginal precision gain) is stored as extra['fragment_join'][kind],
+extra['instance_min_points'][kind] and
 extra['min_instance_area_fraction'][kind], next to the training set's class mean areas
 extra['class_mean_instance_area'] and their voxel extra['instance_area_voxel'].
 """
@@ -42,6 +44,7 @@ DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_AREA_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
 DEFAULT_JOINS = (0.0, 0.2, 0.3)              # fragment join distances [m] (0 = off)
 DEFAULT_FLOORS = (10, 25, 50)                # point floors (min_instance_points) tried with the area filter
+RECALL_TIE_F1 = 0.01                         # size filter: settings within this F1 of the best count as tied
 BANDWIDTH_KEY = 'cluster_bandwidth'          # checkpoint extra keys (the contract with the runtimes)
 FRACTION_KEY = 'min_instance_fraction'
 SIZES_KEY = 'class_mean_instance_points'
@@ -330,12 +333,24 @@ def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str,
         grid.append({'filter': kind, 'fragment_join': join, 'min_instance_points': float(floor), 'fraction': fraction,
                      'bandwidth': float(segmenter.bandwidth), 'F1': f1(scores['mPrec'], scores['mRec']),
                      **{k: float(scores[k]) for k in ('mPrec', 'mRec', 'mCov', 'mWCov', 'mFrag', 'mSplit')}})
-    best = _choose([g for g in grid if g['filter'] == 'area'])
+    best = choose_size_filter([g for g in grid if g['filter'] == 'area'])
     log.info('tuned the area size filter for %s on %d cloud(s): fraction %g, fragment join %g m, point floor %d '
              '(F1 %.3f)', sensor_kind, len(names), best['fraction'], best['fragment_join'],
              best['min_instance_points'], best['F1'])
     return SizeFilterTuning(sensor_kind, best['fraction'], best['fragment_join'], int(best['min_instance_points']),
                             grid, names)
+
+
+def choose_size_filter(rows: list[dict]) -> dict:
+    """The size-filter row to store: among the rows within RECALL_TIE_F1 of the best F1, the one with the highest
+    mRec (then F1, then `_choose`'s order)."""
+    valid = [g for g in rows if not math.isnan(g['F1'])]
+    if not valid:
+        return _choose(rows)
+    best = max(g['F1'] for g in valid)
+    tied = [g for g in valid if g['F1'] >= best - RECALL_TIE_F1]
+    top = max(g['mRec'] for g in tied)
+    return _choose([g for g in tied if g['mRec'] == top])
 
 
 def _size_rule(table: dict, row: tuple, class_mean_area: np.ndarray, class_mean_points: np.ndarray | None
