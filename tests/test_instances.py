@@ -262,3 +262,24 @@ def test_old_models_keep_todays_filter_and_tuned_models_get_the_metric_one():
     assert ModelMetadata.from_props(tuned.to_props(), 'x') == tuned                 # exact metadata round trip
     with pytest.raises(ValueError, match='sensor_kind'):
         instance_options(tuned, 'auto', 'sonar')
+
+
+def test_true_boxes_of_simulated_frames_hold_their_objects(tmp_path):
+    """The simulator's recorded object boxes (the yaw benchmark's truth), in a frame's level frame: the objects'
+    returns lie inside their boxes."""
+    pytest.importorskip('trimesh')
+    from mpnet_model.data.synthetic.frames import frame_true_boxes, generate_frames, list_frames, load_frame
+
+    generate_frames(tmp_path, {1: 1}, sensors=('os1-64',), frames=2, columns=512, progress=False)
+    path = list_frames(tmp_path, [1])[1]
+    room, boxes = load_frame(path), frame_true_boxes(path)
+    checked = 0
+    for instance, box in boxes.items():
+        points = room.xyz[room.ins == instance].astype(np.float64)
+        if box['yaw'] is None or len(points) < 20:
+            continue
+        local = (points - box['centre']) @ _rot_z(box['yaw'])          # into the box's axes: R(yaw).T @ p
+        # a lidar frame's points are taken during the 100 ms sweep while the robot moves: ~0.1 m of motion skew
+        assert (np.abs(local) <= box['size'] / 2 + 0.15).all(axis=1).mean() > 0.98, (instance, box)
+        checked += 1
+    assert checked >= 5
