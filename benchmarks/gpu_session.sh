@@ -7,8 +7,9 @@
 #   device tool: run(command="bash benchmarks/gpu_session.sh", carry=["gpu_carry"], timeout_s=560)
 #
 # Steps (each with its own timeout, all inside GPU_SESSION_BUDGET seconds, default 520; a failing step does not
-# stop the next): env, tests (pytest -k cuda), frame (gpu_frame.py), half (gpu_half_check.py), postprocess
-# (bench_postprocess.py on CUDA), tensorrt (only where tensorrt imports), replay (skipped without rclpy).
+# stop the next): env, tests (pytest -k cuda), frame (gpu_frame.py), syncs (bench_syncs.py), half
+# (gpu_half_check.py), postprocess (bench_postprocess.py on CUDA), tensorrt (only where tensorrt imports), replay
+# (skipped without rclpy).
 # Results: $OUT/gpu_session.md (step table + every results .md), $OUT/session.log (all output), the results .md
 # files and pytest_cuda.log; on the device they are also written to benchmarks/results/ (copy them from $OUT into
 # benchmarks/results/ here and commit them, naming the GPU).
@@ -24,10 +25,11 @@ ROOT=$PWD
 # name|timeout s (H200)|what
 STEPS=(
   "env|30|python, torch, CUDA device, the package importable"
-  "tests|150|pytest -k cuda: tests/test_frame.py test_fps.py test_meanshift.py test_merging.py test_precision.py"
+  "tests|130|pytest -k cuda: tests/test_frame.py test_fps.py test_meanshift.py test_merging.py test_precision.py test_syncs.py"
   "frame|120|benchmarks/gpu_frame.py: frame latency on CUDA (p50 <= 100 ms shipped, <= 250 ms paper config)"
+  "syncs|45|benchmarks/bench_syncs.py --device cuda: host-device syncs per frame on CUDA (counter + sync debug mode)"
   "half|110|benchmarks/gpu_half_check.py: fp16/bf16 inference and AMP training on CUDA"
-  "postprocess|120|benchmarks/bench_postprocess.py --real-only --device cuda (batched vs per-block references)"
+  "postprocess|100|benchmarks/bench_postprocess.py --real-only --device cuda (batched vs per-block references)"
   "tensorrt|150|benchmarks/gpu_tensorrt_check.py (only where tensorrt imports)"
   "replay|5|benchmarks/gpu_check_robot.sh's ROS replay (skipped where rclpy is missing)"
 )
@@ -129,7 +131,8 @@ if wanted tests; then
   if ! "$PY" -c 'import pytest' 2>/dev/null; then skip_step tests "pytest is not installed for $PY"
   else
     run_step tests "$PY" -m pytest -q -p no:cacheprovider -rs -k cuda --junitxml "$OUT/pytest_cuda.xml" \
-      tests/test_frame.py tests/test_fps.py tests/test_meanshift.py tests/test_merging.py tests/test_precision.py
+      tests/test_frame.py tests/test_fps.py tests/test_meanshift.py tests/test_merging.py tests/test_precision.py \
+      tests/test_syncs.py
     # the junit file becomes a short text log (fewer, readable files come back)
     "$PY" - "$OUT/pytest_cuda.xml" "$OUT/pytest_cuda.log" <<'EOF' 2>&1 | tee -a "$LOG"
 import sys, xml.etree.ElementTree as ET
@@ -151,14 +154,17 @@ fi
 if [ "$GPU_OK" = 1 ]; then
   if [ "$DRY" = 1 ]; then
     FRAME_ARGS=(--device cpu --range 6 --scans 1 --repeats 1); HALF_ARGS=(--device cpu --steps 2 --batch 2)
+    SYNC_ARGS=(--device cpu --range 6)
     POST_ARGS=(--device cpu --frames office --repeats 1 --machine-note "Dry run on the shared CPU machine")
   else
-    FRAME_ARGS=(--device cuda --repeats 2); HALF_ARGS=(--device cuda)
+    FRAME_ARGS=(--device cuda --repeats 2); HALF_ARGS=(--device cuda); SYNC_ARGS=(--device cuda)
     POST_ARGS=(--device cuda --frames ouster0,ouster1,office --repeats 3
                --machine-note "Lent GPU machine, not shared with other jobs")
   fi
   wanted frame && run_step frame "$PY" benchmarks/gpu_frame.py --skip-tests "${FRAME_ARGS[@]}" \
     --out "$RESULTS/frame_gpu.md"
+  wanted syncs && run_step syncs "$PY" benchmarks/bench_syncs.py --skip-before --skip-speed "${SYNC_ARGS[@]}" \
+    --out "$RESULTS/syncs_gpu.md"
   wanted half && run_step half "$PY" benchmarks/gpu_half_check.py "${HALF_ARGS[@]}" --out "$RESULTS/gpu_half.md"
   wanted postprocess && run_step postprocess "$PY" benchmarks/bench_postprocess.py --real-only "${POST_ARGS[@]}" \
     --out "$RESULTS/postprocess_cuda.md"
@@ -170,7 +176,7 @@ if [ "$GPU_OK" = 1 ]; then
     fi
   fi
 else
-  for name in frame half postprocess tensorrt; do wanted "$name" && skip_step "$name" "no CUDA device"; done
+  for name in frame syncs half postprocess tensorrt; do wanted "$name" && skip_step "$name" "no CUDA device"; done
 fi
 if wanted replay; then
   if "$PY" -c 'import rclpy' 2>/dev/null; then
@@ -189,7 +195,7 @@ fi
   echo "| step | status | s |"
   echo "|---|---|---|"
   printf '%s\n' "${TABLE[@]}"
-  for file in frame_gpu.md gpu_half.md postprocess_cuda.md tensorrt_gpu.md; do
+  for file in frame_gpu.md syncs_gpu.md gpu_half.md postprocess_cuda.md tensorrt_gpu.md; do
     if [ -f "$RESULTS/$file" ] && [ "$RESULTS/$file" -nt "$STAMP" ]; then
       echo; echo "---"; echo; echo "<!-- $file -->"; cat "$RESULTS/$file"; cp "$RESULTS/$file" "$OUT/"
     fi

@@ -6,7 +6,9 @@ at the end of each row (`row_step`), organised clouds (height > 1) and big-endia
 `0, 0, 0` returns lidars such as Ouster publish for "no return" are dropped. Input is duck-typed on the message
 attributes (`fields`, `data`, `width`, ...) so rclpy messages and `rosbags` deserialised messages both work.
 
-Malformed input raises `CloudError` whose message names the defect; nothing else escapes `parse_cloud`.
+Malformed input raises `CloudError` whose message names the defect and whose `defect` is a short name of it
+(row_step, non_float_xyz, truncated, ...: the node rate-limits its warnings per defect); nothing else escapes
+`parse_cloud`.
 
 `labeled_cloud_dtype` / `labeled_cloud_bytes` build the node's output layout (x, y, z, rgb, label, instance,
 score); `labeled_cloud_msg` wraps them in an rclpy `sensor_msgs/PointCloud2` (rclpy imported lazily so the parse
@@ -38,7 +40,11 @@ COLOUR_FIELDS = ('rgb', 'rgba')
 
 
 class CloudError(ValueError):
-    """A PointCloud2 message cannot be parsed; the message names the defect."""
+    """A PointCloud2 message cannot be parsed; the message names the defect, `defect` is its short name."""
+
+    def __init__(self, message: str, defect: str = 'malformed'):
+        super().__init__(message)
+        self.defect = defect
 
 
 def field_datatypes(use_sensor_msgs_py: bool = True) -> dict[int, np.dtype]:
@@ -76,12 +82,12 @@ def _message_bytes(data: Any) -> np.ndarray:
     """`data` as a flat uint8 array without copying (array.array from rclpy, ndarray from rosbags, bytes)."""
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
-            raise CloudError(f'data has dtype {data.dtype}, expected uint8 bytes')
+            raise CloudError(f'data has dtype {data.dtype}, expected uint8 bytes', 'data')
         return data.reshape(-1)
     try:
         return np.frombuffer(memoryview(data).cast('B'), dtype=np.uint8)
     except TypeError as exc:
-        raise CloudError(f'data is a {type(data).__name__}, not a byte buffer') from exc
+        raise CloudError(f'data is a {type(data).__name__}, not a byte buffer', 'data') from exc
 
 
 def point_dtype(fields: list[Any], point_step: int, big_endian: bool,
@@ -96,16 +102,16 @@ def point_dtype(fields: list[Any], point_step: int, big_endian: bool,
     for field in fields:
         name = str(field.name)
         if field.datatype not in datatypes:
-            raise CloudError(f'field {name!r} has unknown datatype {field.datatype} (expected 1..8)')
+            raise CloudError(f'field {name!r} has unknown datatype {field.datatype} (expected 1..8)', 'datatype')
         if int(field.count) < 1:
-            raise CloudError(f'field {name!r} has count {field.count} (must be >= 1)')
+            raise CloudError(f'field {name!r} has count {field.count} (must be >= 1)', 'field_count')
         if name in names:
-            raise CloudError(f'duplicate field name {name!r}')
+            raise CloudError(f'duplicate field name {name!r}', 'duplicate_field')
         base = datatypes[field.datatype].newbyteorder('>' if big_endian else '<')
         size = base.itemsize * int(field.count)
         if int(field.offset) < 0 or int(field.offset) + size > point_step:
             raise CloudError(f'wrong point_step {point_step}: field {name!r} at offset {field.offset} '
-                             f'({size} bytes) does not fit in a point')
+                             f'({size} bytes) does not fit in a point', 'point_step')
         names.append(name)
         formats.append(base if field.count == 1 else (base, (int(field.count),)))
         offsets.append(int(field.offset))
@@ -117,16 +123,16 @@ def _check_geometry(msg: Any, max_points: int) -> tuple[int, int, int, int]:
     height, width = int(msg.height), int(msg.width)
     point_step, row_step = int(msg.point_step), int(msg.row_step)
     if height < 0 or width < 0:
-        raise CloudError(f'negative size {height} x {width}')
+        raise CloudError(f'negative size {height} x {width}', 'size')
     count = height * width
     if count == 0:
-        raise CloudError(f'0 points (height {height} x width {width})')
+        raise CloudError(f'0 points (height {height} x width {width})', 'size')
     if count > max_points:
-        raise CloudError(f'too large: {count} points > max_points {max_points}')
+        raise CloudError(f'too large: {count} points > max_points {max_points}', 'too_large')
     if point_step <= 0:
-        raise CloudError(f'wrong point_step {point_step} (must be > 0)')
+        raise CloudError(f'wrong point_step {point_step} (must be > 0)', 'point_step')
     if row_step < width * point_step:
-        raise CloudError(f'row_step {row_step} < width*point_step {width * point_step}')
+        raise CloudError(f'row_step {row_step} < width*point_step {width * point_step}', 'row_step')
     return height, width, point_step, row_step
 
 
@@ -135,7 +141,7 @@ def _point_records(raw: np.ndarray, height: int, width: int, point_step: int, ro
     needed = (height - 1) * row_step + width * point_step
     if raw.size < needed:
         raise CloudError(f'truncated data: {raw.size} bytes < {needed} needed for {height} x {width} points '
-                         f'(point_step {point_step}, row_step {row_step})')
+                         f'(point_step {point_step}, row_step {row_step})', 'truncated')
     packed = width * point_step
     if row_step == packed or height == 1:
         return raw[:height * packed]
@@ -153,7 +159,7 @@ def parse_cloud(msg: Any, max_points: int = DEFAULT_MAX_POINTS, drop_zero: bool 
         raise
     except (AttributeError, TypeError, ValueError, OverflowError) as exc:
         # Anything the checks above did not anticipate (wrong attribute types, ...) still names the defect.
-        raise CloudError(f'malformed PointCloud2: {type(exc).__name__}: {exc}') from exc
+        raise CloudError(f'malformed PointCloud2: {type(exc).__name__}: {exc}', type(exc).__name__) from exc
 
 
 def _parse_cloud(msg: Any, max_points: int, drop_zero: bool, datatypes: dict[int, np.dtype] | None) -> ParsedCloud:
@@ -162,11 +168,11 @@ def _parse_cloud(msg: Any, max_points: int, drop_zero: bool, datatypes: dict[int
     by_name = {str(f.name): f for f in fields}
     missing = [axis for axis in 'xyz' if axis not in by_name]
     if missing:
-        raise CloudError(f'missing field(s) {missing}; fields are {sorted(by_name)}')
+        raise CloudError(f'missing field(s) {missing}; fields are {sorted(by_name)}', 'missing_xyz')
     for axis in 'xyz':
         if by_name[axis].datatype not in (FLOAT32, FLOAT64) or int(by_name[axis].count) != 1:
             raise CloudError(f'non-float xyz: field {axis!r} has datatype {by_name[axis].datatype} '
-                             f'count {by_name[axis].count} (expected FLOAT32/FLOAT64, count 1)')
+                             f'count {by_name[axis].count} (expected FLOAT32/FLOAT64, count 1)', 'non_float_xyz')
     dtype = point_dtype(fields, point_step, bool(msg.is_bigendian), datatypes)
     raw = _point_records(_message_bytes(msg.data), height, width, point_step, row_step)
     points = np.frombuffer(raw, dtype=dtype, count=height * width)  # (H*W,) structured view
@@ -178,7 +184,8 @@ def _parse_cloud(msg: Any, max_points: int, drop_zero: bool, datatypes: dict[int
         valid &= (xyz != 0).any(axis=1)
     source_index = np.flatnonzero(valid)
     if source_index.size == 0:
-        raise CloudError(f'no valid points: all {height * width} are NaN/inf' + (' or 0,0,0' if drop_zero else ''))
+        raise CloudError(f'no valid points: all {height * width} are NaN/inf' + (' or 0,0,0' if drop_zero else ''),
+                         'no_valid_points')
 
     rgb = intensity = None
     colour_name = next((name for name in COLOUR_FIELDS if name in by_name), None)
@@ -186,11 +193,12 @@ def _parse_cloud(msg: Any, max_points: int, drop_zero: bool, datatypes: dict[int
         field = by_name[colour_name]
         if dtype[colour_name].itemsize != 4 or dtype[colour_name].shape:
             raise CloudError(f'field {colour_name!r} must be one packed 4-byte value, got datatype {field.datatype} '
-                             f'count {field.count}')
+                             f'count {field.count}', 'colour_field')
         rgb = unpack_rgb(points[colour_name][source_index])
     elif 'intensity' in by_name:
         if dtype['intensity'].shape:
-            raise CloudError(f"field 'intensity' has count {by_name['intensity'].count} (expected 1)")
+            raise CloudError(f"field 'intensity' has count {by_name['intensity'].count} (expected 1)",
+                             'intensity_field')
         with np.errstate(over='ignore'):    # out-of-range values become inf, set to 0 just below
             intensity = points['intensity'][source_index].astype(np.float32)
         intensity[~np.isfinite(intensity)] = 0.0

@@ -1,9 +1,10 @@
-"""Logging for the node (ROS-free parts): a rate limit per warning kind, and the library's Python `logging`
+"""Logging for the node (ROS-free parts): a rate limit per specific defect, and the library's Python `logging`
 (and Python warnings) forwarded to a ROS logger.
 
-One limit per kind means a flood of one defect (say malformed clouds) cannot hide another (a segmentation
-failure, a missing transform): each kind gets its own `warn_throttle_sec`, and the next message of a kind says how
-many of that kind were suppressed meanwhile.
+One limit per defect means a flood of one defect cannot hide another: clouds with a bad row_step do not hide
+clouds with non-float xyz (both malformed), nor a segmentation failure or a missing transform. Each key
+(`warning_key(kind, defect)`, e.g. 'malformed: row_step', 'extent') gets its own `warn_throttle_sec`, and the next
+message of a key says how many of that key were suppressed meanwhile.
 """
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from typing import Any
 # Loggers of this package forwarded to the node's ROS logger; 'py.warnings' carries Python warnings (numpy's
 # RuntimeWarnings and the like) once logging.captureWarnings is on, so they never reach stderr unformatted.
 FORWARDED_LOGGERS = ('mpnet_model', 'mpnet_ros', 'mpnet-bag', 'py.warnings')
+
+
+def warning_key(kind: str, defect: str | None = None) -> str:
+    """The rate-limit key of a warning: its kind, refined by the specific defect when there is one
+    ('malformed', 'row_step' -> 'malformed: row_step')."""
+    return kind if not defect or defect == kind else f'{kind}: {defect}'
 
 
 class KindRateLimiter:

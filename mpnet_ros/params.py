@@ -45,7 +45,8 @@ class ParamSpec:
     choices: tuple[str, ...] = ()
     # What a runtime change rebuilds (the node's set-parameters callback): 'segmenter' (model, backend, clustering),
     # 'window' (the accumulated frames are dropped), 'tracker' (ids start over), 'transforms', 'subscription',
-    # 'timer'; () = read for every frame.
+    # 'timer', 'map' (the semantic map starts over, or is loaded), 'map_config' (its bounds and thresholds change,
+    # the voxels stay); () = read for every frame.
     rebuild: tuple[str, ...] = ()
 
 
@@ -58,7 +59,7 @@ SPECS: dict[str, ParamSpec] = {
     'window_seconds': ParamSpec(0.0, 'Also drop frames older than this from the window (0 = frames only).', 0.0, 600.0,
                                 rebuild=('window',)),
     'fixed_frame': ParamSpec('', "Frame to accumulate in via tf2; '' = static sensor, clouds stay in their frame.",
-                             rebuild=('window', 'transforms', 'tracker')),
+                             rebuild=('window', 'transforms', 'tracker', 'map')),
     'fallback_frame_id': ParamSpec('sensor', 'Frame used (with a warning) for clouds whose header.frame_id is empty.'),
     'min_range': ParamSpec(0.0, 'Drop points closer than this to the sensor origin [m].', 0.0, 1000.0),
     'max_range': ParamSpec(0.0, 'Drop points farther than this from the sensor origin [m] (0 = no limit).',
@@ -131,6 +132,29 @@ SPECS: dict[str, ParamSpec] = {
     'diagnostics_period': ParamSpec(1.0, 'Seconds between /diagnostics messages.', 0.05, 60.0, rebuild=('timer',)),
     'warn_throttle_sec': ParamSpec(5.0, 'Minimum seconds between warnings of the same kind about bad input.',
                                    0.0, 3600.0),
+    # Semantic map mode (mpnet_model.mapping, docs/mapping.md).
+    'mapping': ParamSpec(False, 'Semantic map mode: fuse labels in a voxel map in fixed_frame (with fixed_frame '
+                         "'', the sensor's own frame: a static sensor), segment only the blocks that changed, label "
+                         'each cloud from the map and publish ~/map_cloud (each frame is integrated once: '
+                         'window_frames is not used).', rebuild=('map', 'window')),
+    'map_voxel_size': ParamSpec(0.05, 'Voxel edge of the semantic map [m].', 0.01, 1.0, rebuild=('map',)),
+    'map_radius': ParamSpec(20.0, 'The map keeps the voxels within this horizontal distance of the sensor [m].',
+                            1.0, 10_000.0, rebuild=('map_config',)),
+    'map_max_voxels': ParamSpec(1_000_000, 'At most this many voxels (the oldest are evicted; ~110 bytes each with '
+                                '13 classes).', 1000, 1_000_000_000, rebuild=('map_config',)),
+    'map_dirty_fraction': ParamSpec(0.5, 'A block is segmented again when the change cells that became occupied or '
+                                    'empty since its last run reach this fraction of its occupied cells then (and '
+                                    'map_min_changed).', 0.0, 100.0, rebuild=('map_config',)),
+    'map_min_changed': ParamSpec(10, 'Change cells a block needs to change before it is segmented again.', 1,
+                                 1_000_000, rebuild=('map_config',)),
+    'map_change_cell': ParamSpec(0.25, 'Edge of the cells in which occupancy changes are counted [m] (filling in a '
+                                 'surface already seen changes nothing; new area does); at least map_voxel_size.',
+                                 0.01, 10.0,
+                                 rebuild=('map',)),
+    'map_publish_rate': ParamSpec(1.0, 'Rate of ~/map_cloud [Hz] (0 = never).', 0.0, 100.0),
+    'map_load_path': ParamSpec('', "Start from this map file (.npz or .ply); '' = an empty map.", rebuild=('map',)),
+    'map_save_path': ParamSpec('', "Write the map here (.npz or .ply, atomically) on shutdown and when the "
+                               "~/save_map service is called; '' = never."),
 }
 
 # ROS's own parameters: not ours, never "unknown".
@@ -232,9 +256,20 @@ def validate_params(values: Mapping[str, Any], check_files: bool = True) -> Segm
         raise ParamError('backend', 'tensorrt', f"TensorRT runs on a CUDA GPU only, but device is "
                          f"{merged['device']!r}: set device:=cuda (on a machine with TensorRT), or choose backend "
                          "onnxruntime or torch")
+    _check_map_params(merged, check_files)
     if check_files:
         _check_model_files(merged)
     return SegmentParams(**merged)
+
+
+def _check_map_params(params: dict[str, Any], check_files: bool) -> None:
+    for key in ('map_load_path', 'map_save_path'):
+        path = params[key]
+        if path and Path(path).suffix.lower() not in ('.npz', '.ply'):
+            raise ParamError(key, path, 'a map file ends in .npz or .ply')
+    if check_files and params['map_load_path'] and not Path(params['map_load_path']).is_file():
+        raise ParamError('map_load_path', params['map_load_path'], 'file does not exist')
+
 
 
 def as_values(params: SegmentParams) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 parsed cloud ──► sane extent ──► range filter (sensor frame) ──► transform to the fixed frame (injected lookup)
   ──► crop box ──► CloudWindow
-window ──► block cap (processing budget / measured ms per block: crop to the nearest range, or refuse)
+window ──► block cap (processing budget less the predicted preparation, priced by the robust cost model of
+  `mpnet_model.infer.budget.BlockCost`: crop to the nearest range, or refuse)
   ──► optional voxel down-sampling ──► (no tf: gravity alignment) ──► SceneSegmenter.segment
   ──► InstanceTracker (persistent ids)
   ──► labels copied back to every window point
@@ -21,7 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from mpnet_model.infer.budget import BlockCost, ExtentError, calibrate, check_extent, plan_frame, release_memory
+from mpnet_model.infer.budget import (
+    BlockCost,
+    ExtentError,
+    RunningMedian,
+    calibrate,
+    check_extent,
+    plan_frame,
+    release_memory,
+    segmenter_weights,
+)
 from mpnet_model.infer.tracking import InstanceTracker, relabel
 from mpnet_ros.accumulate import (
     CloudWindow,
@@ -33,18 +43,26 @@ from mpnet_ros.accumulate import (
     voxel_downsample,
 )
 from mpnet_ros.cloud_io import CloudError, ParsedCloud
+from mpnet_ros.map_mode import make_mapper, map_window, reconfigured_mapper
 from mpnet_ros.params import ParamError, SegmentParams, rebuilds
 from mpnet_ros.transforms import TransformSource, TransformUnavailable
 
 LOG = logging.getLogger(__name__)
 LARGE_FRAME_POINTS = 500_000      # after a frame this large, hand freed memory back to the OS
+# A runtime change that rebuilds the segmenter keeps its measured cost unless one of these changed (what it costs
+# to run does not depend on, say, the mean-shift bandwidth or the instance size filter).
+COST_KEYS = ('backend', 'model_path', 'engine_path', 'device', 'precision', 'block_layout')
+# Planning and cropping a window costs per point, noticeably only for large windows: its rate is measured on
+# windows of at least this many points (and primed at calibration on one of PREPARE_CALIBRATION_POINTS).
+PREPARE_RATE_MIN_POINTS = 100_000
+PREPARE_CALIBRATION_POINTS = 200_000
 
 
 class FrameRejected(CloudError):
     """A frame the pipeline will not segment; `kind` names the defect class (for per-kind warning limits)."""
 
     def __init__(self, kind: str, message: str):
-        super().__init__(message)
+        super().__init__(message, defect=kind)
         self.kind = kind
 
 
@@ -63,6 +81,7 @@ class SegmentedWindow:
     blocks: int = 0            # estimated blocks segmented
     cropped_from: int = 0      # points of the window before an over-budget crop (0: not cropped)
     timings: dict[str, float] = field(default_factory=dict)  # ms
+    map: Any = None            # mapping mode: the frame's `mpnet_model.mapping.MapUpdate`
 
 
 @dataclass(frozen=True)
@@ -120,19 +139,25 @@ class ScenePipeline:
     warn: (kind, message) for input problems that do not stop a frame (default: this module's logger).
     enforce_budget: cap each frame's blocks by processing_budget_ms (the node); the bag tool processes every
     frame whole and only keeps the memory bound (grid extent).
+    make_map: build mapping mode's semantic map (`reconfigured` hands the old one over instead).
     """
 
     def __init__(self, params: SegmentParams, segmenter: Any, transforms: TransformSource | None = None,
-                 warn: Callable[[str, str], Any] | None = None, enforce_budget: bool = True):
+                 warn: Callable[[str, str], Any] | None = None, enforce_budget: bool = True, make_map: bool = True):
         self.params = params
         self.segmenter = segmenter
         self.transforms = transforms
         self.warn = warn or (lambda kind, message: LOG.warning('%s', message))
         self.enforce_budget = enforce_budget
-        self.window = CloudWindow(params.window_frames, params.window_seconds)
+        # Mapping integrates each frame once: the map is the accumulation.
+        self.window = CloudWindow(1 if params.mapping else params.window_frames, params.window_seconds)
         self.tracker = make_tracker(params)
         self.cost = BlockCost()
+        self.prepare_rate = RunningMedian()  # ms per window point of planning and cropping, before the segmenter
+        # Mapping mode (mpnet_ros/map_mode.py; loads map_load_path), else None.
+        self.mapper = make_mapper(params, segmenter) if make_map else None
         self._busy: Busy | None = None
+        self._trim_pending = False
         self._lock = threading.Lock()        # one window at a time through the segmenter and tracker
 
     @property
@@ -148,27 +173,41 @@ class ScenePipeline:
         if 'segmenter' in tags and segmenter is None:
             raise ValueError('the change rebuilds the segmenter: pass the new one')
         new = ScenePipeline(params, segmenter if 'segmenter' in tags else self.segmenter, self.transforms,
-                            self.warn, self.enforce_budget)
+                            self.warn, self.enforce_budget, make_map=False)
         if 'window' not in tags:
             new.window = self.window
         if 'tracker' not in tags:
             new.tracker = self.tracker
-        if 'segmenter' not in tags:
+        if 'segmenter' not in tags or all(getattr(self.params, k) == getattr(params, k) for k in COST_KEYS):
             new.cost = self.cost
+        new.prepare_rate = self.prepare_rate
+        if self.mapper is not None or params.mapping:
+            new.mapper = reconfigured_mapper(self.mapper, params, new.segmenter, tags) if params.mapping else None
         return new
 
     def calibrate(self) -> float:
         """Measure ms per block on the segmenter (a short run on a synthetic cloud); returns it."""
         calibrate(self.segmenter, self.cost)
+        if not len(self.prepare_rate):
+            segmenter = self.segmenter
+            xyz = np.random.default_rng(0).uniform((-20, -20, 0), (20, 20, 3), (PREPARE_CALIBRATION_POINTS, 3))
+            start = time.perf_counter()
+            plan_frame(xyz.astype(np.float32), np.zeros(3), 1, segmenter.block_size, segmenter.stride,
+                       segmenter.min_block_points, **segmenter_weights(segmenter))
+            self.prepare_rate.add((time.perf_counter() - start) * 1e3 / PREPARE_CALIBRATION_POINTS)
         return float(self.cost.ms_per_block)
 
-    def block_cap(self) -> int | None:
-        """Blocks a frame may have within processing_budget_ms (None when the budget is not enforced)."""
+    def block_cap(self, points: int = 0) -> int | None:
+        """Blocks (cost units) a frame of `points` points may have within processing_budget_ms, less the time its
+        preparation is predicted to take (None when the budget is not enforced)."""
         if not self.enforce_budget:
             return None
         if self.cost.ms_per_block is None:
             self.calibrate()
-        return self.cost.cap(self.params.processing_budget_ms)
+        return self.cost.cap(self.params.processing_budget_ms - self.predicted_prepare_ms(points))
+
+    def predicted_prepare_ms(self, points: int) -> float:
+        return (self.prepare_rate.value or 0.0) * points
 
     def busy(self) -> Busy | None:
         return self._busy
@@ -232,37 +271,61 @@ class ScenePipeline:
             if count > self.params.max_points:
                 raise FrameRejected('too_large', f'window too large: {count} points > max_points '
                                                  f'{self.params.max_points}')
+            self.trim()
             self._busy = Busy(count, 0, time.monotonic())
             try:
                 return self._process(window, start)
             finally:
                 self._busy = None
-                if count >= LARGE_FRAME_POINTS:
-                    release_memory()
+                self._trim_pending |= count >= LARGE_FRAME_POINTS
+
+    def trim(self) -> None:
+        """Hand the memory of a large frame back to the OS (~0.1 s), once its results are out: the node calls it
+        after publishing, so the answer does not wait for it; `process` calls it before the next frame."""
+        if self._trim_pending:
+            self._trim_pending = False
+            release_memory()
 
     def _process(self, window: Window, start: float) -> SegmentedWindow:
+        if self.mapper is not None:
+            return map_window(self, window, start)
         p, segmenter = self.params, self.segmenter
-        cap = self.block_cap()
+        cap = self.block_cap(len(window.xyz))
+        cost = self.cost
         plan = plan_frame(window.xyz, np.asarray(window.origin), cap if cap is not None else 2**62,
-                          segmenter.block_size, segmenter.stride, segmenter.min_block_points)
+                          segmenter.block_size, segmenter.stride, segmenter.min_block_points,
+                          point_weight=cost.point_weight if cap is not None else 0.0, keep_nearest=True,
+                          **segmenter_weights(segmenter))
         started = self._busy.started
         self._busy = Busy(len(window.xyz), plan.blocks, started)
         xyz, rgb, intensity, blocks, cropped_from = window.xyz, window.rgb, window.intensity, plan.blocks, 0
+        load = plan.load
         if not plan.fits:
             size = (f'a frame of {len(xyz):,} points spanning ~{plan.blocks:,} blocks ({plan.grid_cells:,} grid '
                     f'cells)')
+            over_cap = cap is not None and plan.load > cap
             limit = (f'over the cap of {cap:,} blocks (processing_budget_ms {p.processing_budget_ms:g} at '
-                     f'{self.cost.ms_per_block:.1f} ms/block)' if cap is not None and plan.blocks > cap
-                     else 'over the grid limit')
-            if p.oversize_action == 'refuse' or not plan.keep.any():
+                     f'{cost.ms_per_block:.1f} ms/block, {cost.ms_per_point * 1e3:.2f} ms per 1000 points; '
+                     f'predicted {cost.predict_ms(plan.load):.0f} ms)' if over_cap else 'over the grid limit')
+            if p.oversize_action == 'refuse':
                 raise FrameRejected('oversize', f'refused {size}, {limit} (oversize_action {p.oversize_action!r})')
+            nearest_only = over_cap and plan.kept_load > cap     # even the nearest cell is over the cap
+            budget_left = p.processing_budget_ms - self.predicted_prepare_ms(len(xyz))
+            if nearest_only and cost.ms_per_point * plan.nearest_cell_points > budget_left:
+                # A crop cannot split a stride cell, and the points of this one alone cost more than the budget.
+                raise FrameRejected('oversize', f'refused {size}, {limit}: the cell nearest the sensor alone holds '
+                                                f'{plan.nearest_cell_points:,} points ({segmenter.stride:g} m wide; a '
+                                                f'degenerate cloud?), whose points alone are predicted over the '
+                                                f'budget: no crop fits')
             keep = plan.keep
-            cropped_from, blocks = len(xyz), plan.kept_blocks
+            cropped_from, blocks, load = len(xyz), plan.kept_blocks, plan.kept_load
             xyz = xyz[keep]
             rgb = None if rgb is None else rgb[keep]
             intensity = None if intensity is None else intensity[keep]
             self.warn('oversize', f'cropped {size}, {limit}, to the nearest {plan.radius:.1f} m from the sensor: '
-                                  f'{len(xyz):,} points, ~{blocks:,} blocks')
+                                  f'{len(xyz):,} points, ~{blocks:,} blocks' + (
+                                      ' (the nearest cell only, itself over the cap: segmented anyway, so the '
+                                      'measured cost can follow)' if nearest_only else ''))
             self._busy = Busy(len(xyz), blocks, started)
         window_xyz = xyz
         inverse = None
@@ -272,6 +335,8 @@ class ScenePipeline:
             rgb = None if rgb is None else rgb[kept]
             intensity = None if intensity is None else intensity[kept]
         prepared = time.perf_counter()
+        if len(window.xyz) >= PREPARE_RATE_MIN_POINTS:
+            self.prepare_rate.add((prepared - start) * 1e3 / len(window.xyz))
         if p.gravity_align == 'auto' and not p.fixed_frame:    # no tf: level it ourselves
             from mpnet_model.infer.gravity import prior_up_for_frame, segment_gravity_aligned
 
@@ -281,7 +346,7 @@ class ScenePipeline:
             result = segmenter.segment(xyz, rgb, intensity)
         segmented = time.perf_counter()
         # A crop can leave no full block; counting it as one keeps the cost measured (and the cap able to grow back).
-        self.cost.update(max(blocks, 1), (segmented - prepared) * 1e3)
+        cost.update(load if load > 0 else 1.0, (segmented - prepared) * 1e3)
         labels, scores = np.asarray(result.labels, dtype=np.int32), np.asarray(result.scores, dtype=np.float32)
         instances, infos = np.asarray(result.instances, dtype=np.int64), list(result.instances_info)
         if self.tracker is not None:

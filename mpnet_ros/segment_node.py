@@ -10,6 +10,11 @@ Threads: the subscription callback only parses, filters and appends to the windo
 worker always segments the newest window and publishes. Frames that arrive while the worker is busy are
 superseded (counted as dropped in /diagnostics), so there is never a backlog. Each window is capped to the blocks
 that fit in `processing_budget_ms` at the measured cost per block (cropped to the nearest range, or refused).
+Warnings are rate-limited per specific defect (`logs.warning_key`); /diagnostics levels come from the recent window
+(`health.py`), so they recover once a problem stops.
+
+Stopping: SIGINT and SIGTERM are both a clean stop (exit 0), also while starting; see `supervision.py` for the
+exit-code contract that `ros2 launch` and systemd rely on.
 
 Parameters are validated at start (params files and overrides alike) and on every runtime change; a valid change
 rebuilds what it touches (segmenter, window, tracker, subscription, timer) and takes effect with the next window.
@@ -17,9 +22,15 @@ rebuilds what it touches (segmenter, window, tracker, subscription, timer) and t
 tf2: when `fixed_frame` is set, clouds are transformed into it by the injected `transforms` lookup, by default
 tf2_ros when importable (non-blocking: a missing transform skips that cloud with a warning). Without tf2 (this
 project's venv) or with `fixed_frame` empty the sensor is assumed static and clouds stay in their own frame.
+
+Mapping mode (`mapping: true`, docs/mapping.md): each cloud is integrated into a semantic voxel map in the fixed
+frame (`mpnet_model.mapping`, through the pipeline), only the blocks that changed are segmented again, and
+`~/labeled_cloud` carries the labels looked up from the map; `map_outputs.py` adds `~/map_cloud` and `~/save_map`.
 """
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import threading
 from collections import Counter
@@ -37,13 +48,19 @@ from visualization_msgs.msg import MarkerArray
 
 from mpnet_ros.cloud_io import CloudError, labeled_cloud_msg, parse_cloud
 from mpnet_ros.detections import detection_array, vision_msgs_available
-from mpnet_ros.logs import RateLimitedWarnings, forward_library_logs
+from mpnet_ros.health import DEFAULT_WINDOW_S, RecentCounts, status_level
+from mpnet_ros.logs import RateLimitedWarnings, forward_library_logs, warning_key
+from mpnet_ros.map_outputs import MapOutputs
 from mpnet_ros.markers import instance_markers
 from mpnet_ros.params import SPECS, ParamError, as_values, declare_and_read, rebuilds, validate_params
 from mpnet_ros.pipeline import ScenePipeline, SegmentedWindow, make_segmenter
+from mpnet_ros.supervision import ignore_stop_signals, stop_on_sigterm_like_sigint, stop_with_parent
 from mpnet_ros.transforms import TransformSource, tf2_transforms
 
 NODE_NAME = 'mpnet_segment'
+# A stop waits this long for the frame in progress, then exits without it (launch's SIGTERM comes after
+# sigterm_timeout, 5 s by default).
+STOP_WAIT_S = 3.0
 
 
 @dataclass
@@ -54,13 +71,15 @@ class Stats:
     parse_errors: int = 0     # clouds rejected on input (malformed, extent, transform, empty after filters)
     segment_errors: int = 0   # windows that failed or were refused in processing
     cropped: int = 0          # windows cropped to the block cap
+    over_budget: int = 0      # windows whose processing took longer than processing_budget_ms
     last_ms: float = 0.0
     total_ms: float = 0.0
-    last_latency_ms: float = 0.0
+    last_latency_ms: float | None = None    # None: no stamped cloud yet (clouds stamped 0 have no latency)
     last_points: int = 0
     last_blocks: int = 0
     last_error: str = ''
     errors: Counter = field(default_factory=Counter)   # per kind
+    defects: Counter = field(default_factory=Counter)  # per specific defect (the warnings' rate-limit keys)
 
 
 class SegmentNode(Node):
@@ -81,6 +100,7 @@ class SegmentNode(Node):
             raise
         self.stats = Stats()
         self._stats_lock = threading.Lock()
+        self._recent = RecentCounts(self._health_window)
         self._reconfigure_lock = threading.Lock()
 
         # Sensor-data QoS (best effort) with keep-last 1: only the newest cloud matters.
@@ -93,6 +113,8 @@ class SegmentNode(Node):
         self._time_pub = self.create_publisher(Float64, '~/debug/processing_time_ms', 10)
         self._latency_pub = self.create_publisher(Float64, '~/debug/pipeline_latency_ms', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._map_outputs = MapOutputs(self)          # mapping mode: ~/map_cloud, ~/save_map
+        self._map_outputs.ensure(self.params)
         self._subscription = self.create_subscription(PointCloud2, self.params.input_topic, self._on_cloud,
                                                       self._input_qos)
         self._timer = self.create_timer(self.params.diagnostics_period, self._publish_diagnostics)
@@ -105,11 +127,15 @@ class SegmentNode(Node):
         self.get_logger().info(
             f'segmenting {self.resolve_topic_name(self.params.input_topic)} with backend {self.params.backend} '
             f'({self.params.model_path or self.params.engine_path}) on {self.params.device}, '
-            f'window {self.params.window_frames} frame(s); measured {ms_per_block:.1f} ms per block: at most '
-            f'{self.pipeline.block_cap():,} blocks per frame within processing_budget_ms '
+            f'window {self.params.window_frames} frame(s); measured {ms_per_block:.1f} ms per block '
+            f'(+ {self.pipeline.cost.fixed_ms:.0f} ms per frame, {self.pipeline.cost.ms_per_point * 1e3:.2f} ms per '
+            f'1000 points): at most {self.pipeline.block_cap():,} blocks per frame within processing_budget_ms '
             f'{self.params.processing_budget_ms:g}; instance size filter: {self._size_filter_text()}')
 
     # --- configuration ---------------------------------------------------------------------------------------
+
+    def _health_window(self) -> float:
+        return max(DEFAULT_WINDOW_S, 5.0 * self.params.diagnostics_period)
 
     def _detection_publisher(self):
         """~/detections when vision_msgs imports; otherwise one warning and no topic (the node runs on)."""
@@ -158,11 +184,11 @@ class SegmentNode(Node):
                 new = validate_params(values)
                 tags = rebuilds(self.params, new)
                 segmenter = make_segmenter(new) if 'segmenter' in tags else None
+                pipeline = self.pipeline.reconfigured(new, segmenter)     # raises on a bad map file
             except Exception as error:  # noqa: BLE001 - any failure refuses the change, naming it
                 reason = str(error) if isinstance(error, ParamError) else f'{type(error).__name__}: {error}'
                 self.get_logger().warning(f'refused parameter change: {reason}')
                 return SetParametersResult(successful=False, reason=reason)
-            pipeline = self.pipeline.reconfigured(new, segmenter)
             if 'transforms' in tags:
                 pipeline.transforms = self._transforms(new)
             if 'subscription' in tags:
@@ -174,6 +200,7 @@ class SegmentNode(Node):
                 self._timer = self.create_timer(new.diagnostics_period, self._publish_diagnostics)
             changed = sorted(name for name in SPECS if getattr(self.params, name) != getattr(new, name))
             self.params, self.pipeline = new, pipeline
+            self._map_outputs.ensure(new)
         self.get_logger().info(f'parameters changed: {", ".join(changed) or "none"}'
                                + (f' (rebuilt: {", ".join(sorted(tags))})' if tags else '')
                                + (f'; instance size filter: {self._size_filter_text()}' if 'segmenter' in tags else ''))
@@ -195,7 +222,7 @@ class SegmentNode(Node):
         except CloudError as exc:
             kind = getattr(exc, 'kind', 'malformed')
             text = str(exc) if str(exc).startswith('skipped') else f'skipped a bad cloud: {exc}'
-            self._count_error('parse_errors', kind, text)
+            self._count_error('parse_errors', kind, text, getattr(exc, 'defect', None))
             return
         self._wake.set()
 
@@ -219,12 +246,15 @@ class SegmentNode(Node):
             try:
                 result = pipeline.process(window)
             except CloudError as exc:
-                self._count_error('segment_errors', getattr(exc, 'kind', 'segment'), f'skipped a window: {exc}')
+                self._count_error('segment_errors', getattr(exc, 'kind', 'segment'), f'skipped a window: {exc}',
+                                  getattr(exc, 'defect', None))
                 continue
             except Exception as exc:  # noqa: BLE001 - a bad window must never stop the node
-                self._count_error('segment_errors', 'segment', f'segmentation failed: {type(exc).__name__}: {exc}')
+                self._count_error('segment_errors', 'segment', f'segmentation failed: {type(exc).__name__}: {exc}',
+                                  type(exc).__name__)
                 continue
             self._publish(result, pipeline)
+            pipeline.trim()                                    # after a large frame, once its answer is out
 
     def _marker_lifetime(self) -> float:
         if self.params.marker_lifetime > 0:
@@ -242,30 +272,40 @@ class SegmentNode(Node):
         if self._detection_pub is not None:
             self._detection_pub.publish(detection_array(header, result.instances_info))
         total_ms = result.timings['total_ms']
-        latency_ms = (self.get_clock().now().nanoseconds - result.stamp_ns) / 1e6
         self._time_pub.publish(Float64(data=total_ms))
-        self._latency_pub.publish(Float64(data=latency_ms))
+        latency_ms = None
+        if result.stamp_ns > 0:          # a cloud stamped 0 has no time to measure a latency from
+            latency_ms = (self.get_clock().now().nanoseconds - result.stamp_ns) / 1e6
+            self._latency_pub.publish(Float64(data=latency_ms))
+        self._map_outputs.publish(result, pipeline)
         with self._stats_lock:
             self.stats.processed += 1
             self.stats.cropped += bool(result.cropped_from)
+            self.stats.over_budget += total_ms > pipeline.params.processing_budget_ms
             self.stats.last_ms = total_ms
             self.stats.total_ms += total_ms
             self.stats.last_latency_ms = latency_ms
             self.stats.last_points = len(result.xyz)
             self.stats.last_blocks = result.blocks
 
-    def _count_error(self, counter: str, kind: str, message: str) -> None:
+    def _count_error(self, counter: str, kind: str, message: str, defect: str | None = None) -> None:
+        key = warning_key(kind, defect)
         with self._stats_lock:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
             self.stats.errors[kind] += 1
+            self.stats.defects[key] += 1
             self.stats.last_error = message
-        self._warnings.warn(kind, message)
+        self._warnings.warn(key, message)
 
     # --- diagnostics -----------------------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
         with self._stats_lock:
-            s = Stats(**{**vars(self.stats), 'errors': Counter(self.stats.errors)})
+            s = Stats(**{**vars(self.stats), 'errors': Counter(self.stats.errors),
+                         'defects': Counter(self.stats.defects)})
+        recent = self._recent.observe({name: getattr(s, name) for name in
+                                       ('received', 'processed', 'dropped', 'over_budget', 'parse_errors',
+                                        'segment_errors')})
         pipeline = self.pipeline
         busy = pipeline.busy()
         budget = self.params.processing_budget_ms
@@ -276,13 +316,9 @@ class SegmentNode(Node):
                               f'(~{busy.blocks:,} blocks), over the {budget:.0f} ms budget')
         elif s.processed == 0 and s.received == 0:
             status.level, status.message = DiagnosticStatus.OK, 'waiting for clouds'
-        elif s.processed and s.last_ms > budget:
-            status.level, status.message = DiagnosticStatus.WARN, f'over budget: {s.last_ms:.0f} ms > {budget:.0f} ms'
-        elif s.dropped:
-            status.level, status.message = DiagnosticStatus.WARN, f'{s.dropped} frame(s) dropped (input faster than ' \
-                                                                  'processing; latest-only)'
-        else:
-            status.level, status.message = DiagnosticStatus.OK, 'ok'
+        else:           # from the recent window: back to OK once drops, errors and overruns stop
+            level, status.message = status_level(recent, budget, s.last_ms, s.last_error)
+            status.level = DiagnosticStatus.WARN if level else DiagnosticStatus.OK
         cap = pipeline.block_cap() if pipeline.cost.ms_per_block else None
         values = {
             'backend': self.params.backend, 'device': self.params.device, 'precision': self.params.precision,
@@ -292,47 +328,81 @@ class SegmentNode(Node):
             'frames_received': s.received, 'frames_processed': s.processed, 'frames_dropped': s.dropped,
             'frames_cropped': s.cropped, 'parse_errors': s.parse_errors, 'segment_errors': s.segment_errors,
             'errors_by_kind': ', '.join(f'{k}={v}' for k, v in sorted(s.errors.items())) or 'none',
+            'errors_by_defect': ', '.join(f'{k}={v}' for k, v in sorted(s.defects.items())) or 'none',
             'processing_time_ms': f'{s.last_ms:.1f}',
             'mean_processing_time_ms': f'{s.total_ms / s.processed:.1f}' if s.processed else 'n/a',
-            'pipeline_latency_ms': f'{s.last_latency_ms:.1f}',
+            'pipeline_latency_ms': (f'{s.last_latency_ms:.1f}' if s.last_latency_ms is not None
+                                    else 'n/a (stamp 0)' if s.processed else 'n/a'),
+            'recent_window_s': f'{recent.span_s:.1f}',
+            'recent_frames_received': recent.counts['received'],
+            'recent_frames_processed': recent.counts['processed'],
+            'recent_dropped_per_s': f'{recent.per_second("dropped"):.2f}',
+            'recent_over_budget': recent.counts['over_budget'],
+            'recent_errors': recent.counts['parse_errors'] + recent.counts['segment_errors'],
+            'frames_over_budget': s.over_budget,
             'budget_ms': f'{budget:.1f}', 'ms_per_block': f'{pipeline.cost.ms_per_block or 0:.2f}',
             'block_cap': cap if cap is not None else 'n/a', 'window_frames': self.params.window_frames,
             'last_points': s.last_points, 'last_blocks': s.last_blocks, 'last_error': s.last_error,
             'size_filter': self._size_filter_text(),
+            **self._map_outputs.diagnostics(),
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(array)
 
-    def close(self) -> None:
-        """Stop the worker (waits for the current window to finish) and stop forwarding library logs."""
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop the worker (waits up to `timeout` s for the current window to finish) and stop forwarding library
+        logs. False when the worker was still busy."""
         self._stopping.set()
         self._wake.set()
-        self._worker.join(timeout=30.0)
+        self._worker.join(timeout=timeout)
+        finished = not self._worker.is_alive()
+        self._map_outputs.close(self.pipeline)
+        if not finished:
+            busy = self.pipeline.busy()
+            self.get_logger().warning('stopping without the frame in progress' + (
+                f' ({busy.points:,} points, {busy.elapsed_ms / 1e3:.1f} s so far)' if busy else ''))
         self._undo_logs()
+        return finished
 
 
 def main(args: list[str] | None = None) -> None:
+    """Run the node until SIGINT or SIGTERM (exit 0, also while starting); 1 when it refuses to start."""
+    stop_on_sigterm_like_sigint()            # before rclpy.init: its handlers chain to this one
+    stop_with_parent()                       # launched: a launch killed outright still stops us
     argv = sys.argv if args is None else args
-    rclpy.init(args=argv)
+    try:
+        rclpy.init(args=argv)
+    except KeyboardInterrupt:
+        return
     try:
         node = SegmentNode(argv=argv)
-    except KeyboardInterrupt:              # Ctrl-C while starting: a normal end
+    except KeyboardInterrupt:              # Ctrl-C / SIGTERM while starting: a normal end
         rclpy.try_shutdown()
         return
     except Exception as exc:  # noqa: BLE001 - any startup failure: log it and exit non-zero, never half-run
+        if not rclpy.ok():                 # a stop signal shut the context down under the start-up: a normal end
+            rclpy.try_shutdown()
+            return
         rclpy.logging.get_logger(NODE_NAME).error(f'refusing to start: {type(exc).__name__}: {exc}')
         rclpy.try_shutdown()
         sys.exit(1)
+    finished = True
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.close()
+        ignore_stop_signals()                # one stop: a second Ctrl-C must not break the cleanup
+        finished = node.close(timeout=STOP_WAIT_S)
         node.destroy_node()
         rclpy.try_shutdown()
+    if not finished:                         # the worker is inside a frame: do not wait for it at exit
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == '__main__':

@@ -56,6 +56,15 @@ class Tf2Transforms:
         self.buffer = tf2_ros.Buffer()
         self.listener = tf2_ros.TransformListener(self.buffer, node)
 
+    @classmethod
+    def from_buffer(cls, buffer: Any, tf2_ros: Any) -> Tf2Transforms:
+        """Lookups in a filled buffer, without a listener (offline)."""
+        from rclpy.time import Time
+
+        source = cls.__new__(cls)
+        source._tf2_ros, source._time, source.buffer, source.listener = tf2_ros, Time, buffer, None
+        return source
+
     def lookup(self, target_frame: str, source_frame: str, stamp_ns: int) -> np.ndarray:
         try:
             stamped = self.buffer.lookup_transform(target_frame, source_frame, self._time(nanoseconds=stamp_ns))
@@ -63,6 +72,37 @@ class Tf2Transforms:
             raise TransformUnavailable(f'no transform {source_frame!r} -> {target_frame!r}: {exc}') from exc
         t, q = stamped.transform.translation, stamped.transform.rotation
         return transform_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+
+
+def bag_transforms(bag_dir: Any) -> Tf2Transforms:
+    """Offline tf2: a `tf2_ros.Buffer` (no node) holding every /tf and /tf_static transform of a rosbag2 folder,
+    so a bag's clouds are looked up with tf2's own chaining and interpolation (`mpnet-bag --fixed-frame`)."""
+    from pathlib import Path
+
+    import tf2_ros
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.duration import Duration
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([Path(bag_dir)]) as reader:
+        buffer = tf2_ros.Buffer(cache_time=Duration(nanoseconds=int(reader.duration) + 10**10))
+        connections = [c for c in reader.connections if c.topic in ('/tf', '/tf_static')]
+        for connection, _, raw in reader.messages(connections=connections):
+            for item in reader.deserialize(raw, connection.msgtype).transforms:
+                stamped = TransformStamped()
+                stamped.header.frame_id, stamped.child_frame_id = item.header.frame_id, item.child_frame_id
+                stamped.header.stamp.sec, stamped.header.stamp.nanosec = item.header.stamp.sec, \
+                    item.header.stamp.nanosec
+                t, q = item.transform.translation, item.transform.rotation
+                stamped.transform.translation.x, stamped.transform.translation.y = t.x, t.y
+                stamped.transform.translation.z = t.z
+                stamped.transform.rotation.x, stamped.transform.rotation.y = q.x, q.y
+                stamped.transform.rotation.z, stamped.transform.rotation.w = q.z, q.w
+                if connection.topic == '/tf_static':
+                    buffer.set_transform_static(stamped, 'bag')
+                else:
+                    buffer.set_transform(stamped, 'bag')
+    return Tf2Transforms.from_buffer(buffer, tf2_ros)
 
 
 def tf2_transforms(node: Any) -> Tf2Transforms | None:

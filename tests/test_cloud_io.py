@@ -152,6 +152,23 @@ def test_malformed_raises_cloud_error_naming_the_defect(defect):
         parse_cloud(MALFORMED[defect], max_points=1_000_000)
 
 
+# Each defect's short name (`CloudError.defect`, what the node rate-limits its warnings by).
+DEFECT_NAMES = {
+    'truncated data': 'truncated', 'wrong point_step': 'point_step', 'point_step 0': 'point_step',
+    'row_step': 'row_step', 'missing field': 'missing_xyz', 'non-float xyz': 'non_float_xyz', '0 points': 'size',
+    'no valid points': 'no_valid_points', 'too large': 'too_large', 'unknown datatype': 'datatype',
+    'duplicate field': 'duplicate_field', 'count 0': 'field_count', 'not a byte buffer': 'data',
+    'negative size': 'size',
+}
+
+
+@pytest.mark.parametrize('defect', sorted(MALFORMED))
+def test_each_defect_has_its_short_name(defect):
+    with pytest.raises(CloudError) as info:
+        parse_cloud(MALFORMED[defect], max_points=1_000_000)
+    assert info.value.defect == DEFECT_NAMES[defect]
+
+
 def test_garbage_attribute_types_still_raise_cloud_error():
     with pytest.raises(CloudError):
         parse_cloud(_set(width='many'))

@@ -1,6 +1,8 @@
 """Nested FPS of the frame path: the numpy early exit and the batched torch FPS give the reference's indices."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +58,78 @@ def test_cuda_graph_fps_matches_eager_for_every_batch_size():
             assert mine.shape == theirs.shape == (batch, mine.shape[1])
             torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
     assert fps.use_graphs and len(fps._graphs) == 2
+
+
+class _HostGraphApi:
+    """A CPU stand-in for the CUDA-graph API NestedFps uses (torch.cuda.Stream / stream / current_stream /
+    CUDAGraph / graph), which cannot exist on a machine without CUDA. Capture runs the body eagerly (so the static
+    outputs hold the capture's results); replay recomputes them from the static input, as a graph replay would."""
+
+    def __init__(self, sa_npoints):
+        self.sa_npoints = sa_npoints
+        self.graph_kwargs = []
+        self.graphs = []
+        self.owner = None                                # the NestedFps whose graphs these are
+
+    def install(self, monkeypatch):
+        api = self
+
+        class Stream:
+            def __init__(self, device=None):
+                pass
+
+            def wait_stream(self, other):
+                pass
+
+        class Graph:
+            def __init__(self):
+                api.graphs.append(self)
+
+            def replay(self):
+                (static_in, static_out), = [entry[1:] for entry in api.owner._graphs.values() if entry[0] is self]
+                for target, value in zip(static_out, nested_fps_torch(static_in, api.sa_npoints)):
+                    target.copy_(value)                  # in place, as the graph writes its static outputs
+
+        class Capture:
+            def __init__(self, graph, **kwargs):
+                api.graph_kwargs.append(kwargs)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        monkeypatch.setattr(torch.cuda, 'Stream', Stream)
+        monkeypatch.setattr(torch.cuda, 'stream', lambda stream: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, 'current_stream', lambda device=None: Stream())
+        monkeypatch.setattr(torch.cuda, 'CUDAGraph', Graph)
+        monkeypatch.setattr(torch.cuda, 'graph', Capture)
+
+
+def test_graph_capture_under_inference_mode_replays_outside_it(monkeypatch):
+    """The first capture happens inside `SceneSegmenter.segment` (torch.inference_mode, e.g. the torch backend's
+    memory probe); later calls may come from outside inference mode (`Backend.run`). The static buffers must be
+    ordinary tensors, or the replay's in-place copy fails ("Inplace update to inference tensor outside
+    InferenceMode"). Runs the graph path on the CPU with a stand-in for the CUDA-graph API."""
+    import mpnet_model.infer.fps as fps_module
+
+    npoints = (32, 8)
+    api = _HostGraphApi(npoints)
+    api.install(monkeypatch)
+    monkeypatch.setattr(fps_module, '_graphs_supported', lambda device: True)
+    fps = api.owner = NestedFps(npoints)
+    first = torch.from_numpy(sparse_and_dense_blocks(64))
+    second = torch.rand(3, 64, 3, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        captured = fps(first)                                            # capture inside inference mode
+    assert fps.use_graphs and len(fps._graphs) == 1
+    replayed = fps(second)                                               # replay outside it
+    for mine, theirs in zip(replayed, nested_fps_torch(second, npoints)):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    for mine, theirs in zip(captured, nested_fps_torch(first, npoints)):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    (_, static_in, static_out), = fps._graphs.values()
+    assert not static_in.is_inference() and not any(out.is_inference() for out in static_out)
+    # a capture never fails because another thread of the node runs CUDA work meanwhile
+    assert api.graph_kwargs == [{'capture_error_mode': 'thread_local'}]

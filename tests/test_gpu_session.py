@@ -18,7 +18,7 @@ SCRIPT = ROOT / 'benchmarks' / 'gpu_session.sh'
 def test_step_list_parses_and_names_every_step_the_script_runs():
     listed = subprocess.run(['bash', str(SCRIPT), '--list'], capture_output=True, text=True, check=True).stdout
     steps = {line.split()[0]: int(line.split()[1].rstrip('s')) for line in listed.splitlines()}
-    assert list(steps) == ['env', 'tests', 'frame', 'half', 'postprocess', 'tensorrt', 'replay']
+    assert list(steps) == ['env', 'tests', 'frame', 'syncs', 'half', 'postprocess', 'tensorrt', 'replay']
     text = SCRIPT.read_text()
     used = set(re.findall(r'(?:run_step|skip_step) "?(\w+)', text)) - {'NAME'}
     assert used <= set(steps), f'steps run but not listed: {used - set(steps)}'

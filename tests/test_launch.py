@@ -65,13 +65,16 @@ def test_launched_node_segments_a_cloud():
         cloud = to_rclpy(xyz_cloud(np.random.default_rng(0).uniform(0, 1, (2000, 3)).astype(np.float32)))
         deadline = time.monotonic() + 90  # includes the node's start-up (torch import, model load)
         last_sent = 0.0
-        while not got and time.monotonic() < deadline:
+        # Until a whole one arrives: on a starved CPU the first frames after the start-up calibration can be
+        # cropped to the budget until the measured cost follows the frames.
+        while not any(c.width == 2000 for c in got) and time.monotonic() < deadline:
             if publisher.get_subscription_count() and time.monotonic() - last_sent > 2.0:
                 publisher.publish(cloud)  # resend: the node may still be loading its model
                 last_sent = time.monotonic()
             executor.spin_once(timeout_sec=0.1)
         assert got, 'no labelled cloud from the launched node (remapped ~/input -> /launch_test/points)'
-        assert got[0].width == 2000 and [f.name for f in got[0].fields][-3:] == ['label', 'instance', 'score']
+        whole = [c for c in got if c.width == 2000]
+        assert whole and [f.name for f in whole[0].fields][-3:] == ['label', 'instance', 'score']
         executor.shutdown()
         node.destroy_node()
     finally:

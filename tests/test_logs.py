@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from mpnet_ros.logs import KindRateLimiter, RateLimitedWarnings, forward_library_logs
+from mpnet_ros.logs import KindRateLimiter, RateLimitedWarnings, forward_library_logs, warning_key
 
 
 class Clock:
@@ -23,6 +23,20 @@ def test_each_kind_has_its_own_limit_and_reports_what_it_suppressed():
     clock.now = 5.0
     assert limited.warn('malformed', 'bad 4')
     assert out == ['bad 1', 'far 1', "bad 4 (2 more 'malformed' warning(s) suppressed)"]
+
+
+def test_defects_of_one_kind_are_limited_separately():
+    clock, out = Clock(), []
+    limited = RateLimitedWarnings(out.append, 5.0, clock)
+    row_step, non_float = warning_key('malformed', 'row_step'), warning_key('malformed', 'non_float_xyz')
+    assert (row_step, non_float) == ('malformed: row_step', 'malformed: non_float_xyz')
+    assert warning_key('extent', 'extent') == warning_key('extent') == 'extent'
+    for k in range(3):                                  # alternating defects: each is warned about once
+        limited.warn(row_step, f'row_step {k}')
+        limited.warn(non_float, f'non-float {k}')
+    clock.now = 6.0
+    limited.warn(row_step, 'row_step 3')
+    assert out == ['row_step 0', 'non-float 0', "row_step 3 (2 more 'malformed: row_step' warning(s) suppressed)"]
 
 
 def test_period_is_read_at_each_call():

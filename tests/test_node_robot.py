@@ -21,12 +21,12 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('mpnet_model.infer.merging')
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rcl_interfaces.msg import Log  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_helpers import rss_bytes, spinning, tiny_checkpoint, to_rclpy, xyz_cloud  # noqa: E402
+from ros_helpers import rss_bytes, spinning, tiny_checkpoint, to_rclpy, wait_for, xyz_cloud  # noqa: E402
 from ros_process import REPO, domain_id, ros_env  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Float64  # noqa: E402
@@ -34,7 +34,9 @@ from test_transforms import WALL_X, sensor_pose, wall_in_sensor_frame  # noqa: E
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 import mpnet_model.infer.backends.tensorrt_backend  # noqa: E402,F401 - its logger exists before the node starts
+from mpnet_model.infer.budget import estimate_load, segmenter_weights  # noqa: E402
 from mpnet_ros.cloud_io import parse_cloud  # noqa: E402
+from mpnet_ros.health import RecentCounts  # noqa: E402
 from mpnet_ros.segment_node import SegmentNode  # noqa: E402
 from mpnet_ros.transforms import KnownPoses  # noqa: E402
 
@@ -131,9 +133,11 @@ def labelled(listener, stamp_ns, timeout=60.0):
 
 def test_runtime_changes_are_applied_or_refused(robot):
     node, listener, _ = robot
+    cost = node.pipeline.cost
     (ok,) = listener.set(cluster_bandwidth=1.5)
     assert ok.successful, ok.reason
     assert node.params.cluster_bandwidth == 1.5 and node.pipeline.segmenter.bandwidth == 1.5   # rebuilt
+    assert node.pipeline.cost is cost and cost.ms_per_block      # same model and device: the measured cost stays
     (refused,) = listener.set(backend='tensorrt')
     assert not refused.successful and "parameter 'backend'='tensorrt'" in refused.reason
     assert node.params.backend == 'torch'
@@ -192,6 +196,77 @@ def test_warning_kinds_are_limited_separately_and_numpy_stays_quiet(robot, capfd
     assert len(re.findall('empty header.frame_id', errors)) == 1, errors
     assert not re.search(r'\.py:\d+: \w*Warning', errors), errors              # no raw Python/numpy warnings
     assert node.stats.errors['extent'] >= 5 and node.stats.errors['malformed'] >= 5
+
+
+def test_two_defects_in_a_row_each_get_their_own_warning(robot, capfd):
+    """Malformed clouds of two different defects, alternating: one warning for each defect (not one for both)."""
+    node, listener, _ = robot
+    capfd.readouterr()
+    bad_row_step = to_rclpy(xyz_cloud(cube(4, 100).astype(np.float32)))
+    bad_row_step.row_step = 100                                            # < width * point_step
+    non_float = to_rclpy(xyz_cloud(cube(5, 100).astype(np.float32)))
+    non_float.fields[2].datatype = 6                                       # z as UINT32
+    before = node.stats.parse_errors
+    for _ in range(4):
+        listener.publisher.publish(bad_row_step)
+        time.sleep(0.02)
+        listener.publisher.publish(non_float)
+        time.sleep(0.02)
+    assert wait_for(lambda: node.stats.parse_errors - before >= 6, 30)
+    time.sleep(0.3)
+    errors = capfd.readouterr().err
+    assert len(re.findall(r'skipped a bad cloud: row_step 100 < width\*point_step', errors)) == 1, errors
+    assert len(re.findall('skipped a bad cloud: non-float xyz', errors)) == 1, errors
+    assert node.stats.defects['malformed: row_step'] >= 3 and node.stats.defects['malformed: non_float_xyz'] >= 3
+
+
+def test_degenerate_cloud_does_not_crop_the_next_good_one(robot):
+    """After one valid 500,000-point cloud at a single coordinate (segmented, or refused naming why when predicted
+    over the budget), the next good cloud (20,000 points, 121 blocks) is processed whole within the budget; the
+    budget is 4x its predicted cost, so an estimate poisoned by the degenerate cloud (its time as the cost of one
+    block, what the moving average took in before) would have cropped it to a few blocks."""
+    node, listener, _ = robot
+    segmenter, cost = node.pipeline.segmenter, node.pipeline.cost
+    good = np.random.default_rng(7).uniform((-3, -3, 0), (3, 3, 2), (20_000, 3))
+    _, load = estimate_load(good.astype(np.float32), segmenter.block_size, segmenter.stride,
+                            segmenter.min_block_points, point_weight=cost.point_weight, **segmenter_weights(segmenter))
+    budget = 4 * cost.predict_ms(load)
+    assert listener.set(processing_budget_ms=budget)[0].successful
+    try:
+        cropped, errors = node.stats.cropped, node.stats.segment_errors
+        done = node.stats.processed + errors
+        listener.clear()
+        listener.publish(np.tile([[1.0, 2.0, 0.5]], (500_000, 1)), 10_000_000_000)
+        assert wait_for(lambda: node.stats.processed + node.stats.segment_errors > done, 120)
+        degenerate_ms = node.stats.last_ms if node.stats.processed + node.stats.segment_errors > done else 0.0
+        refused = node.stats.segment_errors > errors and 'alone holds 500,000 points' in node.stats.last_error
+        listener.publish(good, 10_000_000_001)
+        after = labelled(listener, 10_000_000_001, timeout=120)
+        after_ms = node.stats.last_ms
+    finally:
+        assert listener.set(processing_budget_ms=60_000.0)[0].successful
+    print(f'budget {budget:.0f} ms: degenerate cloud ' + ('refused' if refused else f'{degenerate_ms:.0f} ms') +
+          f', next good cloud {after.width:,} points in {after_ms:.0f} ms; {cost.ms_per_block:.2f} ms/block')
+    assert after.width == 20_000 and node.stats.cropped == cropped
+    assert refused or labelled(listener, 10_000_000_000).width == 500_000
+
+
+def test_zero_stamps_have_no_latency_and_diagnostics_recover(robot):
+    """A cloud stamped 0 gets no latency (not 'now minus 0'); once nothing is dropped, rejected or over budget in
+    the recent window, /diagnostics is back to OK (a 2 s window here instead of 10 s)."""
+    node, listener, _ = robot
+    node._recent = RecentCounts(2.0)
+    listener.clear()
+    listener.publish(cube(), 0)
+    labelled(listener, 0)
+    time.sleep(2.5)
+    listener.clear()
+    (diagnostics,) = listener.wait('/diagnostics')[:1]
+    values = {kv.key: kv.value for kv in diagnostics.status[0].values}
+    assert values['pipeline_latency_ms'] == 'n/a (stamp 0)'
+    assert diagnostics.status[0].level == DiagnosticStatus.OK and diagnostics.status[0].message == 'ok', values
+    assert int(values['frames_dropped']) + int(values['parse_errors']) > 0   # there were problems, earlier
+    assert not listener.get(f'{PREFIX}/debug/pipeline_latency_ms')
 
 
 def test_library_logs_reach_the_ros_logger(robot):

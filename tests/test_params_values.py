@@ -44,6 +44,16 @@ NON_DEFAULT = {
     'marker_lifetime': 2.0,
     'diagnostics_period': 0.5,
     'warn_throttle_sec': 12.0,
+    'mapping': True,
+    'map_voxel_size': 0.1,
+    'map_radius': 12.5,
+    'map_max_voxels': 250_000,
+    'map_dirty_fraction': 0.75,
+    'map_min_changed': 80,
+    'map_change_cell': 0.5,
+    'map_publish_rate': 0.5,
+    'map_load_path': '/maps/floor.npz',
+    'map_save_path': '/maps/floor.ply',
 }
 
 
@@ -137,6 +147,8 @@ ERRORS = [
     ({'crop_box': [0.0, 0.0, 1.0, 1.0, 1.0, 0.0]}, 'crop_box', [0.0, 0.0, 1.0, 1.0, 1.0, 0.0],
      'needs xmin < xmax, ymin < ymax, zmin < zmax (or all zeros = off)'),
     ({'no_such_key': 1}, 'no_such_key', 1, 'unknown parameter; known: ['),
+    ({'map_load_path': 'map.pcd'}, 'map_load_path', 'map.pcd', 'a map file ends in .npz or .ply'),
+    ({'map_save_path': 'map'}, 'map_save_path', 'map', 'a map file ends in .npz or .ply'),
 ]
 
 
@@ -165,6 +177,13 @@ def test_model_file_errors_name_the_file(tmp_path):
             validate_params(values)
         assert (info.value.key, info.value.value) == ('model_path', value)
         assert str(info.value) == f'parameter {"model_path"!r}={value!r}: {why}'
+
+
+def test_missing_map_file_is_a_param_error(tmp_path):
+    missing = str(tmp_path / 'none.npz')
+    with pytest.raises(ParamError) as info:
+        validate_params({'mapping': True, 'map_load_path': missing}, check_files=True)
+    assert str(info.value) == f"parameter 'map_load_path'={missing!r}: file does not exist"
 
 
 def test_missing_shipped_model_is_a_param_error(monkeypatch):

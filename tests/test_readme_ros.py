@@ -21,12 +21,22 @@ pytest.importorskip('ros2run', reason='ros2run is not installed (the wheels in .
 from importlib.util import find_spec  # noqa: E402
 
 from ros_helpers import to_rclpy, xyz_cloud  # noqa: E402
-from ros_process import PREFIX, README, REPO, Client, domain_id, interrupt, output, ros_env, shell  # noqa: E402
+from ros_process import (  # noqa: E402
+    LAUNCH,
+    PREFIX,
+    README,
+    REPO,
+    RUN,
+    Client,
+    domain_id,
+    interrupt,
+    output,
+    ros_env,
+    shell,
+    venv_command,
+)
 
 pytestmark = pytest.mark.ros
-VENV_SETUP = 'source .venv/bin/activate && export AMENT_PREFIX_PATH=$VIRTUAL_ENV'
-LAUNCH = 'ros2 launch mpnet_ros segment.launch.py input_topic:=/points'
-RUN = "ros2 run mpnet_ros segment --ros-args -r '~/input:=/points' --params-file config/segment.yaml"
 NODE_LIST = 'ros2 node list'
 TOPIC_HZ = 'ros2 topic hz /mpnet_segment/labeled_cloud'
 DIAGNOSTICS = 'ros2 topic echo /diagnostics --once'
@@ -36,12 +46,6 @@ if not (SHARE / 'launch' / 'segment.launch.py').is_file() or not (PREFIX / 'lib'
     pytest.skip(f'mpnet_ros is not linked into {PREFIX} (make ament-links)', allow_module_level=True)
 if not shutil.which('ros2', path=str(PREFIX / 'bin')):
     pytest.skip(f'no ros2 CLI in {PREFIX}/bin', allow_module_level=True)
-
-
-def venv_command(line: str) -> str:
-    """The README's venv lines for the venv running these tests (the same lines for the repo's own .venv)."""
-    assert VENV_SETUP in README and line in README, f'README no longer says {line!r}'
-    return VENV_SETUP.replace('.venv', str(PREFIX)) + ' && ' + line
 
 
 @pytest.fixture(scope='module')

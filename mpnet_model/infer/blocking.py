@@ -42,6 +42,8 @@ import torch
 from torch import Tensor
 
 from mpnet_model.data.blocks import NUM_CHANNELS, BlockPartition, partition_blocks, sample_block_indices
+from mpnet_model.infer.device_ops import compact, read_host
+from mpnet_model.infer.device_ops import counts as index_counts
 
 LAYOUTS = ('grid', 'tile', 'staggered', 'cover', 'adaptive')
 SAMPLERS = ('auto', 'numpy', 'torch', 'legacy')
@@ -78,15 +80,20 @@ class FramePartition:
 
     def pair_blocks(self) -> Tensor:
         """(M,) the block of every entry of `point_order`."""
-        return torch.repeat_interleave(torch.arange(len(self), device=self.cells.device), self.counts)
+        return torch.repeat_interleave(torch.arange(len(self), device=self.cells.device), self.counts,
+                                       output_size=self.point_order.shape[0])
 
-    def subset(self, keep: Tensor) -> FramePartition:
-        """The partition restricted to blocks `keep` (K,) bool, in the same (x-major) order."""
+    def subset(self, keep: Tensor, sizes: tuple[int, int] | None = None) -> FramePartition:
+        """The partition restricted to blocks `keep` (K,) bool, in the same (x-major) order. `sizes`: (kept blocks,
+        their members) when the caller knows them; else read from the device (one sync)."""
         pairs = keep[self.pair_blocks()]
-        counts = self.counts[keep]
+        if sizes is None:
+            sizes = tuple(int(v) for v in read_host(torch.stack([keep.sum(), pairs.sum()]))[0])
+        kept = compact(keep, sizes[0])
+        counts = self.counts[kept]
         offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-        return FramePartition(self.point_order[pairs], offsets, self.cells[keep], self.room_min, self.room_extent,
-                              self.block_size, self.stride)
+        return FramePartition(self.point_order[compact(pairs, sizes[1])], offsets, self.cells[kept], self.room_min,
+                              self.room_extent, self.block_size, self.stride)
 
     @classmethod
     def from_numpy(cls, partition: BlockPartition, device: torch.device | str = 'cpu') -> FramePartition:
@@ -105,17 +112,23 @@ class FramePartition:
                               self.room_extent.cpu().numpy(), self.block_size, self.stride)
 
 
-def partition_torch(xyz: Tensor, block_size: float = 1.0, stride: float = 0.5, min_points: int = 100
-                    ) -> FramePartition:
-    """`partition_blocks` on a tensor (N, 3) of finite points, on its device: same blocks, same member order."""
+def partition_torch(xyz: Tensor, block_size: float = 1.0, stride: float = 0.5, min_points: int = 100,
+                    room_box: tuple[Tensor, Tensor] | None = None) -> FramePartition:
+    """`partition_blocks` on a tensor (N, 3) of finite points, on its device: same blocks, same member order.
+
+    room_box: (room_min (3,), room_extent (3,)) float64 to use instead of the cloud's own (a grid anchored in a
+    fixed frame, e.g. the semantic map's; points below room_min fall in no block)."""
     device = xyz.device
-    if xyz.shape[0] == 0:
+    if xyz.shape[0] == 0 and room_box is None:
         empty = torch.zeros(0, dtype=torch.int64, device=device)
         zeros = torch.zeros(3, dtype=torch.float64, device=device)
         return FramePartition(empty, torch.zeros(1, dtype=torch.int64, device=device),
                               torch.zeros(0, 2, dtype=torch.int64, device=device), zeros, zeros, block_size, stride)
-    room_min = xyz.amin(0).double()
-    room_extent = xyz.amax(0).double() - room_min
+    if room_box is None:
+        room_min = xyz.amin(0).double()
+        room_extent = xyz.amax(0).double() - room_min
+    else:
+        room_min, room_extent = (torch.as_tensor(v, dtype=torch.float64, device=device) for v in room_box)
     shifted = xyz[:, :2].double() - room_min[:2]                                       # (N, 2)
     extent_xy = room_extent[:2].tolist()                                              # the one sync for the grid
     grid = [max(1, int(math.ceil((extent_xy[a] - block_size) / stride)) + 1) for a in (0, 1)]
@@ -132,11 +145,13 @@ def partition_torch(xyz: Tensor, block_size: float = 1.0, stride: float = 0.5, m
     # All (kx, ky, point) memberships in one nonzero, in the numpy version's order (kx, then ky, then point).
     kx, ky, point_ids = torch.nonzero(insides[0][:, None, :] & insides[1][None, :, :], as_tuple=True)
     block_ids = (tops[0][point_ids] - kx) * grid[1] + (tops[1][point_ids] - ky)
-    counts = torch.bincount(block_ids, minlength=grid[0] * grid[1])
+    counts = index_counts(block_ids, grid[0] * grid[1])
     keep = counts >= min_points
-    kept = torch.nonzero(keep).reshape(-1)
     sorted_ids, order = torch.sort(block_ids, stable=True)
-    point_order = point_ids[order[keep[sorted_ids]]]
+    member_kept = keep[sorted_ids]
+    num_kept, num_members = (int(v) for v in read_host(torch.stack([keep.sum(), member_kept.sum()]))[0])
+    kept = compact(keep, num_kept)
+    point_order = point_ids[order[compact(member_kept, num_members)]]
     kept_counts = counts[kept]
     offsets = torch.cat([kept_counts.new_zeros(1), torch.cumsum(kept_counts, 0)])
     cells = torch.stack([kept // grid[1], kept % grid[1]], 1)
@@ -159,8 +174,7 @@ def select_layout(partition: FramePartition, layout: str, num_cloud: int, dense_
         keep |= partition.counts >= dense_points
     pair_blocks = partition.pair_blocks()
     for i, j in rescue_classes:
-        covered = torch.zeros(num_cloud, dtype=torch.bool, device=klass.device)
-        covered[partition.point_order[keep[pair_blocks]]] = True
+        covered = index_counts(partition.point_order, num_cloud, keep[pair_blocks].long()) > 0
         uncovered = torch.zeros(len(partition), dtype=torch.int64, device=klass.device)
         uncovered.index_add_(0, pair_blocks, (~covered[partition.point_order]).long())
         keep |= (klass == i * 2 + j) & (uncovered >= min_points)
@@ -175,14 +189,18 @@ def sample_rows_torch(partition: FramePartition, num_points: int, generator: tor
     counts, offsets = partition.counts, partition.offsets
     num_blocks = len(partition)
     indices = torch.empty(num_blocks, num_points, dtype=torch.int64, device=device)
-    large = torch.nonzero(counts >= num_points).reshape(-1)
-    short = torch.nonzero(counts < num_points).reshape(-1)
+    is_large = counts >= num_points
+    num_large, large_members = (int(v) for v in read_host(torch.stack([is_large.sum(), torch.where(
+        is_large, counts, 0).sum()]))[0])                                             # the call's one sync
+    large = compact(is_large, num_large)
+    short = compact(~is_large, num_blocks - num_large)
     if large.numel():
         large_counts = counts[large]
         starts = torch.cumsum(large_counts, 0) - large_counts
-        pair_block = torch.repeat_interleave(torch.arange(large.numel(), device=device), large_counts)
+        pair_block = torch.repeat_interleave(torch.arange(large.numel(), device=device), large_counts,
+                                             output_size=large_members)
         position = torch.arange(pair_block.numel(), device=device) + torch.repeat_interleave(
-            offsets[large] - starts, large_counts)
+            offsets[large] - starts, large_counts, output_size=large_members)
         keys = pair_block.double() + torch.rand(pair_block.numel(), generator=generator, device=device,
                                                 dtype=torch.float64)
         order = torch.argsort(keys)
@@ -271,12 +289,17 @@ class FrameBlocks:
         return FrameBlocks([group.to(device) for group in self.groups], self.partition.to(device))
 
 
+def layout_stride(layout: str, block_size: float, stride: float) -> float:
+    """The stride of the grid a layout picks its blocks from (the half-block grid for the thinned layouts)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout={layout!r}: choose one of {LAYOUTS}')
+    return {'grid': stride, 'tile': block_size}.get(layout, block_size / 2.0)
+
+
 def layout_partition(xyz: Tensor, layout: str, block_size: float, stride: float, min_points: int,
                      use_numpy: bool, dense_points: int | None = None) -> FramePartition:
     """The kept blocks of `layout` for the cloud `xyz` (N, 3) (see the module docstring)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f'layout={layout!r}: choose one of {LAYOUTS}')
-    grid_stride = {'grid': stride, 'tile': block_size}.get(layout, block_size / 2.0)
+    grid_stride = layout_stride(layout, block_size, stride)
     if use_numpy:
         partition = FramePartition.from_numpy(partition_blocks(xyz.numpy(), block_size, grid_stride, min_points))
     else:
@@ -298,23 +321,48 @@ def frame_blocks(xyz: Tensor, colours: Tensor | None, layout: str = 'grid', bloc
     repeats. One `BlockGroup` per bucket used. Deterministic for a given seed and sampler (and device: CPU and
     CUDA generators differ).
     """
+    use_numpy = _use_numpy(sampler, xyz)
+    buckets = sorted(point_buckets or (num_points,))
+    partition = layout_partition(xyz, layout, block_size, stride, min_points, use_numpy, buckets[-1])
+    return sample_partition(xyz, colours, partition, buckets, seed, sampler)
+
+
+def _use_numpy(sampler: str, xyz: Tensor) -> bool:
     if sampler not in SAMPLERS:
         raise ValueError(f'sampler={sampler!r}: choose one of {SAMPLERS}')
     use_numpy = sampler in ('numpy', 'legacy') or (sampler == 'auto' and xyz.device.type == 'cpu')
     if use_numpy and xyz.device.type != 'cpu':
         raise ValueError(f'sampler={sampler!r} needs CPU tensors, got {xyz.device}')
-    buckets = sorted(point_buckets or (num_points,))
-    partition = layout_partition(xyz, layout, block_size, stride, min_points, use_numpy, buckets[-1])
-    bucket_sizes = torch.tensor(buckets, device=xyz.device)
-    bucket = torch.searchsorted(bucket_sizes, partition.counts).clamp_(max=len(buckets) - 1)     # (K,)
-    present = torch.unique(bucket).tolist() if len(buckets) > 1 else [0]
+    return use_numpy
+
+
+def sample_partition(xyz: Tensor, colours: Tensor | None, partition: FramePartition, point_buckets: list[int],
+                     seed: int = 0, sampler: str = 'auto') -> FrameBlocks:
+    """Sample the blocks of `partition` (any set of blocks of the cloud `xyz`, e.g. a layout's or a chosen subset)
+    to the ascending `point_buckets` and build their channels (see `frame_blocks`)."""
+    use_numpy = _use_numpy(sampler, xyz)
+    buckets = sorted(point_buckets)
+    # Bucket of each block: the smallest size >= its count (the largest when it exceeds them all), as a
+    # searchsorted would give, without a host -> device copy of the sizes.
+    bucket = torch.zeros_like(partition.counts)                                                    # (K,)
+    for size in buckets[:-1]:
+        bucket += partition.counts > size
+    if len(buckets) > 1:   # blocks and members per bucket, in one read
+        level_blocks, level_members = read_host(index_counts(bucket, len(buckets)),
+                                                index_counts(bucket, len(buckets), partition.counts))
+        present = [level for level in range(len(buckets)) if level_blocks[level]]
+    else:
+        present = [0]
     rng = np.random.default_rng(seed) if use_numpy else None
     generator = None if use_numpy else torch.Generator(device=xyz.device).manual_seed(seed)
     groups = []
     for level in present:                                           # at most 3 sizes: a loop over sizes, not blocks
-        members = bucket == level
-        blocks = torch.nonzero(members).reshape(-1)
-        part = partition if len(present) == 1 else partition.subset(members)
+        if len(present) == 1:
+            blocks, part = torch.arange(len(partition), device=xyz.device), partition
+        else:
+            members = bucket == level
+            sizes = (int(level_blocks[level]), int(level_members[level]))
+            blocks, part = compact(members, sizes[0]), partition.subset(members, sizes)
         size = buckets[level]
         if use_numpy:
             draw = sample_block_indices

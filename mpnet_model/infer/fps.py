@@ -43,6 +43,11 @@ def nested_fps_torch(xyz: Tensor, sa_npoints: Sequence[int]) -> list[Tensor]:
     return indices
 
 
+def _graphs_supported(device: torch.device) -> bool:
+    """CUDA graphs exist on CUDA devices only (tests switch this on to run the graph path with a CPU stand-in)."""
+    return device.type == 'cuda'
+
+
 class NestedFps:
     """Callable nested FPS: CUDA tensors go through cached CUDA graphs, others run `nested_fps_torch` eagerly."""
 
@@ -54,7 +59,7 @@ class NestedFps:
 
     def __call__(self, xyz: Tensor) -> list[Tensor]:
         xyz = xyz.contiguous()
-        if xyz.device.type != 'cuda' or not self.use_graphs:
+        if not _graphs_supported(xyz.device) or not self.use_graphs:
             return nested_fps_torch(xyz, self.sa_npoints)
         batch = xyz.shape[0]
         padded = max(16, 1 << (batch - 1).bit_length())
@@ -72,24 +77,29 @@ class NestedFps:
                 self._graphs.popitem(last=False)
         self._graphs.move_to_end(key)
         graph, static_in, static_out = entry
-        static_in[:batch].copy_(xyz)
-        if padded > batch:
-            static_in[batch:].copy_(xyz[:1].expand(padded - batch, -1, -1))
-        graph.replay()
-        return [index[:batch].clone() for index in static_out]
+        with torch.no_grad():
+            static_in[:batch].copy_(xyz)
+            if padded > batch:
+                static_in[batch:].copy_(xyz[:1].expand(padded - batch, -1, -1))
+            graph.replay()
+            return [index[:batch].clone() for index in static_out]
 
-    @torch.no_grad()
     def _capture(self, key: tuple) -> tuple:
+        """Capture the nested FPS of one (padded batch, points) shape. The static buffers are made outside
+        inference mode whatever the caller's mode (the first capture runs inside `SceneSegmenter.segment`): an
+        inference tensor could not take the in-place copy of a later call from outside inference mode. The capture
+        is thread-local: CUDA work of the node's other threads meanwhile does not invalidate it."""
         padded, num_points, dtype, device = key
-        static_in = torch.zeros(padded, num_points, 3, dtype=dtype, device=device)
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):          # warm-up outside the capture, as torch.cuda.graphs asks
-            nested_fps_torch(static_in, self.sa_npoints)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = nested_fps_torch(static_in, self.sa_npoints)
+        with torch.inference_mode(False), torch.no_grad():
+            static_in = torch.zeros(padded, num_points, 3, dtype=dtype, device=device)
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):          # warm-up outside the capture, as torch.cuda.graphs asks
+                nested_fps_torch(static_in, self.sa_npoints)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode='thread_local'):
+                static_out = nested_fps_torch(static_in, self.sa_npoints)
         return graph, static_in, static_out
 
 

@@ -27,14 +27,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mpnet_model.infer.device_ops import available_memory, compact, counts, read_host, to_device
+
 DEFAULT_BANDWIDTH = 0.6
 MAX_ITER = 300
 # Bound on the elements of one (seeds x points) distance block: 4M floats = 16 MB in float32.
 _MAX_BLOCK_ELEMENTS = 1 << 22
 
 
-def _as_tensor(embeddings: torch.Tensor | np.ndarray, ndim: int = 2, caller: str = 'mean_shift') -> torch.Tensor:
-    """Validate (N,E) (``ndim`` 2) or (B,N,E) (``ndim`` 3) embeddings -> a float tensor on the input's device."""
+def _as_tensor(embeddings: torch.Tensor | np.ndarray, ndim: int = 2, caller: str = 'mean_shift',
+               check_finite: bool = True) -> torch.Tensor:
+    """Validate (N,E) (``ndim`` 2) or (B,N,E) (``ndim`` 3) embeddings -> a float tensor on the input's device.
+    ``check_finite=False``: the caller checks for NaN / inf itself (the device path, in its one host read)."""
     if isinstance(embeddings, torch.Tensor):
         points = embeddings.detach()
     elif isinstance(embeddings, np.ndarray):
@@ -47,7 +51,7 @@ def _as_tensor(embeddings: torch.Tensor | np.ndarray, ndim: int = 2, caller: str
         raise ValueError(f'{caller}: embeddings must have shape {expected}, got {tuple(points.shape)}')
     if not points.is_floating_point():
         points = points.float()
-    if points.numel() and not bool(torch.isfinite(points).all()):
+    if check_finite and points.numel() and not bool(torch.isfinite(points).all()):
         raise ValueError(f'{caller}: embeddings contain NaN or inf')
     return points
 
@@ -258,21 +262,23 @@ def _cpu_strategy(device: torch.device) -> bool:
 def default_max_elements(device: torch.device) -> int:
     """Seed slots x points of one chunk of blocks (the padded (blocks, seeds, points) window): the memory bound.
 
-    CUDA: the window tensor is computed in one pass, so an eighth of the free device memory in float32
-    elements, clipped to [2^22, 2^30] (4 GiB: a 15 m lidar frame in one chunk, whose padding costs a GPU less
-    than repeating the iterations per chunk). CPU: 2^23 (the window is computed in cache-sized passes of 2^19 elements
-    into one reused buffer, so the chunk bounds the padded bookkeeping; smaller chunks pad less but loop more,
-    2^23 was the fastest on the shared Ouster frames).
+    CUDA: the window tensor is computed in one pass, so an eighth of the memory the device can give
+    (`device_ops.available_memory`: free memory plus the caching allocator's unused reserve, which a frame leaves
+    behind) in float32 elements, clipped to [2^22, 2^30] (4 GiB: a 15 m lidar frame in one chunk, whose padding
+    costs a GPU less than repeating the iterations per chunk). CPU: 2^23 (the window is computed in cache-sized
+    passes of 2^19 elements into one reused buffer, so the chunk bounds the padded bookkeeping; smaller chunks pad
+    less but loop more, 2^23 was the fastest on the shared Ouster frames).
     """
     if device.type == 'cuda':
-        free_bytes, _ = torch.cuda.mem_get_info(device)
-        return int(min(max(free_bytes // 32, 1 << 22), 1 << 30))
+        return int(min(max(available_memory(device) // 32, 1 << 22), 1 << 30))
     return 1 << 23
 
 
-def _distinct_points(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _distinct_points(points: torch.Tensor, width: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge the bitwise-equal embeddings of each block: (B,N,E) -> (distinct (B,D,E), multiplicity (B,D) float
-    (0 = padding), index of each point's distinct row (B,N)).
+    (0 = padding), index of each point's distinct row (B,N)). D = the most distinct rows of a block (one host
+    read) unless ``width`` is given (>= that, e.g. N: no read).
 
     A block resampled from few points (a sparse lidar column: a few dozen points drawn up to N) repeats its
     points, and the model gives equal points equal embeddings. Mean shift over the distinct points weighted by
@@ -291,12 +297,14 @@ def _distinct_points(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     starts = torch.ones(num_blocks, num_points, dtype=torch.bool, device=device)
     starts[:, 1:] = (sorted_points[:, 1:] != sorted_points[:, :-1]).any(-1)
     distinct_of_sorted = torch.cumsum(starts, 1) - 1  # (B,N)
-    width = int(distinct_of_sorted[:, -1].max()) + 1
+    if width is None:
+        width = int(distinct_of_sorted[:, -1].max()) + 1
     target = (distinct_of_sorted + torch.arange(num_blocks, device=device)[:, None] * width).reshape(-1)
     starts = starts.reshape(-1)
-    distinct = points.new_zeros(num_blocks * width, dim)
-    distinct[target[starts]] = sorted_points.reshape(-1, dim)[starts]
-    multiplicity = torch.bincount(target, minlength=num_blocks * width).to(points.dtype)
+    distinct = points.new_zeros(num_blocks * width + 1, dim)  # + a dump row for the repeats of a run
+    distinct.index_copy_(0, torch.where(starts, target, num_blocks * width), sorted_points.reshape(-1, dim))
+    distinct = distinct[:-1]
+    multiplicity = counts(target, num_blocks * width).to(points.dtype)
     inverse = torch.empty_like(flat_order)
     inverse[flat_order] = distinct_of_sorted.reshape(-1)
     return (distinct.view(num_blocks, width, dim), multiplicity.view(num_blocks, width),
@@ -495,12 +503,14 @@ def _sklearn_order(centres: torch.Tensor, intensity: torch.Tensor, block: torch.
     return order[torch.sort(block[order], stable=True).indices]
 
 
-def _suppress_batched(centres: torch.Tensor, valid: torch.Tensor, bandwidth: float, check_every: int
-                      ) -> torch.Tensor:
+def _suppress_batched(centres: torch.Tensor, valid: torch.Tensor, bandwidth: float, check_every: int,
+                      steps: int | None = None) -> torch.Tensor:
     """Greedy suppression of :func:`_suppress_near_duplicates` in every block at once.
 
     centres (b,K,E) strongest first, ``valid`` (b,K) -> (b,K) mask of the kept centres. Step t keeps the
-    first still-alive centre of each block and clears its neighbours; steps = the most centres a block keeps.
+    first still-alive centre of each block and clears its neighbours; steps = the most centres a block keeps:
+    checked on the host every ``check_every`` steps, or exactly ``steps`` steps when the caller gives a bound
+    (e.g. K: no host check; steps past the last kept centre change nothing).
     """
     sq = (centres * centres).sum(-1)
     near = (sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(centres, centres.transpose(1, 2))
@@ -508,12 +518,13 @@ def _suppress_batched(centres: torch.Tensor, valid: torch.Tensor, bandwidth: flo
     alive, kept = valid.clone(), torch.zeros_like(valid)
     slots = torch.arange(valid.shape[1], device=valid.device)
     rows = torch.arange(valid.shape[0], device=valid.device)
-    while bool(alive.any()):
-        for _ in range(check_every):
+    while (steps is None and bool(alive.any())) or (steps is not None and steps > 0):
+        for _ in range(check_every if steps is None else steps):
             first = alive.to(centres.dtype).argmax(1)  # (b,) first alive centre (0 when none is)
             pick = (slots[None, :] == first[:, None]) & alive.any(1, keepdim=True)  # (b,K) one-hot or nothing
             kept |= pick
             alive &= ~(pick | (near[rows, first] & pick.any(1, keepdim=True)))
+        steps = None if steps is None else 0
     return kept
 
 
@@ -616,7 +627,7 @@ def mean_shift_blocks(block_embeddings: torch.Tensor | np.ndarray, bandwidth: fl
         raise ValueError(f'mean_shift_blocks: max_iter must be >= 0, got {max_iter!r}')
     if check_every < 1:
         raise ValueError(f'mean_shift_blocks: check_every must be >= 1, got {check_every!r}')
-    points = _as_tensor(block_embeddings, 3, 'mean_shift_blocks')
+    points = _as_tensor(block_embeddings, 3, 'mean_shift_blocks', check_finite=False)  # checked in the body
     if points.dtype in (torch.float16, torch.bfloat16):
         points = points.float()
     num_blocks, num_points, _ = points.shape
@@ -632,6 +643,12 @@ def _mean_shift_all(points: torch.Tensor, bandwidth: float, max_iter: int, max_e
     """The body of :func:`mean_shift_blocks` for a non-empty (B,N,E) float tensor -> (B,N) int64 labels."""
     num_blocks, num_points, _ = points.shape
     device = points.device
+    if not _cpu_strategy(device):
+        labels = _mean_shift_device(points, bandwidth, max_iter, max_elements, check_every)
+        if labels is not None:
+            return labels
+    elif not bool(torch.isfinite(points).all()):
+        raise ValueError('mean_shift_blocks: embeddings contain NaN or inf')
     distinct, weights, inverse = _distinct_points(points)  # (B,D,E), (B,D), (B,N)
     real = weights > 0
     row_block, _ = torch.nonzero(real, as_tuple=True)
@@ -677,3 +694,161 @@ def _mean_shift_all(points: torch.Tensor, bandwidth: float, max_iter: int, max_e
         block_points = _BlockPoints(distinct[blocks, :width], weights[blocks, :width], pass_elements)
         distinct_labels[blocks, :width] = _assign_batched(block_points, padded_centres, valid)
     return torch.gather(distinct_labels, 1, inverse)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The GPU strategy without per-round host syncs (issue 25): the same computation as `_mean_shift_all` in padded
+# per-block layouts, with the host reading one plan per call and the climb's convergence at a few checks.
+# ---------------------------------------------------------------------------------------------------------------
+
+FIRST_CHECK = 4  # device climb: first convergence check after FIRST_CHECK * check_every iterations, then doubling
+
+
+def _padded_bin_seeds(distinct: torch.Tensor, real: torch.Tensor, num_points: int, bandwidth: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_batched_bin_seeds` in the padded layout, without host reads: distinct points (B,W,E) with ``real``
+    (B,W) -> (seeds (B,W,E), slot-packed per block, zero padding; seeds per block (B,); a 0-d flag: the bins'
+    mixed-radix keys fit int64, i.e. the values are exact; when it is False the caller takes the row-wise path).
+    Per block the same seeds in the same order: the distinct bins in key order, or the block's points when
+    binning reduced nothing (sklearn)."""
+    num_blocks, width, dim = distinct.shape
+    bins = torch.round(distinct / bandwidth)  # (B,W,E)
+    largest = torch.finfo(bins.dtype).max
+    low = torch.where(real[..., None], bins, largest).reshape(-1, dim).amin(0)
+    span = torch.where(real[..., None], bins, -largest).reshape(-1, dim).amax(0) - low + 1
+    exact = torch.prod(span.double()) * num_blocks < 2.0 ** 62
+    strides = torch.cumprod(torch.cat([torch.ones_like(span[:1]), span[:-1]]), 0).long()
+    never = torch.iinfo(torch.int64).max
+    keys = torch.where(real, ((bins - low).long() * strides).sum(-1), never)  # (B,W)
+    keys, order = torch.sort(keys, dim=1)
+    starts = torch.ones_like(real)
+    starts[:, 1:] = keys[:, 1:] != keys[:, :-1]
+    starts &= keys != never
+    distinct_bins = starts.sum(1)  # (B,)
+    slot = torch.where(starts, torch.cumsum(starts, 1) - 1, width)  # (B,W) padding -> a dump slot
+    sorted_bins = torch.gather(bins, 1, order[..., None].expand(-1, -1, dim))
+    seeds = bins.new_zeros(num_blocks, width + 1, dim).scatter_(1, slot[..., None].expand(-1, -1, dim),
+                                                                sorted_bins)[:, :width] * bandwidth
+    from_points = distinct_bins == num_points  # (B,) binning reduced nothing: seed from the points
+    seeds = torch.where(from_points[:, None, None], distinct, seeds)
+    return seeds, torch.where(from_points, real.sum(1), distinct_bins), exact
+
+
+def _climb_fixed(block_points: _BlockPoints, seeds: torch.Tensor, valid: torch.Tensor, bandwidth: float,
+                 max_iter: int, check_every: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """:func:`_climb_blocks` with walkers at a fixed padded width: seeds (b,S,E), ``valid`` (b,S) -> (centres
+    (b,S,E), intensity (b,S) int64, 0 = not found; found centres per block (b,) on the host).
+
+    Every seed stops on its own iteration exactly as there, recorded with ``torch.where``; no walkers are merged
+    or repacked. The host looks after FIRST_CHECK * check_every iterations, then at twice as many each time (one
+    read of the active and found counts per block: the only syncs) and drops the blocks whose seeds all stopped.
+    """
+    radius_sq, stop_sq = bandwidth * bandwidth, (1e-3 * bandwidth) ** 2
+    num_blocks, _, dim = seeds.shape
+    device = seeds.device
+    out_centres, out_intensity = seeds.clone(), torch.zeros(valid.shape, dtype=torch.int64, device=device)
+    found = np.zeros(num_blocks, dtype=np.int64)
+    rows = torch.arange(num_blocks, device=device)  # the blocks still climbing
+    means, active, points = seeds, valid, block_points
+    centres, intensity = out_centres.clone(), out_intensity.clone()
+    iteration, check = 0, FIRST_CHECK * check_every
+    host_rows = np.arange(num_blocks)
+    while True:
+        for _ in range(min(check, max_iter + 1) - iteration):
+            sums = points.windows(means, radius_sq)  # (r,S,E+1)
+            window_counts = sums[..., dim]
+            new_means = sums[..., :dim] / window_counts.clamp_min(1)[..., None]
+            empty = window_counts == 0
+            finish = active
+            if iteration < max_iter:
+                finish = finish & (empty | (((new_means - means) ** 2).sum(-1) <= stop_sq))
+            centres = torch.where((finish & ~empty)[..., None], new_means, centres)
+            intensity = torch.where(finish, window_counts.round().long(), intensity)  # 0 if empty
+            active = active & ~finish
+            means = torch.where(active[..., None], new_means, means)
+            iteration += 1
+        still, found_now = read_host(active.sum(1), (intensity > 0).sum(1))  # the check's one sync
+        found[host_rows] = found_now
+        out_centres[rows], out_intensity[rows] = centres, intensity
+        moving = still > 0
+        if iteration > max_iter or not moving.any():
+            break
+        if not moving.all():  # drop the finished blocks (their results are stored)
+            keep = compact(active.any(1), int(moving.sum()))
+            rows, host_rows = rows[keep], host_rows[moving]
+            means, active, centres, intensity = means[keep], active[keep], centres[keep], intensity[keep]
+            points = points.subset(keep)
+        check *= 2
+    return out_centres, out_intensity, found
+
+
+def _sorted_centres(centres: torch.Tensor, intensity: torch.Tensor, width: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per block (row) sklearn's order of :func:`_sklearn_order`, found centres (intensity > 0) first: (B,S,E),
+    (B,S) -> the first ``width`` slots (B,width,E) and their mask of found centres (B,width)."""
+    num_blocks, num_slots, dim = centres.shape
+    order = torch.arange(num_slots, device=centres.device).expand(num_blocks, -1)
+    for column in range(dim - 1, -1, -1):
+        key = torch.gather(centres[..., column], 1, order)
+        order = torch.gather(order, 1, torch.sort(key, dim=1, descending=True, stable=True).indices)
+    key = torch.gather(intensity, 1, order)
+    order = torch.gather(order, 1, torch.sort(key, dim=1, descending=True, stable=True).indices)[:, :width]
+    return (torch.gather(centres, 1, order[..., None].expand(-1, -1, dim)),
+            torch.gather(intensity, 1, order) > 0)
+
+
+def _mean_shift_device(points: torch.Tensor, bandwidth: float, max_iter: int, max_elements: int | None,
+                       check_every: int) -> torch.Tensor | None:
+    """:func:`_mean_shift_all` for the GPU strategy with a handful of host syncs: (B,N,E) -> (B,N) int64 labels,
+    or None when the bins do not fit int64 keys (the caller's row-wise path then runs).
+
+    The same steps as there, on padded per-block tensors: distinct points and bin seeds are computed at full
+    width; one host read brings the distinct points and seeds per block (the chunk plan, as `_plan_chunks`) and
+    the NaN check; each chunk climbs at a fixed padded width (:func:`_climb_fixed`: one sync per convergence
+    check); centres are sorted per block, suppressed in a host-known number of steps and assigned in one pass.
+    """
+    num_blocks, num_points, dim = points.shape
+    device = points.device
+    distinct, weights, inverse = _distinct_points(points, width=num_points)  # (B,N,E), (B,N), (B,N)
+    real = weights > 0
+    seeds, seed_counts, exact = _padded_bin_seeds(distinct, real, num_points, bandwidth)
+    distinct_per_block, seeds_per_block, (exact, finite) = read_host(
+        real.sum(1), seed_counts, torch.stack([exact, torch.isfinite(points).all()]))  # the call's plan
+    if not finite:
+        raise ValueError('mean_shift_blocks: embeddings contain NaN or inf')
+    if not exact:
+        return None
+    budget = default_max_elements(device) if max_elements is None else int(max_elements)
+    parts = []  # (blocks (b,) on the device, their rows on the host, centres (b,S,E), intensity (b,S), found (b,))
+    for chunk in _plan_chunks(distinct_per_block, seeds_per_block, budget):
+        blocks = to_device(chunk, device)
+        width, num_seeds = int(distinct_per_block[chunk].max()), int(seeds_per_block[chunk].max())
+        block_points = _BlockPoints(distinct[blocks, :width], weights[blocks, :width], budget)
+        chunk_seeds = seeds[blocks, :num_seeds]
+        valid = torch.arange(num_seeds, device=device)[None, :] < seed_counts[blocks][:, None]
+        centres, intensity, found = _climb_fixed(block_points, chunk_seeds, valid, bandwidth, max_iter,
+                                                 check_every)
+        parts.append((blocks, chunk, centres, intensity, found))
+        missing = np.flatnonzero(found == 0)  # every window empty: seed from the block's points
+        if missing.size:
+            rows = to_device(missing, device)
+            retry = _climb_fixed(block_points.subset(rows), distinct[blocks[rows], :width],
+                                 weights[blocks[rows], :width] > 0, bandwidth, max_iter, check_every)
+            parts.append((blocks[rows], chunk[missing], *retry))
+    # Found centres of every block in one padded tensor (a retry overwrites its block's empty row).
+    num_slots = max(part[2].shape[1] for part in parts)
+    all_centres = points.new_zeros(num_blocks, num_slots, dim)
+    all_intensity = torch.zeros(num_blocks, num_slots, dtype=torch.int64, device=device)
+    found_per_block = np.zeros(num_blocks, dtype=np.int64)
+    for blocks, host_blocks, centres, intensity, found in parts:
+        all_centres[blocks, :centres.shape[1]] = centres
+        all_intensity[blocks] = 0
+        all_intensity[blocks, :intensity.shape[1]] = intensity
+        found_per_block[host_blocks] = found
+    most = int(found_per_block.max())
+    centres, valid = _sorted_centres(all_centres, all_intensity, most)  # (B,K,E) strongest first
+    kept = _suppress_batched(centres, valid, bandwidth, check_every, steps=most)
+    width = int(distinct_per_block.max())
+    slot = _assign_batched(_BlockPoints(distinct[:, :width], weights[:, :width], budget), centres, kept)
+    rank = torch.cumsum(kept, 1) - 1  # label = rank of the nearest kept centre, 0 = the strongest
+    return torch.gather(torch.gather(rank, 1, slot), 1, inverse)

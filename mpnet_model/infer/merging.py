@@ -49,6 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mpnet_model.infer.device_ops import compact, counts, read_host, to_device, unique_inverse
+
 OVERLAP_MIN = 7          # reference: a group adopts an existing id when it overlaps it in >= 7 points
 NEW_GROUP_MIN_POINTS = 30  # reference: a weakly overlapping group gets a new id only if it has >= 30 points
 _CLASS_SPAN = 1 << 16      # the map packs (id, class) into one int64 (1-D inserts are ~20x faster than 2-D)
@@ -328,12 +330,18 @@ def block_merging_reference(room_xyz, block_indices, block_instances, block_sema
 # ---------------------------------------------------------------------------------------------------------------
 # Whole-frame BlockMerging in torch (CPU or CUDA): the same result as the block loop, in "waves" of blocks.
 # ---------------------------------------------------------------------------------------------------------------
+# Host-device syncs (issue 25): the sizes the host needs are read in three copies (the label spans, the numbers of
+# entries, the merge plan), compactions then use those sizes (`device_ops.compact`), counts are `index_add_`,
+# the distinct values of `torch.unique` come from one sort, and arrays whose length would need a sync are sized by a
+# bound the host knows (slots past the real ones stay empty). Every id is the one of the block loop.
 
 
-def _frame_tensors(room_xyz, block_indices, block_instances, block_semantic, min_points):
+def _frame_tensors(room_xyz, block_indices, block_instances, block_semantic, min_points, validate: bool = True):
     """Validate the inputs of :func:`block_merging` and bring them to one device as torch tensors.
 
     -> (xyz (N,3) float64, indices (K,P), instances (K,P), semantic (K,P) int64, min_points, device, as_numpy).
+    ``validate=False`` (the frame path's internal call) skips the value checks that read device data (NaN, index
+    ranges); shapes and dtypes are always checked.
     """
     inputs = (room_xyz, block_indices, block_instances, block_semantic)
     tensors = [value for value in inputs if isinstance(value, torch.Tensor)]
@@ -358,10 +366,10 @@ def _frame_tensors(room_xyz, block_indices, block_instances, block_semantic, min
         if values.numel() and (values.is_floating_point() or values.is_complex() or values.dtype == torch.bool):
             raise ValueError(f'block_merging: {name} must be integers, got dtype {values.dtype}')
     xyz = xyz.double()
-    if xyz.numel() and not bool(torch.isfinite(xyz).all()):
+    if validate and xyz.numel() and not bool(torch.isfinite(xyz).all()):
         raise ValueError('block_merging: room_xyz contains NaN or inf')
     indices, instances, semantic = indices.long(), instances.long(), semantic.long()
-    if indices.numel():
+    if validate and indices.numel():
         low, high = int(indices.min()), int(indices.max())
         if low < 0 or high >= xyz.shape[0]:
             raise ValueError(f'block_merging: block_indices must lie in [0, {xyz.shape[0]}), got [{low}, {high}]')
@@ -370,33 +378,44 @@ def _frame_tensors(room_xyz, block_indices, block_instances, block_semantic, min
         low, high = int(semantic.min()), int(semantic.max())
         if low < 0 or high >= _CLASS_SPAN:
             raise ValueError(f'block_merging: block_semantic must lie in [0, {_CLASS_SPAN}), got [{low}, {high}]')
-    threshold = torch.as_tensor(np.asarray(min_points) if not isinstance(min_points, torch.Tensor) else min_points,
-                                device=device)
+    if isinstance(min_points, torch.Tensor):
+        threshold = min_points.to(device)
+    else:
+        array = np.asarray(min_points)
+        threshold = (to_device(array, device) if array.ndim else  # a scalar: filled on the device, no copy
+                     torch.full((), array.item(), dtype=torch.from_numpy(array.reshape(1)).dtype, device=device))
     if threshold.dim() > 1:
         raise ValueError(f'block_merging: min_points must be a scalar or (C,) array, got {tuple(threshold.shape)}')
     return xyz, indices, instances, semantic, threshold, device, not tensors
 
 
-def _voxel_of_points(xyz: torch.Tensor, rows: torch.Tensor, gap: float) -> torch.Tensor:
-    """Room (N,3) float64, rows (M,) of it -> (M,) int64 index of each row's voxel among the distinct voxels of
-    ``rows`` (the voxels of :meth:`BlockMerger.voxel_keys` over the room's bounding box, numbered in key order)."""
+def _voxel_grid(xyz: torch.Tensor, gap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The voxel grid of :meth:`BlockMerger.voxel_keys` over the room's bounding box: (room_min (3,), grid shape
+    (3,) int64, a 0-d flag: too many voxels to index with int64), on the device (the flag is read with the
+    merge's first host read)."""
     if not gap > 0:
         raise ValueError(f'block_merging: gap (voxel size) must be > 0, got {gap!r}')
-    room_min, room_max = xyz.amin(0), xyz.amax(0)
-    grid_shape = torch.floor((room_max - room_min) / gap).long() + 1  # (3,)
-    if float(torch.prod(grid_shape.double())) >= 2.0 ** 62:
-        raise ValueError(f'block_merging: room {(room_max - room_min).tolist()} at gap {gap} has too many voxels '
-                         f'({grid_shape.tolist()}) to index with int64; use a larger gap')
+    room_min = xyz.amin(0)
+    grid_shape = torch.floor((xyz.amax(0) - room_min) / gap).long() + 1  # (3,)
+    return room_min, grid_shape, torch.prod(grid_shape.double()) >= 2.0 ** 62
+
+
+def _voxel_of_points(xyz: torch.Tensor, rows: torch.Tensor, room_min: torch.Tensor, grid_shape: torch.Tensor,
+                     gap: float) -> torch.Tensor:
+    """Room (N,3) float64, rows (M,) of it -> (M,) int64 index of each row's voxel among the distinct voxels of
+    ``rows`` (the voxels of :func:`_voxel_grid`, numbered in key order, as ``torch.unique``'s inverse)."""
     cells = torch.minimum(torch.floor((xyz[rows] - room_min) / gap).long(), grid_shape - 1)
     keys = (cells[:, 0] * grid_shape[1] + cells[:, 1]) * grid_shape[2] + cells[:, 2]
-    return torch.unique(keys, return_inverse=True)[1]
+    return unique_inverse(keys)
 
 
-def _majority(owner: torch.Tensor, classes: torch.Tensor, weight: torch.Tensor, num_owners: int) -> torch.Tensor:
+def _majority(owner: torch.Tensor, classes: torch.Tensor, weight: torch.Tensor, num_owners: int,
+              num_classes: int | None = None) -> torch.Tensor:
     """(M,) owner in [0, num_owners), (M,) class, (M,) votes -> (num_owners,) class with the most votes (smallest
-    class on ties)."""
-    num_classes = int(classes.max()) + 1 if classes.numel() else 1
-    votes = torch.bincount(owner * num_classes + classes, weights=weight, minlength=num_owners * num_classes)
+    class on ties). ``num_classes``: any bound > every class (default: read from the device)."""
+    if num_classes is None:
+        num_classes = int(classes.max()) + 1 if classes.numel() else 1
+    votes = counts(owner * num_classes + classes, num_owners * num_classes, weight)
     return votes.reshape(num_owners, num_classes).argmax(1)
 
 
@@ -413,10 +432,12 @@ def _sort_values(values: torch.Tensor) -> torch.Tensor:
     return torch.sort(values, dim=-1).values
 
 
-def _block_entries(indices: torch.Tensor, instances: torch.Tensor, semantic: torch.Tensor
-                   ) -> tuple[torch.Tensor, ...]:
-    """The distinct points of each block: (K,P) -> (block, flat position of the first copy, copies, room index,
-    instance, class), each (M,), in block order, then order of first appearance.
+def _block_entries(indices: torch.Tensor, instances: torch.Tensor, semantic: torch.Tensor, num_classes: int,
+                   instance_span: int, index_max: int) -> tuple[tuple[torch.Tensor, ...], int]:
+    """The distinct points of each block: (K,P) -> ((block, flat position of the first copy, copies, room index,
+    instance, class), each (M,), in block order, then order of first appearance; the number of them with an
+    instance >= 0). ``num_classes`` = the largest class + 1, ``instance_span`` = the largest instance + 2,
+    ``index_max`` = the largest room index (read by the caller).
 
     A block resampled from few points (a sparse lidar column) repeats them; the merge only needs each distinct
     (room point, instance, class) of a block once with its number of copies (group sizes, overlap counts and
@@ -427,11 +448,11 @@ def _block_entries(indices: torch.Tensor, instances: torch.Tensor, semantic: tor
     num_blocks, block_points = indices.shape
     device = indices.device
     position_bits = max(1, (block_points - 1).bit_length())
-    num_classes, instance_span = int(semantic.max()) + 1, int(instances.max()) + 2
-    if float(indices.max() + 1) * num_classes * instance_span * 2.0 ** position_bits >= 2.0 ** 62:
+    if float(index_max + 1) * num_classes * instance_span * 2.0 ** position_bits >= 2.0 ** 62:
         first = torch.arange(indices.numel(), device=device)  # keys would overflow: every copy is an entry
+        num_labelled = int(read_host((instances >= 0).sum())[0])
         return (first // block_points, first, torch.ones_like(first), indices.reshape(-1), instances.reshape(-1),
-                semantic.reshape(-1))
+                semantic.reshape(-1)), num_labelled
     # One sort per block of (room index, class, instance, position) keys: copies side by side, the first first.
     label_keys = (indices * num_classes + semantic) * instance_span + (instances + 1)  # (K,P)
     keys = _sort_values((label_keys << position_bits) | torch.arange(block_points, device=device))
@@ -439,7 +460,9 @@ def _block_entries(indices: torch.Tensor, instances: torch.Tensor, semantic: tor
     starts = torch.ones_like(label_keys, dtype=torch.bool)
     starts[1:] = label_keys[1:] != label_keys[:-1]
     starts[::block_points] = True  # a block's first key starts a run even if the last block ended on its labels
-    run_start = torch.nonzero(starts).squeeze(1)  # (M,)
+    labelled_start = starts & (label_keys % instance_span != 0)  # instance + 1 > 0
+    num_entries, num_labelled = (int(v) for v in read_host(torch.stack([starts.sum(), labelled_start.sum()]))[0])
+    run_start = compact(starts, num_entries)  # (M,)
     copies = torch.diff(run_start, append=run_start.new_full((1,), label_keys.numel()))
     label_keys = label_keys[run_start]
     first = (keys.reshape(-1)[run_start] & ((1 << position_bits) - 1)) + run_start // block_points * block_points
@@ -448,15 +471,15 @@ def _block_entries(indices: torch.Tensor, instances: torch.Tensor, semantic: tor
     first, copies, label_keys = first[order], copies[order], label_keys[order]
     instance = label_keys % instance_span - 1
     label_keys = label_keys // instance_span
-    return first // block_points, first, copies, label_keys // num_classes, instance, label_keys % num_classes
+    return (first // block_points, first, copies, label_keys // num_classes, instance,
+            label_keys % num_classes), num_labelled
 
 
-def _dependency_waves(source: torch.Tensor, target: torch.Tensor, num_blocks: int) -> np.ndarray:
-    """Wave of every block in the DAG of edges source -> target (source < target): 0 for a block that depends on
-    none, else 1 + the largest wave of the blocks it depends on. Host-side DP over the distinct edges (a few
-    thousand for a lidar frame), relaxed in source order: a block's wave is final once it is a source, since
-    every edge into it comes from a smaller block. -> (K,) int64."""
-    edges = torch.unique(source * num_blocks + target).cpu().numpy()
+def _dependency_waves(edges: np.ndarray, num_blocks: int) -> np.ndarray:
+    """Wave of every block in the DAG of the distinct, sorted edge keys source * K + target (source < target): 0
+    for a block that depends on none, else 1 + the largest wave of the blocks it depends on. Host-side DP over
+    the edges (a few thousand for a lidar frame), relaxed in source order: a block's wave is final once it is a
+    source, since every edge into it comes from a smaller block. -> (K,) int64."""
     waves = [0] * num_blocks
     for edge_source, edge_target in zip((edges // num_blocks).tolist(), (edges % num_blocks).tolist()):
         if waves[edge_source] + 1 > waves[edge_target]:
@@ -464,16 +487,9 @@ def _dependency_waves(source: torch.Tensor, target: torch.Tensor, num_blocks: in
     return np.asarray(waves, dtype=np.int64)
 
 
-def _slices_by_wave(owner_wave: torch.Tensor, num_waves: int) -> tuple[torch.Tensor, list[int]]:
-    """(M,) wave of each item -> (order grouping the items by wave (stable), the W+1 boundaries of the waves in it)."""
-    order = torch.sort(owner_wave, stable=True).indices
-    counts = torch.bincount(owner_wave, minlength=num_waves).cpu().numpy()
-    return order, np.concatenate([[0], np.cumsum(counts)]).tolist()
-
-
 def block_merging(room_xyz, block_indices, block_instances, block_semantic, *, gap: float = 0.005,
                   min_points: int | np.ndarray | torch.Tensor = 0, overlap_min: int = OVERLAP_MIN,
-                  new_group_min_points: int = NEW_GROUP_MIN_POINTS):
+                  new_group_min_points: int = NEW_GROUP_MIN_POINTS, validate: bool = True):
     """Merge all blocks of a frame: room_xyz (N,3), block_indices (K,P) rows of room_xyz per block point,
     block_instances (K,P) local ids (-1 none), block_semantic (K,P) classes -> (N,) int64 scene instance id per
     room point (-1 = none or never in a block), the same ids as merging blocks k = 0..K-1 in order
@@ -481,7 +497,9 @@ def block_merging(room_xyz, block_indices, block_instances, block_semantic, *, g
 
     Contract (used by ``infer/scene.py``): numpy inputs -> numpy result computed on the CPU; if any input is a
     torch tensor, all inputs are moved to the device of the first tensor and the result is an int64 tensor on
-    that device (CUDA tensors stay on the GPU: only a few small plan arrays cross to the host).
+    that device (CUDA tensors stay on the GPU: three small host reads, one plan copied back). ``validate=False``
+    skips the input value checks (NaN, index ranges) that would each read the device: for callers that made the
+    inputs themselves.
 
     How: everything that does not depend on the scene ids is computed for all blocks at once (voxels, groups
     with their class and size, the writer of each voxel, the overlaps each group will count); the ids are then
@@ -489,29 +507,38 @@ def block_merging(room_xyz, block_indices, block_instances, block_semantic, *, g
     wave instead of one per block, with exactly the block-by-block result.
     """
     xyz, indices, instances, semantic, threshold, device, as_numpy = _frame_tensors(
-        room_xyz, block_indices, block_instances, block_semantic, min_points)
+        room_xyz, block_indices, block_instances, block_semantic, min_points, validate)
     scene = torch.full((xyz.shape[0],), -1, dtype=torch.int64, device=device)
     if indices.numel() == 0:
         return scene.cpu().numpy() if as_numpy else scene
     num_blocks = indices.shape[0]
-    # Entries: the distinct points of each block in block order, weighted by their copies.
-    entry_block, _, copies, entry_room, local, semantic = _block_entries(indices, instances, semantic)  # (M,) each
-    voxel = _voxel_of_points(xyz, entry_room, gap)  # (M,)
-    num_voxels = int(voxel.max()) + 1
-    stored_id = torch.full((num_voxels,), -1, dtype=torch.int64, device=device)  # the merge state
-    labelled = torch.nonzero(local >= 0).squeeze(1)  # (L,)
-    if labelled.numel():
-        _merge_in_waves(stored_id, entry_block[labelled], voxel[labelled], local[labelled], semantic[labelled],
-                        copies[labelled], num_blocks, overlap_min, new_group_min_points)
+    room_min, grid_shape, too_many = _voxel_grid(xyz, gap)
+    semantic_max, instance_max, index_max, too_many = (int(v) for v in read_host(torch.stack([
+        semantic.max(), instances.max(), indices.max(), too_many.long()]))[0])      # host read 1: the spans
+    if too_many:
+        raise ValueError(f'block_merging: room {(xyz.amax(0) - room_min).tolist()} at gap {gap} has too many voxels '
+                         f'({grid_shape.tolist()}) to index with int64; use a larger gap')
+    num_classes, instance_span = semantic_max + 1, instance_max + 2
+    # Entries: the distinct points of each block in block order, weighted by their copies (host read 2: sizes).
+    (entry_block, _, copies, entry_room, local, semantic), num_labelled = _block_entries(
+        indices, instances, semantic, num_classes, instance_span, index_max)  # (M,) each
+    voxel = _voxel_of_points(xyz, entry_room, room_min, grid_shape, gap)  # (M,) < M
+    stored_id = torch.full((entry_block.numel(),), -1, dtype=torch.int64, device=device)  # the merge state
+    num_groups = 0
+    if num_labelled:
+        labelled = compact(local >= 0, num_labelled)  # (L,)
+        num_groups = _merge_in_waves(stored_id, entry_block[labelled], voxel[labelled], local[labelled],
+                                     semantic[labelled], copies[labelled], num_blocks, overlap_min,
+                                     new_group_min_points, num_classes, instance_span)  # host read 3: the plan
     # Every block point reads its voxel's id; instances too small are dropped, the rest renumbered in id order.
-    entry_id = stored_id[voxel]  # (M,)
-    members = torch.nonzero(entry_id >= 0).squeeze(1)
-    if members.numel():
-        member_id = entry_id[members]
-        num_ids = int(member_id.max()) + 1
-        sizes = torch.bincount(member_id, weights=copies[members].double(), minlength=num_ids)
+    entry_id = stored_id[voxel]  # (M,) scene ids are group indices < num_groups
+    if num_groups:
+        member = entry_id >= 0
+        member_id = entry_id.clamp_min(0)
+        weight = torch.where(member, copies, 0).double()
+        sizes = counts(member_id, num_groups, weight)
         present = sizes > 0
-        instance_class = _majority(member_id, semantic[members], copies[members].double(), num_ids)
+        instance_class = _majority(member_id, semantic, weight, num_groups, num_classes)
         if threshold.dim() == 1:
             largest = int(instance_class[present].max())
             if largest >= threshold.numel():
@@ -520,7 +547,7 @@ def block_merging(room_xyz, block_indices, block_instances, block_semantic, *, g
             threshold = threshold[instance_class]
         keep = present & (sizes >= threshold)
         new_id = torch.where(keep, torch.cumsum(keep, 0) - 1, -1)
-        entry_id[members] = new_id[member_id]
+        entry_id = torch.where(member, new_id[member_id], entry_id)
     # A room point sampled in several blocks sits in one voxel, so all its copies carry the same id.
     scene[entry_room] = entry_id
     return scene.cpu().numpy() if as_numpy else scene
@@ -528,8 +555,9 @@ def block_merging(room_xyz, block_indices, block_instances, block_semantic, *, g
 
 def _merge_in_waves(stored_id: torch.Tensor, block: torch.Tensor, voxel: torch.Tensor, local: torch.Tensor,
                     semantic: torch.Tensor, copies: torch.Tensor, num_blocks: int, overlap_min: int,
-                    new_group_min_points: int) -> None:
-    """The merge proper, on the labelled entries (L,) in block order: fills ``stored_id`` (V,) in place.
+                    new_group_min_points: int, num_classes: int, local_span: int) -> int:
+    """The merge proper, on the labelled entries (L,) in block order: fills ``stored_id`` (V,) in place and
+    returns the number of groups (scene ids are group indices below it).
 
     Everything but the scene ids is known before merging: a voxel is written once, by the first labelled point
     that falls in it (the first block reaching it finds it empty, and a written voxel never changes), so the
@@ -539,43 +567,72 @@ def _merge_in_waves(stored_id: torch.Tensor, block: torch.Tensor, voxel: torch.T
     block, then local id: the order in which the loop creates new ids, so a group's index serves as its id (a
     smaller index is an older id, as the loop's counter). The groups are then decided wave by wave
     (:func:`_dependency_waves`), each wave one small vectorised step without host syncs, which gives exactly
-    the block-by-block result.
+    the block-by-block result. ``num_classes`` / ``local_span`` bound the classes / local ids (+ 1).
+
+    The sizes the host needs (groups, pairs, the widest group, the DAG's edges, groups per block) come back in
+    one read; until then group and pair arrays have one slot per entry (a bound: slots past the real ones
+    stay empty).
     """
     device = stored_id.device
     num_entries, num_voxels = block.numel(), stored_id.numel()
-    local_span = int(local.max()) + 1
-    group_keys, group = torch.unique(block * local_span + local, return_inverse=True)
-    num_groups = group_keys.numel()
-    group_block = group_keys // local_span
-    group_class = _majority(group, semantic, copies.double(), num_groups)  # (G,)
-    group_size = torch.bincount(group, weights=copies.double(), minlength=num_groups)  # (G,)
+    # Groups numbered as torch.unique(keys) would: by a count over the key space when it is small (no sort).
+    key_space = num_blocks * local_span
+    bound = min(num_entries, key_space)  # >= groups
+    group_key = block * local_span + local
+    if key_space <= 4 * num_entries + 1024:
+        group = (torch.cumsum(counts(group_key, key_space) > 0, 0) - 1)[group_key]  # (L,)
+    else:
+        group = unique_inverse(group_key)
+    group_block = torch.zeros(bound, dtype=torch.int64, device=device).scatter_(0, group, block)
+    group_class = _majority(group, semantic, copies.double(), bound, num_classes)  # (bound,)
+    group_size = counts(group, bound, copies.double())  # (bound,)
     # The writer of each voxel: its first labelled entry (entries are in block order, then first appearance).
     writer = torch.full((num_voxels,), num_entries, dtype=torch.int64, device=device)
     writer.scatter_reduce_(0, voxel, torch.arange(num_entries, device=device), 'amin')
     writer_group = group[writer[voxel]]  # (L,) the group whose id the entry's voxel will hold
-    reads = torch.nonzero((group_block[writer_group] < block)
-                          & (group_class[writer_group] == group_class[group])).squeeze(1)
-    # Static overlaps: (group, writer group) pairs with their point counts, grouped by group.
-    pair_keys, pair_of_read = torch.unique(group[reads] * num_groups + writer_group[reads], return_inverse=True)
-    pair_points = torch.zeros(pair_keys.numel(), dtype=torch.float64, device=device).index_add_(
-        0, pair_of_read, copies[reads].double())
-    pair_group, pair_writer = pair_keys // num_groups, pair_keys % num_groups
-    waves = torch.from_numpy(_dependency_waves(group_block[pair_writer], group_block[pair_group],
-                                               num_blocks)).to(device)
-    # Pairs padded per group: (G, H) writer groups and counts (count 0 = padding).
-    writers, valid = _pad_rows(pair_writer, pair_group, num_groups)
-    counts = torch.zeros(writers.shape, dtype=torch.float64, device=device)
-    counts[valid] = pair_points
+    reads = (group_block[writer_group] < block) & (group_class[writer_group] == group_class[group])
+    # Static overlaps: the distinct (group, writer group) pairs of the reads, in key order (as torch.unique), with
+    # their point counts, in pair slots (one per entry: a bound); slots past the real pairs hold the sentinel.
+    sentinel = bound * bound
+    pair_sorted, pair_order = torch.sort(torch.where(reads, group * bound + writer_group, sentinel))
+    is_pair = pair_sorted < sentinel
+    pair_start = torch.ones_like(is_pair)
+    pair_start[1:] = pair_sorted[1:] != pair_sorted[:-1]
+    pair_start &= is_pair
+    pair_rank = torch.cumsum(pair_start, 0) - 1
+    pair_points = counts(pair_rank.clamp_min(0), num_entries, torch.where(is_pair, copies[pair_order], 0).double())
+    pair_keys = torch.full((num_entries + 1,), sentinel, dtype=torch.int64, device=device).scatter_(
+        0, torch.where(pair_start, pair_rank, num_entries), pair_sorted)[:num_entries]
+    real_pair = pair_keys < sentinel  # the first num_pairs slots
+    pair_group, pair_writer = (pair_keys // bound).clamp_max(bound - 1), pair_keys % bound
+    pairs_per_group = counts(pair_group, bound, real_pair.long())
+    # The DAG's edges (writer's block -> reader's block), one per pair slot (the host keeps the distinct ones).
+    edge_keys = group_block[pair_writer] * num_blocks + group_block[pair_group]
+    is_group = torch.arange(bound, device=device) <= group.max()
+    groups_per_block = counts(group_block, num_blocks, is_group.long())
+    packed = read_host(torch.cat([torch.stack([real_pair.sum(), pairs_per_group.max(), group.max() + 1]),
+                                  groups_per_block, edge_keys]))[0]
+    num_pairs, widest, num_groups = (int(value) for value in packed[:3])
+    groups_per_block = packed[3:3 + num_blocks]
+    edges = np.unique(packed[3 + num_blocks:3 + num_blocks + num_pairs])
+    waves = _dependency_waves(edges, num_blocks)  # (K,) on the host
     num_waves = int(waves.max()) + 1
-    group_order, bounds = _slices_by_wave(waves[group_block], num_waves)
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(waves, weights=groups_per_block, minlength=num_waves))])
+    bounds = bounds.astype(np.int64).tolist()
+    # Groups by wave (stable, as the slices of a sort by wave), the wave order copied to the device once.
+    group_order = torch.sort(to_device(waves, device)[group_block[:num_groups]], stable=True).indices
+    # Pairs padded per group: (G, H) writer groups and counts (count 0 = padding).
+    pair_group, pair_writer, pair_points = pair_group[:num_pairs], pair_writer[:num_pairs], pair_points[:num_pairs]
+    writers, _ = _pad_rows(pair_writer, pair_group, num_groups, max(widest, 1))
+    pair_counts, _ = _pad_rows(pair_points, pair_group, num_groups, max(widest, 1))
     # Per-wave inputs as contiguous slices (views): few kernels per wave, no host sync inside the loop.
-    writers, counts = writers[group_order], counts[group_order]
+    writers, pair_counts = writers[group_order], pair_counts[group_order]
     may_start_new = group_size[group_order] >= new_group_min_points  # a weak overlap gives such a group a new id
     scene_id = torch.full((num_groups,), -1, dtype=torch.int64, device=device)
     for wave in range(num_waves):
         start, stop = bounds[wave], bounds[wave + 1]
         ids = scene_id[writers[start:stop]]  # (n,H): the writers are in earlier waves
-        wave_counts = counts[start:stop]
+        wave_counts = pair_counts[start:stop]
         # Points per distinct stored id: sum the counts of the writer groups that share the id.
         per_id = ((ids[:, :, None] == ids[:, None, :]) * wave_counts[:, None, :]).sum(-1)  # (n,H)
         # Largest count wins, the smallest id on ties: score = count * G + (G - 1 - id), the largest wins.
@@ -585,14 +642,18 @@ def _merge_in_waves(stored_id: torch.Tensor, block: torch.Tensor, voxel: torch.T
         groups = group_order[start:stop]
         scene_id[groups] = torch.where(is_new, groups, num_groups - 1 - score % num_groups)
     has_writer = writer < num_entries
-    stored_id[has_writer] = scene_id[group[writer[has_writer]]]
+    stored_id.copy_(torch.where(has_writer, scene_id[group[writer.clamp_max(num_entries - 1)]], stored_id))
+    return num_groups
 
 
-def _pad_rows(values: torch.Tensor, row: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values grouped by row ((M,), ``row`` (M,) non-decreasing) -> padded (num_rows, W) (0 fill) and its mask."""
-    counts = torch.bincount(row, minlength=num_rows)
-    width = max(int(counts.max()), 1) if row.numel() else 1
-    slot = torch.arange(row.numel(), device=row.device) - (torch.cumsum(counts, 0) - counts)[row]
+def _pad_rows(values: torch.Tensor, row: torch.Tensor, num_rows: int, width: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values grouped by row ((M,), ``row`` (M,) non-decreasing) -> padded (num_rows, W) (0 fill) and its mask.
+    W = the most values of a row unless the caller knows it (else one host read)."""
+    row_counts = counts(row, num_rows)
+    if width is None:
+        width = max(int(row_counts.max()), 1) if row.numel() else 1
+    slot = torch.arange(row.numel(), device=row.device) - (torch.cumsum(row_counts, 0) - row_counts)[row]
     padded = values.new_zeros(num_rows, width)
     valid = torch.zeros(num_rows, width, dtype=torch.bool, device=row.device)
     padded[row, slot] = values
@@ -624,6 +685,9 @@ def join_across_borders(xyz, instances, point_class, member_points, member_block
     of each block's column (not only the sampled ones), block_min_xy (K,2) each block's min corner, absolute.
     -> (N,) int64 instance ids (joined instances take the smallest id of their component), on the device of
     ``instances``.
+
+    Host-device traffic: one read of the sizes, one copy of the border points (coordinates, ids, block lists) and
+    their instances' classes to the host, where the pairs and components are found, and the new ids back.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -633,44 +697,53 @@ def join_across_borders(xyz, instances, point_class, member_points, member_block
         raise ValueError(f'join_across_borders: distance must be > 0 and min_contacts >= 1, got {distance!r}, '
                          f'{min_contacts!r}')
     device = instances.device
-    labelled = instances >= 0
-    if member_points.numel() == 0 or int(labelled.sum()) < 2:
+    if member_points.numel() == 0:
         return instances
+    num_points = xyz.shape[0]
+    labelled = instances >= 0
     # Margin of each point inside the kept blocks holding it: the largest over its blocks of the distance to the
     # block's nearest side (xy columns). A point with margin >= distance has all its neighbours in one block.
     low = xyz[member_points, :2].double() - block_min_xy[member_blocks].double()  # (M,2)
     margin = torch.minimum(low, block_size - low).amin(1)
-    point_margin = torch.full((xyz.shape[0],), -1.0, dtype=torch.float64, device=device)
+    point_margin = torch.full((num_points,), -1.0, dtype=torch.float64, device=device)
     point_margin.scatter_reduce_(0, member_points, margin, 'amax')
-    border = torch.nonzero(labelled & (point_margin < distance)).squeeze(1)  # (B,)
-    if border.numel() < 2:
+    is_border = labelled & (point_margin < distance)  # (N,)
+    border_member = is_border[member_points]  # (M,)
+    blocks_per_point = counts(member_points, num_points)
+    sizes = read_host(torch.stack([labelled.sum(), is_border.sum(), border_member.sum(), instances.max(),
+                                   point_class.max(), torch.where(is_border, blocks_per_point, 0).max()]))[0]
+    num_labelled, num_border, num_border_members, largest_id, largest_class, width = (int(v) for v in sizes)
+    if num_labelled < 2 or num_border < 2:
         return instances
-    pairs = cKDTree(xyz[border].double().cpu().numpy()).query_pairs(distance, output_type='ndarray')
-    if len(pairs) == 0:
-        return instances
-    first, second = (border[torch.from_numpy(pairs[:, axis].astype(np.int64)).to(device)] for axis in (0, 1))
-    ids = instances[labelled]
-    num_ids = int(ids.max()) + 1
-    instance_class = _majority(ids, point_class[labelled].long(), torch.ones_like(ids, dtype=torch.float64),
-                               num_ids)
-    id_a, id_b = instances[first], instances[second]
-    keep = (id_a != id_b) & (instance_class[id_a] == instance_class[id_b])
-    first, second, id_a, id_b = first[keep], second[keep], id_a[keep], id_b[keep]
-    if first.numel() == 0:
-        return instances
-    # No kept block holds both points: compare the padded block lists of the border points.
-    row_of_point = torch.full((xyz.shape[0],), -1, dtype=torch.int64, device=device)
-    row_of_point[border] = torch.arange(border.numel(), device=device)
-    on_border = torch.nonzero(row_of_point[member_points] >= 0).squeeze(1)
+    border = compact(is_border, num_border)  # (B,)
+    num_ids = largest_id + 1
+    instance_class = _majority(instances.clamp_min(0), point_class.long(), labelled.double(), num_ids,
+                               largest_class + 1)
+    # The kept blocks holding each border point, padded with -1.
+    row_of_point = torch.full((num_points,), -1, dtype=torch.int64, device=device)
+    row_of_point[border] = torch.arange(num_border, device=device)
+    on_border = compact(border_member, num_border_members)
     order = torch.sort(row_of_point[member_points[on_border]], stable=True).indices
     rows = row_of_point[member_points[on_border[order]]]
-    blocks_of_row, valid = _pad_rows(member_blocks[on_border[order]], rows, border.numel())
+    blocks_of_row, valid = _pad_rows(member_blocks[on_border[order]], rows, num_border, max(width, 1))
     blocks_of_row = torch.where(valid, blocks_of_row, -1)
-    blocks_a, blocks_b = blocks_of_row[row_of_point[first]], blocks_of_row[row_of_point[second]]  # (Q,W)
+    border_xyz, border_ids, instance_class, blocks_of_row = read_host(xyz[border].double(), instances[border],
+                                                                     instance_class, blocks_of_row)
+    pairs = cKDTree(border_xyz).query_pairs(distance, output_type='ndarray')
+    if len(pairs) == 0:
+        return instances
+    first, second = pairs[:, 0], pairs[:, 1]  # rows of the border points
+    id_a, id_b = border_ids[first], border_ids[second]
+    keep = (id_a != id_b) & (instance_class[id_a] == instance_class[id_b])
+    first, second, id_a, id_b = first[keep], second[keep], id_a[keep], id_b[keep]
+    if first.size == 0:
+        return instances
+    # No kept block holds both points: compare the padded block lists of the border points.
+    blocks_a, blocks_b = blocks_of_row[first], blocks_of_row[second]  # (Q,W)
     shared = ((blocks_a[:, :, None] == blocks_b[:, None, :]) & (blocks_a[:, :, None] >= 0)).any(2).any(1)
-    id_a, id_b = torch.minimum(id_a, id_b)[~shared], torch.maximum(id_a, id_b)[~shared]
-    edge_keys, contacts = torch.unique(id_a * num_ids + id_b, return_counts=True)
-    edge_keys = edge_keys[contacts >= min_contacts].cpu().numpy()
+    id_a, id_b = np.minimum(id_a, id_b)[~shared], np.maximum(id_a, id_b)[~shared]
+    edge_keys, contacts = np.unique(id_a * num_ids + id_b, return_counts=True)
+    edge_keys = edge_keys[contacts >= min_contacts]
     if edge_keys.size == 0:
         return instances
     graph = coo_matrix((np.ones(edge_keys.size), (edge_keys // num_ids, edge_keys % num_ids)),
@@ -679,5 +752,5 @@ def join_across_borders(xyz, instances, point_class, member_points, member_block
     # Each component takes its smallest id.
     smallest = np.full(component.max() + 1, num_ids, dtype=np.int64)
     np.minimum.at(smallest, component, np.arange(num_ids))
-    new_id = torch.from_numpy(smallest[component]).to(device)
+    new_id = to_device(smallest[component], device)
     return torch.where(labelled, new_id[instances.clamp_min(0)], instances)

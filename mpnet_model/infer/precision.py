@@ -61,6 +61,28 @@ def autocast_dtype(precision: str):
 
 
 # ------------------------------------------------------------------------------------------------ node selection
+def cuda_tf32_allowed(device: str, precision: str) -> bool | None:
+    """Whether float32 matmuls and convolutions may use TF32 for a model run at `precision` on `device`: False for
+    'fp32' on CUDA (fp32 means IEEE float32, the CPU's arithmetic; cuDNN allows TF32 for convolutions by default
+    on Ampere and newer, ~1e-3 relative error per product), None elsewhere (torch's settings are left alone)."""
+    check_precision(precision)
+    if not str(device).startswith('cuda'):
+        return None
+    return False if precision == 'fp32' else None
+
+
+def apply_tf32_policy(device: str, precision: str) -> bool | None:
+    """Set torch's TF32 switches (`torch.backends.cuda.matmul.allow_tf32`, `torch.backends.cudnn.allow_tf32`) as
+    `cuda_tf32_allowed` decides; process-wide, as those switches are. -> the decision."""
+    import torch
+
+    allowed = cuda_tf32_allowed(device, precision)
+    if allowed is not None:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+        torch.backends.cudnn.allow_tf32 = allowed
+    return allowed
+
+
 def _float_tensors(model) -> set[str]:
     """Names of the float32 tensors of the (top-level) graph, types from ONNX shape inference."""
     import onnx

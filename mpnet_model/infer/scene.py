@@ -28,7 +28,16 @@ import torch
 from scipy.spatial import cKDTree
 
 from mpnet_model.infer.backends.base import Backend, make_backend
-from mpnet_model.infer.blocking import LAYOUTS, SAMPLERS, FrameBlocks, frame_blocks
+from mpnet_model.infer.blocking import (
+    LAYOUTS,
+    SAMPLERS,
+    FrameBlocks,
+    FramePartition,
+    frame_blocks,
+    sample_partition,
+)
+from mpnet_model.infer.device_ops import compact, read_host, to_device
+from mpnet_model.infer.device_ops import counts as _counts
 from mpnet_model.infer.instances import (
     DEFAULT_AREA_VOXEL,
     SizeFilter,
@@ -80,6 +89,7 @@ class SceneResult:
     instances_info: list[InstanceInfo] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)   # milliseconds per stage
     num_blocks: int = 0       # blocks segmented
+    probabilities: np.ndarray | None = None   # (N, C) float32 class probabilities, when asked for (semantic map)
 
     @classmethod
     def empty(cls, num_points: int, timings: dict[str, float] | None = None) -> SceneResult:
@@ -105,7 +115,12 @@ class SceneSegmenter:
     backend takes it (fewer repeated points: less inference and mean-shift work on sparse lidar blocks).
     border_join: after BlockMerging, join same-class instances touching within this distance [m] across the
     border of blocks that never held both sides (`merging.join_across_borders`; tiled sparse blocks); 0 = off.
+    sync_timings (class attribute): on CUDA, synchronise the device at every stage of the timings (host-side stage
+    times, ~5 extra syncs a frame); default off: the stages are timed with CUDA events, read after the frame's one
+    output copy (docs/gpu_syncs.md).
     """
+
+    sync_timings = False
 
     def __init__(self, backend: Backend, block_size: float = 1.0, stride: float = 0.5, num_points: int | None = None,
                  batch_size: int | None = None, bandwidth: float = 0.6,
@@ -245,13 +260,13 @@ class SceneSegmenter:
                 ) -> SceneResult:
         """xyz (N,3), rgb (N,3) in [0,1] or None, intensity (N,) or None -> SceneResult for every input point."""
         device = self.device
-        clock = _Clock(device)
+        clock = _Clock(device, self.sync_timings)
         xyz, colours = self.check_cloud(xyz, rgb, intensity)
         num_input = xyz.shape[0]
         if num_input < self.min_block_points:
             return SceneResult.empty(num_input, clock.finish())
-        cloud = torch.from_numpy(np.ascontiguousarray(xyz)).to(device)                 # host -> device, once
-        cloud_colours = torch.from_numpy(np.ascontiguousarray(colours)).to(device)
+        cloud = to_device(xyz, device)                                  # host -> device, once (non-blocking)
+        cloud_colours = to_device(colours, device)
         with _cpu_threads(device, POSTPROCESS_CPU_THREADS):
             blocks = frame_blocks(cloud, cloud_colours, self.layout, self.block_size, self.stride,
                                   self.num_points, self.min_block_points, self.seed, self.sampler, self.point_buckets)
@@ -261,9 +276,26 @@ class SceneSegmenter:
         return self.segment_blocks(cloud, blocks, clock)
 
     @torch.inference_mode()
-    def segment_blocks(self, cloud: torch.Tensor, blocks: FrameBlocks, clock: _Clock | None = None) -> SceneResult:
-        """The stages after blocking, for a cloud (N,3) tensor and its `FrameBlocks` on the backend's device."""
-        clock = clock or _Clock(cloud.device)
+    def segment_partition(self, xyz: np.ndarray, colours: np.ndarray, partition: FramePartition) -> SceneResult:
+        """Segment the chosen blocks `partition` of the cloud xyz (N,3) with colour channels (N,3) (a subset of
+        a fixed-frame grid, e.g. the dirty blocks of `mpnet_model.mapping`), with the class probabilities."""
+        clock = _Clock(self.device, self.sync_timings)
+        cloud = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).to(self.device)
+        cloud_colours = torch.from_numpy(np.ascontiguousarray(colours, dtype=np.float32)).to(self.device)
+        with _cpu_threads(self.device, POSTPROCESS_CPU_THREADS):
+            blocks = sample_partition(cloud, cloud_colours, partition.to(self.device), list(self.point_buckets),
+                                      self.seed, self.sampler)
+        clock.lap('blocks')
+        if len(blocks) == 0:
+            return SceneResult.empty(len(xyz), clock.finish())
+        return self.segment_blocks(cloud, blocks, clock, with_probabilities=True)
+
+    @torch.inference_mode()
+    def segment_blocks(self, cloud: torch.Tensor, blocks: FrameBlocks, clock: _Clock | None = None,
+                       with_probabilities: bool = False) -> SceneResult:
+        """The stages after blocking, for a cloud (N,3) tensor and its `FrameBlocks` on the backend's device.
+        with_probabilities: also return every point's (N, C) class probabilities."""
+        clock = clock or _Clock(cloud.device, self.sync_timings)
         outputs = [self.backend.run_frame(group.points, self.batch_size) for group in blocks.groups]
         clock.lap('inference')                                          # per group: (K,P,C) logits, (K,P,E)
         with _cpu_threads(cloud.device, POSTPROCESS_CPU_THREADS):
@@ -276,9 +308,11 @@ class SceneSegmenter:
             clock.lap('projection')
             shapes = instance_summaries(cloud, instances, labels, scores, boxes[0].argmax(1))  # boxes, confidence
             clock.lap('instances')
-        result = SceneResult(labels.cpu().numpy().astype(np.int32), scores.cpu().numpy().astype(np.float32),
-                             instances.cpu().numpy().astype(np.int32))                  # device -> host, once
-        result.instances_info = self._instance_infos(*(value.cpu().numpy() for value in boxes + shapes))
+        host = read_host(labels, scores, instances, *boxes, *shapes)    # device -> host, once (one packed copy)
+        result = SceneResult(host[0].astype(np.int32), host[1].astype(np.float32), host[2].astype(np.int32))
+        result.instances_info = self._instance_infos(*host[3:])
+        if with_probabilities:
+            result.probabilities = point_probs.cpu().numpy().astype(np.float32)
         result.timings = clock.finish()
         result.num_blocks = len(blocks)
         return result
@@ -297,7 +331,7 @@ class SceneSegmenter:
         for group, probs in zip(blocks.groups, probabilities):
             flat_index = group.indices.reshape(-1)                                      # (K*P,)
             sums.index_add_(0, flat_index, probs.reshape(-1, num_classes).double())
-            counts += torch.bincount(flat_index, minlength=num_points)
+            counts += _counts(flat_index, num_points)
         point_probs = (sums / counts[:, None]).float()                                  # NaN where count 0
         if len(blocks.groups) == 1:
             indices, instances = blocks.groups[0].indices, block_instances[0]
@@ -310,8 +344,8 @@ class SceneSegmenter:
                 size = group.indices.shape[1]
                 instances[group.blocks, :size] = group_instances
                 labels[group.blocks, :size] = probs.argmax(-1)
-        instance_of_point = torch.as_tensor(block_merging(cloud, indices, instances, labels, gap=self.merge_gap),
-                                            device=cloud.device)
+        instance_of_point = torch.as_tensor(block_merging(cloud, indices, instances, labels, gap=self.merge_gap,
+                                                          validate=False), device=cloud.device)
         if self.border_join > 0:
             partition = blocks.partition
             instance_of_point = join_across_borders(
@@ -321,9 +355,19 @@ class SceneSegmenter:
 
     def _nearest(self, references: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """(M,) index of the nearest of `references` (S,3) for each of `queries` (M,3): a k-d tree on the CPU,
-        chunked brute force (one matmul per chunk) on a GPU."""
-        if references.device.type == 'cpu':
-            return torch.from_numpy(cKDTree(references.numpy()).query(queries.numpy(), k=1)[1].astype(np.int64))
+        chunked brute force (one matmul per chunk) on a GPU. The brute force works in coordinates centred on the
+        references' bounding box: |r|^2 - 2 q.r in float32 resolves squared distances to ~1e-7 |r|^2, i.e.
+        1e-3 m^2 for a cloud 100 m from the origin but ~1e-7 x its own extent^2 once centred."""
+        if _cpu_strategy(references.device):
+            # One reference per distinct coordinate (first in order): coincident points cannot be split by a k-d
+            # tree, so a degenerate cloud (500,000 points at one coordinate) made every query scan them all (1 s).
+            refs = np.ascontiguousarray(references.numpy())
+            rows = refs.view(np.dtype((np.void, refs.dtype.itemsize * refs.shape[1]))).reshape(-1)
+            first = np.sort(np.unique(rows, return_index=True)[1])
+            nearest = first[cKDTree(refs[first]).query(queries.numpy(), k=1)[1]]
+            return torch.from_numpy(nearest.astype(np.int64))
+        centre = ((references.amin(0).double() + references.amax(0).double()) / 2).to(references.dtype)
+        references, queries = references - centre, queries - centre
         ref_sq = (references * references).sum(1)
         rows = max(1, _NEAREST_CHUNK_ELEMENTS // max(references.shape[0], 1))
         return torch.cat([(ref_sq[None, :] - 2.0 * chunk @ references.T).argmin(1)
@@ -332,9 +376,11 @@ class SceneSegmenter:
     def _project(self, cloud: torch.Tensor, point_probs: torch.Tensor, point_instances: torch.Tensor):
         """Sampled-point results -> every input point (nearest sampled point for the others), then the instance
         filter -> labels (N,), scores (N,), instances (N,), per-instance (votes, sizes, score sums, lower, upper)."""
-        sampled = torch.nonzero(~torch.isnan(point_probs[:, 0])).reshape(-1)          # (S,)
-        missing = torch.nonzero(torch.isnan(point_probs[:, 0])).reshape(-1)
-        if missing.numel():
+        unsampled = torch.isnan(point_probs[:, 0])                                     # (N,)
+        num_missing = int(read_host(unsampled.sum())[0])                                # the stage's one sync
+        if num_missing:
+            sampled = compact(~unsampled, unsampled.numel() - num_missing)              # (S,)
+            missing = compact(unsampled, num_missing)
             source = sampled[self._nearest(cloud[sampled], cloud[missing])]
             point_probs[missing] = point_probs[source]
             point_instances[missing] = point_instances[source]
@@ -352,21 +398,32 @@ class SceneSegmenter:
         if self.fragment_join > 0:
             instances = join_fragments(cloud, instances, labels, self.fragment_join, num_classes)
         final = torch.full_like(labels, -1)
-        valid = torch.nonzero(instances >= 0).reshape(-1)
-        ids, inverse, sizes = torch.unique(instances[valid], return_inverse=True, return_counts=True)
+        # Instance ids lie in [-1, N): sizes per id over that range, then the present ids (as torch.unique), with
+        # the two sizes the host needs read in one copy (no nonzero / unique / bincount syncs).
+        is_valid = instances >= 0
+        id_sizes = _counts(instances.clamp_min(0), instances.numel(), is_valid.long())   # (N,) points per id
+        present = id_sizes > 0
+        num_ids, num_valid = (int(v) for v in read_host(torch.stack([present.sum(), is_valid.sum()]))[0])
+        valid = compact(is_valid, num_valid)
+        ids = compact(present, num_ids)                                                   # ascending, as unique
+        sizes = id_sizes[ids]
+        inverse = (torch.cumsum(present, 0) - 1)[instances[valid]]
         keep = sizes >= self.min_instance_points
-        keep &= self.size_filter.keep(cloud[valid], inverse, labels[valid], sizes, num_classes)
+        if num_ids:
+            keep &= self.size_filter.keep(cloud[valid], inverse, labels[valid], sizes, num_classes)
         order = torch.sort(-sizes, stable=True).indices                                # largest first, then id
-        order = order[keep[order]]
+        kept = keep[order]
+        count, num_members = (int(v) for v in read_host(torch.stack([kept.sum(), torch.where(kept, sizes[order], 0)
+                                                                                 .sum()]))[0])
+        order = order[compact(kept, count)]
         new_id = torch.full_like(ids, -1)
-        new_id[order] = torch.arange(order.numel(), device=device)
+        new_id[order] = torch.arange(count, device=device)
         final[valid] = new_id[inverse]
-        count = order.numel()
-        members = torch.nonzero(final >= 0).reshape(-1)
+        members = compact(final >= 0, num_members)
         member_ids = final[members]
         votes = torch.zeros(count * num_classes, dtype=torch.int64, device=device)
         votes.index_add_(0, member_ids * num_classes + labels[members], torch.ones_like(member_ids))
-        counts = torch.bincount(member_ids, minlength=count)
+        counts = _counts(member_ids, count)
         score_sum = torch.zeros(count, dtype=torch.float64, device=device).index_add_(0, member_ids,
                                                                                      scores[members].double())
         member_xyz = cloud[members]
@@ -398,6 +455,12 @@ class SceneSegmenter:
         return infos
 
 
+def postprocess_threads(device: torch.device | str):
+    """The torch thread setting of the stages around the network (POSTPROCESS_CPU_THREADS on the CPU), for callers
+    that prepare blocks themselves (e.g. `mpnet_model.mapping`)."""
+    return _cpu_threads(torch.device(device), POSTPROCESS_CPU_THREADS)
+
+
 @contextmanager
 def _cpu_threads(device: torch.device, threads: int | None):
     """Run the block with `threads` torch intra-op threads when `device` is the CPU (restored afterwards)."""
@@ -412,17 +475,44 @@ def _cpu_threads(device: torch.device, threads: int | None):
             torch.set_num_threads(previous)
 
 
-class _Clock:
-    """Stage timer: lap(name) records ms since the previous lap (after the device's queued work); finish() adds
-    the total."""
+def _cpu_strategy(device: torch.device) -> bool:
+    """True on the CPU (k-d tree nearest neighbours); tests switch it off to run the GPU strategy on a CPU."""
+    return device.type == 'cpu'
 
-    def __init__(self, device: torch.device | None = None):
-        self.sync = device is not None and device.type == 'cuda'
+
+class _Clock:
+    """Stage timer: lap(name) records ms since the previous lap; finish() adds the total (host wall time).
+
+    On the CPU the laps are host times. On CUDA (`_uses_events`) each lap records a CUDA event instead of waiting
+    for the device: no host-device sync; finish() turns the events into device times per stage once the frame's
+    output copy has synchronised (a last event not yet reached is waited for). With ``sync`` every lap
+    synchronises the device and takes host times (the clock before issue 25)."""
+
+    def __init__(self, device: torch.device | None = None, sync: bool = False):
+        cuda = device is not None and device.type == 'cuda'
+        self.sync = sync and cuda
         self.device = device
+        self.events: list[tuple[str, object]] | None = None
+        if self._uses_events(device) and not self.sync:
+            self.events = [('', self._event())]
+            self.events[0][1].record()
         self.start = self.last = time.perf_counter()
         self.timings: dict[str, float] = {}
 
+    @staticmethod
+    def _uses_events(device: torch.device | None) -> bool:
+        return device is not None and device.type == 'cuda'
+
+    @staticmethod
+    def _event():
+        return torch.cuda.Event(enable_timing=True)
+
     def lap(self, name: str) -> None:
+        if self.events is not None:
+            event = self._event()
+            event.record()
+            self.events.append((name, event))
+            return
         if self.sync:
             torch.cuda.synchronize(self.device)
         now = time.perf_counter()
@@ -430,5 +520,11 @@ class _Clock:
         self.last = now
 
     def finish(self) -> dict[str, float]:
+        if self.events is not None and len(self.events) > 1:
+            last = self.events[-1][1]
+            if not last.query():        # normally reached: the output copy synchronised after the last lap
+                last.synchronize()
+            for (_, begin), (name, end) in zip(self.events, self.events[1:]):
+                self.timings[name] = begin.elapsed_time(end)
         self.timings['total'] = (time.perf_counter() - self.start) * 1e3
         return self.timings

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mpnet_model.infer.backends.registry import BACKEND_NAMES, find_backend
+from mpnet_model.infer.device_ops import available_memory
 from mpnet_model.infer.fps import farthest_point_sample_np, nested_sample_indices  # noqa: F401 (re-exported)
 from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL
 from mpnet_model.infer.precision import PRECISIONS
@@ -171,6 +172,7 @@ class Backend(ABC):
         self.metadata = metadata
         self._device = device
         self.source = source
+        self._cuda_chunk: int | None = None      # CUDA chunk of `frame_chunk`, fixed at the first frame
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -234,13 +236,18 @@ class Backend(ABC):
         return 4 * (4 * centres * points + 1024 * points)
 
     def frame_chunk(self) -> int:
-        """Blocks per backend call in `run_frame`: `chunk_blocks` when set; on CUDA sized from the free device
-        memory (`CUDA_MEMORY_FRACTION` of it / `bytes_per_block`); on the CPU `CPU_CHUNK_BLOCKS` (measured)."""
+        """Blocks per backend call in `run_frame`: `chunk_blocks` when set; on CUDA sized from the memory the
+        device can give (`CUDA_MEMORY_FRACTION` of the free memory plus the caching allocator's unused reserve, /
+        `bytes_per_block`) at the first frame and kept: the chunk, and with it the batch shapes of the FPS CUDA
+        graphs, stays the same from frame to frame (no recaptures); on the CPU `CPU_CHUNK_BLOCKS` (measured)."""
         if self.chunk_blocks:
             return int(self.chunk_blocks)
         if self.device.startswith('cuda'):
-            free, _ = torch.cuda.mem_get_info(torch.device(self.device))
-            return int(max(1, min(MAX_CHUNK_BLOCKS, CUDA_MEMORY_FRACTION * free // self.bytes_per_block())))
+            if getattr(self, '_cuda_chunk', None) is None:
+                available = available_memory(self.device)
+                self._cuda_chunk = int(max(1, min(MAX_CHUNK_BLOCKS,
+                                                  CUDA_MEMORY_FRACTION * available // self.bytes_per_block())))
+            return self._cuda_chunk
         return CPU_CHUNK_BLOCKS
 
     def run_frame(self, blocks: torch.Tensor | np.ndarray, chunk: int | None = None

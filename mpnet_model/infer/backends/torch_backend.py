@@ -17,7 +17,7 @@ from mpnet_model.infer.backends.base import (
 )
 from mpnet_model.infer.fps import NestedFps
 from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL
-from mpnet_model.infer.precision import PRECISIONS, autocast_dtype
+from mpnet_model.infer.precision import PRECISIONS, apply_tf32_policy, autocast_dtype
 
 
 def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, stride: float | None = None
@@ -50,12 +50,13 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, s
 class TorchBackend(Backend):
     """Checkpoint -> MPNet in eval mode under `torch.inference_mode`.
 
-    precision: 'fp32'; 'fp16' or 'bf16' run the model under autocast on the device (CPU or CUDA; bf16 on CUDA
-    needs an Ampere or newer GPU); outputs are returned as float32. The model keeps its geometry in float32 itself
-    (docs/precision.md). On CPUs without fp16 units (most x86) fp16 is slower than fp32 and is there for checking;
-    bf16 is faster on CPUs with bf16 units (avx512_bf16 / AMX). fps: 'numpy' passes indices from the (identical,
-    faster on CPU) numpy FPS; 'torch' uses torch FPS: on CUDA the batched, CUDA-graph-captured
-    `mpnet_model.infer.fps.NestedFps`, on the CPU the model's own loop; 'auto' = numpy on CPU, torch on CUDA.
+    precision: 'fp32' (on CUDA with TF32 off, `precision.apply_tf32_policy`); 'fp16' or 'bf16' run the model under
+    autocast on the device (CPU or CUDA; bf16 on CUDA needs an Ampere or newer GPU); outputs are returned as
+    float32. The model keeps its geometry in float32 itself (docs/precision.md). On CPUs without fp16 units (most
+    x86) fp16 is slower than fp32 and is there for checking; bf16 is faster on CPUs with bf16 units (avx512_bf16 /
+    AMX). fps: 'numpy' passes indices from the (identical, faster on CPU) numpy FPS; 'torch' uses torch FPS: on CUDA
+    the batched, CUDA-graph-captured `mpnet_model.infer.fps.NestedFps`, on the CPU the model's own loop; 'auto' =
+    numpy on CPU, torch on CUDA.
     """
 
     name = 'torch'
@@ -76,6 +77,7 @@ class TorchBackend(Backend):
             raise BackendError(f"torch backend: fps={fps!r}: choose 'auto', 'torch' or 'numpy'")
         if num_threads:
             torch.set_num_threads(num_threads)
+        apply_tf32_policy(device, precision)      # fp32 on CUDA: no TF32 (cuDNN's default), as the CPU computes
         self.model, self.cfg, meta = load_checkpoint(model_path, map_location=device)
         self.model.eval()
         self.precision = precision
