@@ -17,6 +17,7 @@ from mpnet_model.infer.instances import (
     class_mean_instance_area,
     instance_confidence,
     instance_options,
+    instance_summaries,
     join_fragments,
     occupied_area,
     oriented_boxes,
@@ -283,3 +284,35 @@ def test_true_boxes_of_simulated_frames_hold_their_objects(tmp_path):
         assert (np.abs(local) <= box['size'] / 2 + 0.15).all(axis=1).mean() > 0.98, (instance, box)
         checked += 1
     assert checked >= 5
+
+
+def test_the_sync_free_gpu_route_equals_the_cpu_route():
+    """Oriented boxes, confidence and occupied area take sync-free routes on CUDA (no nonzero / unique / host
+    reads, docs/gpu_syncs.md); forced on the CPU here (`syncs.gpu_strategies`), they give the CPU's values."""
+    from mpnet_model.infer.syncs import gpu_strategies
+
+    rng = np.random.default_rng(5)
+    parts, ids = [], []
+    for k in range(6):                       # boxes of points at random yaws and places, and loose points (-1)
+        local = rng.uniform(-1, 1, (400, 3)) * [1.2 - 0.15 * k, 0.3 + 0.05 * k, 0.4]
+        yaw = rng.uniform(0, math.pi)
+        turn = np.array([[math.cos(yaw), -math.sin(yaw), 0], [math.sin(yaw), math.cos(yaw), 0], [0, 0, 1]])
+        parts.append(local @ turn.T + [rng.uniform(-20, 20), rng.uniform(-20, 20), 0.5])
+        ids.append(np.full(400, k))
+    parts.append(rng.uniform(-25, 25, (500, 3)))
+    ids.append(np.full(500, -1))
+    cloud = torch.from_numpy(np.concatenate(parts))
+    instances = torch.from_numpy(np.concatenate(ids))
+    labels = torch.from_numpy(rng.integers(0, 3, instances.numel()))
+    scores = torch.from_numpy(rng.uniform(0.3, 1.0, instances.numel())).float()
+    classes = torch.tensor([0, 1, 2, 0, 1, 2])
+    cpu = instance_summaries(cloud, instances, labels, scores, classes)
+    members = instances >= 0
+    area_cpu = occupied_area(cloud[members], instances[members], 6)
+    with gpu_strategies():
+        gpu = instance_summaries(cloud, instances, labels, scores, classes)
+        area_gpu = occupied_area(cloud[members], instances[members], 6)
+    for name, a, b in zip(('centre', 'extent', 'yaw', 'confidence'), cpu, gpu):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-9, msg=name)
+    torch.testing.assert_close(area_gpu, area_cpu, rtol=0, atol=0)
+    assert (area_cpu > 0).all()

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mpnet_model.infer import device_ops
+
 SIZE_FILTERS = ('points', 'area', 'off')
 DEFAULT_AREA_VOXEL = 0.1            # [m] voxel edge of the occupied-area size measure
 DEFAULT_FOOTPRINT_CELL = 0.05       # [m] footprint cells of the oriented-box estimate
@@ -52,6 +54,7 @@ COARSE_STEP_DEG = 2.0               # oriented boxes: candidate angles every 2 d
 FINE_STEP_DEG = 0.2                 # ... then every 0.2 deg within +-2 deg of the best
 SENSOR_KINDS = ('lidar', 'rgbd', 'static')   # what the size filter's fraction is tuned for
 _KEY_LIMIT = 1 << 62
+_CELL_BITS = 13                     # sync-free distinct cells: per instance and axis, at most 8192 cells
 JOIN_MIN_CONTACTS = 3               # fragment join: cell pairs within the distance needed to join two instances
 
 
@@ -101,8 +104,28 @@ def occupied_area(xyz: torch.Tensor, index: torch.Tensor, count: int, voxel: flo
     if count == 0 or index.numel() == 0:
         return torch.zeros(count, dtype=torch.float64, device=xyz.device)
     cells = torch.floor(xyz.double() / voxel).long()
-    instance, _ = _distinct_cells(cells, index.long(), count)
-    return torch.bincount(instance, minlength=count).double() * voxel * voxel
+    if device_ops._cpu_strategy(xyz.device):
+        instance, _ = _distinct_cells(cells, index.long(), count)
+        return torch.bincount(instance, minlength=count).double() * voxel * voxel
+    return _distinct_cell_counts(cells, index.long(), count).double() * voxel * voxel
+
+
+def _distinct_cell_counts(cells: torch.Tensor, index: torch.Tensor, count: int) -> torch.Tensor:
+    """(K,) number of distinct integer `cells` (M, D) of each instance `index` (M,) in [0, K), without a host
+    read (the GPU's route; `_distinct_cells` on the CPU): cells relative to their instance's lowest, packed with
+    the instance into one int64 key (`_CELL_BITS` per axis: an instance spans at most 8192 cells an axis, 819 m at
+    0.1 m; beyond that the outer cells merge), sorted, and the first of each run counted."""
+    dims = cells.shape[1]
+    low = torch.full((count, dims), torch.iinfo(torch.int64).max, dtype=torch.int64, device=cells.device)
+    low = low.scatter_reduce(0, index[:, None].expand(-1, dims), cells, 'amin')
+    relative = (cells - low[index]).clamp_(0, (1 << _CELL_BITS) - 1)
+    key = index.clone()
+    for axis in range(dims):
+        key = (key << _CELL_BITS) | relative[:, axis]
+    key = torch.sort(key).values
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[1:] = key[1:] != key[:-1]
+    return device_ops.counts(key >> (_CELL_BITS * dims), count, first.long())
 
 
 def join_fragments(xyz: torch.Tensor, instances: torch.Tensor, labels: torch.Tensor, distance: float,
@@ -244,8 +267,8 @@ def instance_confidence(index: torch.Tensor, labels: torch.Tensor, scores: torch
         return torch.zeros(0, dtype=torch.float64, device=index.device)
     agree = labels == classes[index]
     total = torch.zeros(count, dtype=torch.float64, device=index.device)
-    total.index_add_(0, index[agree], scores[agree].double())
-    return total / torch.bincount(index, minlength=count).clamp(min=1).double()
+    total.index_add_(0, index, torch.where(agree, scores.double(), 0.0))
+    return total / device_ops.counts(index, count).clamp(min=1).double()
 
 
 def _ranges(u: torch.Tensor, v: torch.Tensor, index: torch.Tensor, count: int) -> torch.Tensor:
@@ -268,7 +291,7 @@ def _project(x: torch.Tensor, y: torch.Tensor, angle: torch.Tensor) -> tuple[tor
 def _centred_xy(xy: torch.Tensor, index: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(x (M,1), y (M,1)) relative to each instance's mean (numerically safe far from the origin)."""
     mean = torch.zeros(count, 2, dtype=torch.float64, device=xy.device).index_add_(0, index, xy)
-    mean /= torch.bincount(index, minlength=count).clamp(min=1)[:, None]
+    mean /= device_ops.counts(index, count).clamp(min=1)[:, None]
     local = xy - mean[index]
     return local[:, :1], local[:, 1:]
 
@@ -280,7 +303,11 @@ def footprint_yaw(xyz: torch.Tensor, index: torch.Tensor, count: int, cell: floa
     fine one on the points."""
     if count == 0:
         return torch.zeros(0, dtype=torch.float64, device=xyz.device)
-    instance, cells = _distinct_cells(torch.floor(xyz[:, :2].double() / cell).long(), index.long(), count)
+    cells = torch.floor(xyz[:, :2].double() / cell).long()
+    if device_ops._cpu_strategy(xyz.device):       # the coarse sweep on each footprint cell once
+        instance, cells = _distinct_cells(cells, index.long(), count)
+    else:                                           # GPU: on every point's cell (repeats change no extreme; no sync)
+        instance = index.long()
     x, y = _centred_xy((cells.double() + 0.5) * cell, instance, count)
     coarse = torch.arange(0.0, 90.0, COARSE_STEP_DEG, dtype=torch.float64, device=xyz.device).deg2rad()   # (A,)
     best = coarse[_ranges(*_project(x, y, coarse[None, :]), instance, count).argmin(1)]                 # (K,)
@@ -326,11 +353,18 @@ def instance_summaries(cloud: torch.Tensor, instances: torch.Tensor, labels: tor
     (N,3) with per-point arg-max `labels` and `scores`: oriented box centre (K,3), extent (K,3), yaw (K,) and
     confidence (K,) (module docstring)."""
     count = int(classes.numel())
-    members = torch.nonzero(instances >= 0).reshape(-1)
-    index = instances[members].long()
-    centre, extent, yaw = oriented_boxes(cloud[members], index, count)
-    confidence = instance_confidence(index, labels[members].long(), scores[members], classes.long(), count)
-    return centre, extent, yaw, confidence
+    if device_ops._cpu_strategy(cloud.device):
+        members = torch.nonzero(instances >= 0).reshape(-1)
+        index = instances[members].long()
+        centre, extent, yaw = oriented_boxes(cloud[members], index, count)
+        confidence = instance_confidence(index, labels[members].long(), scores[members], classes.long(), count)
+        return centre, extent, yaw, confidence
+    # GPU, without the nonzero's sync: the points of no instance go to one more instance, dropped after
+    index = torch.where(instances >= 0, instances, count).long()
+    centre, extent, yaw = oriented_boxes(cloud, index, count + 1)
+    classes = torch.cat([classes.long(), classes.new_zeros(1).long()])
+    confidence = instance_confidence(index, labels.long(), scores, classes, count + 1)
+    return centre[:count], extent[:count], yaw[:count], confidence[:count]
 
 
 def yaw_quaternion(yaw: float) -> np.ndarray:
