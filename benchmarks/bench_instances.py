@@ -175,7 +175,7 @@ def run_kind(model: str, kind: str, backend: str, limit: int | None, out: Path) 
         cloud = split.loader(path)
         truth = frame_true_boxes(path) if kind != 'static' else None
         for name, segmenter in (('MPNet, points filter', today), ('MPNet, metric filter', metric)):
-            result = segmenter.segment(cloud.xyz, cloud.rgb)
+            result = segmenter.segment(cloud.xyz, cloud.rgb, origin=cloud.origin)
             rows[name].add(cloud, result.labels, result.instances, result.instances_info, truth)
         if kind != 'static':
             rows['peer (clustering)'].add(cloud, np.zeros(len(cloud.xyz), np.int64), cluster_peer(cloud.xyz))

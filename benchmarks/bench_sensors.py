@@ -23,6 +23,7 @@ from pathlib import Path
 from mpnet_model.default_model import DEFAULT_CHECKPOINT
 
 CONFIGS = {'lidar': 'config/eval_sim_lidar.yaml', 'rgbd': 'config/eval_sim_rgbd.yaml'}
+EXTRA_CONFIGS = {'tabletop': 'config/eval_sim_tabletop.yaml'}     # --tabletop: manipulation views (issue 22)
 
 
 def run_eval(model: str, config: str, out: Path, windows: str, gravity: str = 'off', backend: str = 'torch',
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument('--windows', default='1,5')
     parser.add_argument('--static', action='store_true', help='also the static synthetic hold-out (Area 5)')
     parser.add_argument('--gravity', action='store_true', help='also each sensor run with --gravity-align auto')
+    parser.add_argument('--tabletop', action='store_true', help='also the simulated manipulation views (Area 5)')
     parser.add_argument('--no-pictures', action='store_true')
     args = parser.parse_args()
     specs = [m.split('=', 1) for m in [args.baseline, *args.model]]
@@ -114,8 +116,10 @@ def main() -> None:
     rows: dict[str, dict[str, dict]] = {}
     for name, path in models:
         layout = layouts[name]
-        for kind, config in CONFIGS.items():
-            rows.setdefault(f'{kind}', {})[name] = run_eval(path, config, args.out / name / kind, args.windows,
+        kinds = {**CONFIGS, **(EXTRA_CONFIGS if args.tabletop else {})}
+        for kind, config in kinds.items():
+            windows = '1' if kind in EXTRA_CONFIGS else args.windows       # 4-view manipulation sequences
+            rows.setdefault(f'{kind}', {})[name] = run_eval(path, config, args.out / name / kind, windows,
                                                             layout=layout)
             if args.gravity:
                 rows.setdefault(f'{kind}, gravity auto', {})[name] = run_eval(

@@ -30,7 +30,9 @@ def main() -> None:
     parser.add_argument('--shared', type=Path, default=Path('../shared/data'))
     parser.add_argument('--out', type=Path, required=True)
     parser.add_argument('--gravity-align', choices=('off', 'auto'), default='off')
-    parser.add_argument('--max-range', type=float, default=8.0, help='Ouster range crop [m] (as the demo)')
+    parser.add_argument('--max-range', type=float, default=8.0, help='Ouster range crop [m] (as the demo; 0 = none)')
+    parser.add_argument('--view-range', type=float, default=20.0,
+                        help='draw the Ouster points within this range [m] (the whole cloud is segmented)')
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     backend = 'torch' if args.model.endswith('.pt') else 'onnxruntime'
@@ -55,8 +57,10 @@ def main() -> None:
         shutil.rmtree(out_bag, ignore_errors=True)
         last = results[-1]
         xyz = last.xyz if key == 'ouster' else optical_to_z_up(last.xyz)     # draw the camera z-up
-        render_segmentation(xyz, last.labels, last.instances, names, args.out / f'{key}.png',
-                            title=f'{key} ({model}, gravity {args.gravity_align})')
+        shown = np.linalg.norm(xyz, axis=1) < args.view_range if key == 'ouster' else slice(None)
+        crop = f'max_range {args.max_range:g} m' if args.max_range else 'uncropped'
+        render_segmentation(xyz[shown], last.labels[shown], last.instances[shown], names, args.out / f'{key}.png',
+                            title=f'{key} ({crop}; {model}, gravity {args.gravity_align})')
         summary[key] = {'points': len(last.xyz), 'instances': len(last.instances_info), 'label_shares': shares(
             last.labels)}
     frame = load_pcd(args.shared / 'pcl_office1.pcd')

@@ -19,6 +19,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     class_names: tuple[str, ...] = S3DIS_CLASSES
     in_channels: int = 9                     # xyz (block-centred) + rgb + normalised room xyz (ASIS)
+    # What channels 2 and 6..8 encode (mpnet_model/data/encoding.py): 'room' (ASIS: z over the cloud's lowest z,
+    # xyz over the cloud's extent; paper-faithful S3DIS / ScanNet) or 'floor' (height above the estimated floor,
+    # no x/y location; robot frames).
+    input_encoding: str = 'room'
     # Level-0 point features of the first SA level and the last FP skip. 'non_xyz' (ASIS): the channels after
     # xyz (rgb + room xyz, 6 of 9), xyz only as coordinates; 'all': every input channel, xyz included.
     level0_features: str = 'non_xyz'
@@ -89,6 +93,12 @@ class ModelConfig:
             raise bad('rseg_form', "must be 'literal' or 'per_negative'")
         if self.dis_norm not in ('l1', 'l2'):
             raise bad('dis_norm', "must be 'l1' or 'l2'")
+        from mpnet_model.data.encoding import ENCODINGS
+
+        if self.input_encoding not in ENCODINGS:
+            raise bad('input_encoding', f'choose one of {ENCODINGS}')
+        if self.input_encoding != 'room' and self.in_channels != 9:
+            raise bad('in_channels', f"input_encoding {self.input_encoding!r} defines the 9 channels")
         if self.level0_features not in ('all', 'non_xyz'):
             raise bad('level0_features', "must be 'all' or 'non_xyz'")
         for key in ('memory_scale', 'delta_v', 'delta_d', 'rseg_margin', 'focal_gamma'):
@@ -121,7 +131,8 @@ class ModelConfig:
 
 
 # Values of keys added after checkpoints were first written, as those checkpoints were trained.
-STORED_LEGACY: dict[str, Any] = {'level0_features': 'all', 'embed_dropout': 0.0, 'dis_norm': 'l2'}
+STORED_LEGACY: dict[str, Any] = {'level0_features': 'all', 'embed_dropout': 0.0, 'dis_norm': 'l2',
+                                 'input_encoding': 'room'}
 
 
 # Table 1 rows as config presets (applied on top of any base config).

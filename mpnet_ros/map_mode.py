@@ -55,10 +55,12 @@ def map_window(pipeline: Any, window: Any, start: float) -> Any:
     """Integrate `window` into the pipeline's map and label it from the map -> SegmentedWindow (with `.map`)."""
     from mpnet_ros.pipeline import SegmentedWindow
 
-    colours = pipeline.segmenter.colours(len(window.xyz), window.rgb, window.intensity)
+    colours = pipeline.segmenter.colours(len(window.xyz), window.rgb, window.intensity, window.xyz, window.origin)
     cap = pipeline.block_cap()
     prepared = time.perf_counter()
-    update = pipeline.mapper.update(window.xyz, colours, np.asarray(window.origin), max_blocks=cap)
+    floor = pipeline.segmenter.floor_of(window.xyz, pipeline.known_floor(window), window.origin)  # None: 'room'
+    update = pipeline.mapper.update(window.xyz, colours, np.asarray(window.origin), max_blocks=cap,
+                                    floor=None if floor is None else floor.z)
     if update.blocks_run:
         pipeline.cost.update(update.blocks_run, update.timings['segment'])
     timings = {f'map/{k}': float(v) for k, v in update.timings.items()}

@@ -72,6 +72,15 @@ SPECS: dict[str, ParamSpec] = {
     'gravity_align': ParamSpec('auto', "Without tf (fixed_frame ''), rotate each window so its dominant floor "
                                "plane is level before segmenting, results given back in the input frame; 'off' = "
                                'trust the frame as z-up.', choices=('auto', 'off')),
+    'floor_source': ParamSpec('estimate', "Floor of the model's 'floor' input encoding: 'estimate' it from each "
+                              "window (lowest dominant horizontal surface near the sensor, mpnet_model/infer/floor.py)"
+                              ", 'fixed_frame' (z = floor_z in fixed_frame, e.g. a base frame on the floor), or "
+                              "'sensor_height' (the sensor origin is sensor_height above the floor). A known floor "
+                              "wins over the estimate; 'room' models ignore it.",
+                              choices=('estimate', 'fixed_frame', 'sensor_height')),
+    'floor_z': ParamSpec(0.0, 'Height of the floor in fixed_frame [m] (floor_source fixed_frame).', -1000.0, 1000.0),
+    'sensor_height': ParamSpec(0.0, 'Height of the sensor origin above the floor [m] (floor_source sensor_height).',
+                               0.0, 100.0),
     'voxel_size': ParamSpec(0.0, 'Segment one point per voxel of this edge [m] and copy its result to the voxel '
                             '(0 = off).', 0.0, 10.0),
     'drop_zero_points': ParamSpec(True, 'Treat 0,0,0 points as invalid returns (Ouster and others publish them).'),
@@ -250,6 +259,10 @@ def validate_params(values: Mapping[str, Any], check_files: bool = True) -> Segm
     box = merged['crop_box']
     if any(box) and not all(box[i] < box[i + 3] for i in range(3)):
         raise ParamError('crop_box', list(box), 'needs xmin < xmax, ymin < ymax, zmin < zmax (or all zeros = off)')
+    if merged['floor_source'] == 'fixed_frame' and not merged['fixed_frame']:
+        raise ParamError('floor_source', 'fixed_frame', "needs fixed_frame (the frame whose z = floor_z is the floor)")
+    if merged['floor_source'] == 'sensor_height' and not merged['sensor_height'] > 0:
+        raise ParamError('sensor_height', merged['sensor_height'], "must be > 0 with floor_source 'sensor_height'")
     if not merged['fallback_frame_id']:
         raise ParamError('fallback_frame_id', '', 'must not be empty')
     if merged['backend'] == 'tensorrt' and not merged['device'].startswith('cuda'):

@@ -81,6 +81,7 @@ class SegmentedWindow:
     blocks: int = 0            # estimated blocks segmented
     cropped_from: int = 0      # points of the window before an over-budget crop (0: not cropped)
     timings: dict[str, float] = field(default_factory=dict)  # ms
+    floor_z: float | None = None  # the floor height the model's 'floor' encoding used (levelled frame; None: none)
     map: Any = None            # mapping mode: the frame's `mpnet_model.mapping.MapUpdate`
 
 
@@ -261,6 +262,27 @@ class ScenePipeline:
         self.window.add(frame)
         return frame
 
+    def segment_cloud(self, xyz: np.ndarray, rgb: np.ndarray | None = None, intensity: np.ndarray | None = None,
+                      frame_id: str = 'sensor', stamp_ns: int = 0) -> SegmentedWindow:
+        """One cloud through the whole path (filters, window, segmentation, tracking) without a message: offline
+        tools and benchmarks. The window is emptied first, so the result is this cloud's alone."""
+        xyz = np.ascontiguousarray(xyz, dtype=np.float32)
+        parsed = ParsedCloud(xyz, rgb, intensity, np.arange(len(xyz), dtype=np.int64), frame_id, int(stamp_ns),
+                             len(xyz))
+        self.window.clear()
+        self.add(parsed)
+        return self.process(self.window.snapshot())
+
+    def known_floor(self, window: Window) -> float | None:
+        """The floor height in the window's frame when the parameters say where it is (floor_source fixed_frame:
+        floor_z; sensor_height: below the sensor), None when it is to be estimated from the window."""
+        p = self.params
+        if p.floor_source == 'fixed_frame':
+            return float(p.floor_z)
+        if p.floor_source == 'sensor_height':
+            return float(window.origin[2]) - p.sensor_height
+        return None
+
     # --- processing ------------------------------------------------------------------------------------------
 
     def process(self, window: Window) -> SegmentedWindow:
@@ -337,13 +359,14 @@ class ScenePipeline:
         prepared = time.perf_counter()
         if len(window.xyz) >= PREPARE_RATE_MIN_POINTS:
             self.prepare_rate.add((prepared - start) * 1e3 / len(window.xyz))
+        floor = {} if self.known_floor(window) is None else {'floor': self.known_floor(window)}
         if p.gravity_align == 'auto' and not p.fixed_frame:    # no tf: level it ourselves
             from mpnet_model.infer.gravity import prior_up_for_frame, segment_gravity_aligned
 
             result, _ = segment_gravity_aligned(segmenter, xyz, rgb, intensity,
-                                                prior_up_for_frame(window.frame_id))
+                                                prior_up_for_frame(window.frame_id), origin=window.origin, **floor)
         else:
-            result = segmenter.segment(xyz, rgb, intensity)
+            result = segmenter.segment(xyz, rgb, intensity, origin=window.origin, **floor)
         segmented = time.perf_counter()
         # A crop can leave no full block; counting it as one keeps the cost measured (and the cap able to grow back).
         cost.update(load if load > 0 else 1.0, (segmented - prepared) * 1e3)
@@ -359,4 +382,5 @@ class ScenePipeline:
         return SegmentedWindow(stamp_ns=window.stamp_ns, frame_id=window.frame_id, xyz=window_xyz, labels=labels,
                                instances=instances, scores=scores, instances_info=infos,
                                num_frames=window.num_frames, num_segmented=len(xyz), blocks=blocks,
-                               cropped_from=cropped_from, timings=timings)
+                               cropped_from=cropped_from, timings=timings,
+                               floor_z=None if getattr(result, 'floor', None) is None else result.floor.z)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from golden_cases import CASES, DATA, _segmenter, golden_path, office_patch
+from golden_cases import CASES, DATA, GOLDEN_SETS, _segmenter, golden_path, office_patch
 
 from mpnet_model.eval.golden import GoldenReference, GoldenTolerance, compare, instance_ari
 from mpnet_model.infer.scene import SceneSegmenter
@@ -21,13 +21,21 @@ def segmenter():
     return _segmenter()
 
 
+@pytest.fixture(scope='module', params=list(GOLDEN_SETS))
+def golden_set(request):
+    """(segmenter, golden folder): the shipped model, and the 'room' model of issue 16 with its own goldens."""
+    model_path, folder = GOLDEN_SETS[request.param]
+    return _segmenter(model_path), folder
+
+
 MIN_INSTANCES = {'office_patch': 5, 'kinect_frame': 3, 'ouster_8m_bag': 1}
 
 
 @needs_data
 @pytest.mark.parametrize('case', list(CASES))
-def test_frame_path_matches_golden(case, segmenter):
-    reference = GoldenReference.load(golden_path(case))
+def test_frame_path_matches_golden(case, golden_set):
+    segmenter, folder = golden_set
+    reference = GoldenReference.load(golden_path(case, folder))
     run = CASES[case](segmenter)
     assert run.labels.size == reference.info['points'], 'the crop changed: not the same input'
     report = compare(reference, run.int_labels, run.instances)
@@ -38,6 +46,15 @@ def test_frame_path_matches_golden(case, segmenter):
     assert len(np.unique(reference.labels)) >= 4
 
 
+def test_the_kept_room_model_predates_the_encoding_setting():
+    import onnx
+    from golden_cases import ROOM_MODEL
+
+    props = {p.key for p in onnx.load(str(ROOM_MODEL), load_external_data=False).metadata_props}
+    assert 'input_encoding' not in props                       # written before issue 22: read as 'room'
+    assert _segmenter(str(ROOM_MODEL)).input_encoding == 'room'
+
+
 @needs_data
 @pytest.mark.parametrize('bug', ['stride = block size', 'rgb replaced by grey'])
 def test_golden_catches_known_wiring_bugs(bug, segmenter):
@@ -46,7 +63,7 @@ def test_golden_catches_known_wiring_bugs(bug, segmenter):
         broken = SceneSegmenter(segmenter.backend, block_size=1.0, stride=1.0, layout='grid')   # stride: grid only
     else:
         broken = SceneSegmenter(segmenter.backend)
-        broken.colours = lambda n, rgb, intensity: np.full((n, 3), 0.5, np.float32)
+        broken.colours = lambda n, rgb, intensity, *where: np.full((n, 3), 0.5, np.float32)
     report = compare(GoldenReference.load(golden_path('office_patch')), *_as_run(office_patch(broken)))
     assert not report.ok and report.label_agreement < 0.9, report.summary()
 

@@ -18,6 +18,9 @@ NON_DEFAULT = {
     'max_coordinate': 250.0,
     'crop_box': [-1.5, -2.5, -0.5, 3.5, 4.5, 2.25],
     'gravity_align': 'off',
+    'floor_source': 'sensor_height',
+    'floor_z': -0.35,
+    'sensor_height': 1.8,
     'voxel_size': 0.03,
     'drop_zero_points': False,
     'backend': 'torch',
@@ -55,6 +58,9 @@ NON_DEFAULT = {
     'map_load_path': '/maps/floor.npz',
     'map_save_path': '/maps/floor.ply',
 }
+# Values that are only valid together with another parameter: what they need.
+NEEDS = {('floor_source', 'sensor_height'): {'sensor_height': 1.8},
+         ('floor_source', 'fixed_frame'): {'fixed_frame': 'odom'}, ('backend', 'tensorrt'): {'device': 'cuda'}}
 
 
 def test_the_table_covers_every_parameter():
@@ -65,7 +71,8 @@ def test_the_table_covers_every_parameter():
 @pytest.mark.parametrize('key', sorted(NON_DEFAULT))
 def test_non_default_value_comes_through_unchanged(key):
     value = NON_DEFAULT[key]
-    params = validate_params({key: value}, check_files=False)
+    needs = {} if isinstance(value, list) else NEEDS.get((key, value), {})
+    params = validate_params({key: value, **needs}, check_files=False)
     assert getattr(params, key) == (tuple(value) if isinstance(value, list) else value)
     assert type(getattr(params, key)) is (tuple if isinstance(value, list) else type(value))
 
@@ -123,7 +130,7 @@ def test_bounds_are_inclusive_at_both_ends(key):
 def test_every_choice_accepted():
     for key, spec in SPECS.items():
         for choice in spec.choices:
-            needs = {'device': 'cuda'} if (key, choice) == ('backend', 'tensorrt') else {}   # TensorRT: GPU only
+            needs = NEEDS.get((key, choice), {})                 # e.g. TensorRT: GPU only
             assert getattr(validate_params({key: choice, **needs}, check_files=False), key) == choice
 
 

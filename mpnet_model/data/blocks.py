@@ -71,9 +71,28 @@ def _check_block_params(block_size: float, stride: float, num_points: int | None
         raise ValueError(f'min_points={min_points!r} must be an integer >= 1')
 
 
+def lattice_origin(xy_min, pitch: float | None, block_size: float = 1.0):
+    """The grid's x/y origin: the cloud's minimum (ASIS), or with `pitch` a multiple of `pitch` at least a block
+    below that minimum (a fixed lattice of the cloud's frame: the grid does not move when a point is added or
+    cropped, and every lattice block that holds a point starts inside it)."""
+    if pitch is None:
+        return xy_min
+    return np.floor((np.asarray(xy_min, np.float64) - block_size) / pitch) * pitch
+
+
+def grid_size(extent: float, block_size: float, stride: float, anchored: bool) -> int:
+    """Blocks along one axis: ASIS's count (the last block starts within a block of the far edge), or on an
+    anchored lattice every block starting at or before the far edge (the grid's end must not depend on the
+    extent either)."""
+    if anchored:
+        return int(math.floor(extent / stride)) + 1
+    return max(1, int(math.ceil((extent - block_size) / stride)) + 1)
+
+
 def partition_blocks(xyz: np.ndarray, block_size: float = 1.0, stride: float = 0.5,
-                     min_points: int = 100) -> BlockPartition:
-    """Assign the points of `xyz` (N, 3) to the overlapping block grid; keep blocks with >= `min_points` points."""
+                     min_points: int = 100, lattice: float | None = None) -> BlockPartition:
+    """Assign the points of `xyz` (N, 3) to the overlapping block grid; keep blocks with >= `min_points` points.
+    `lattice`: anchor the grid's x/y origin to multiples of this pitch (`lattice_origin`) instead of the minimum."""
     _check_block_params(block_size, stride, None, min_points)
     xyz = np.asarray(xyz)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
@@ -86,10 +105,11 @@ def partition_blocks(xyz: np.ndarray, block_size: float = 1.0, stride: float = 0
         raise ValueError(f'xyz contains {int((~np.isfinite(xyz)).any(axis=1).sum())} non-finite point(s)')
 
     room_min = xyz.min(axis=0).astype(np.float64)
+    room_min[:2] = lattice_origin(room_min[:2], lattice, block_size)
     shifted_xy = xyz[:, :2].astype(np.float64) - room_min[:2]          # (N, 2)
     room_extent = xyz.max(axis=0).astype(np.float64) - room_min
     # ASIS grid size; at least one block for rooms smaller than a block.
-    grid = [max(1, int(math.ceil((room_extent[a] - block_size) / stride)) + 1) for a in (0, 1)]
+    grid = [grid_size(room_extent[a], block_size, stride, lattice is not None) for a in (0, 1)]
     span = int(math.ceil(block_size / stride)) + 1        # max number of blocks covering a point, per axis
 
     # Per axis: a point's highest candidate block index `top` and whether block `top - k` really contains it.
@@ -162,17 +182,59 @@ def sample_block_indices(partition: BlockPartition, num_points: int, rng: np.ran
     return indices
 
 
+def sample_block_indices_keyed(partition: BlockPartition, xyz: np.ndarray, num_points: int, seed: int = 0
+                               ) -> np.ndarray:
+    """(K, P) point indices with the semantics of `sample_block_indices`, drawn from keys of each point's
+    coordinates and its block's absolute lattice cell (`mpnet_model.data.point_keys`) instead of one random
+    stream: a block's sample depends on its own points only. A block of >= P points keeps the P members of smallest
+    key, in key order; a shorter one every member once plus repeats, both drawn from keys of (cell, slot)."""
+    from mpnet_model.data.point_keys import (
+        cell_keys_np,
+        hash_fields_np,
+        order_key_np,
+        point_keys_np,
+        sort_key_np,
+        unit_np,
+    )
+
+    num_blocks = len(partition)
+    counts, offsets = partition.counts, partition.offsets
+    indices = np.empty((num_blocks, num_points), dtype=np.int64)
+    if num_blocks == 0:
+        return indices
+    cells = np.rint((partition.origins + partition.room_min[:2]) / partition.stride).astype(np.int64)   # (K, 2)
+    pair_block = np.repeat(np.arange(num_blocks), counts)                                      # (M,)
+    keys = cell_keys_np(point_keys_np(xyz[partition.point_order], seed), cells[pair_block, 0], cells[pair_block, 1])
+    ranked = partition.point_order[np.argsort(sort_key_np(pair_block, keys), kind='stable')]  # key order per block
+    large = counts >= num_points
+    indices[large] = ranked[offsets[:-1][large][:, None] + np.arange(num_points)]
+    short = np.flatnonzero(~large)
+    if short.size:
+        short_counts = counts[short][:, None]                                                # (S, 1)
+        slot = np.arange(num_points)[None, :]
+        cell_i, cell_j = cells[short, 0][:, None], cells[short, 1][:, None]
+        repeat = np.minimum((unit_np(hash_fields_np([seed, cell_i, cell_j, slot, 1])) * short_counts).astype(
+            np.int64), short_counts - 1)
+        rows = ranked[offsets[short][:, None] + np.where(slot < short_counts, slot, repeat)]
+        shuffle = np.argsort(order_key_np(hash_fields_np([seed, cell_i, cell_j, slot, 2])), axis=1, kind='stable')
+        indices[short] = np.take_along_axis(rows, shuffle, axis=1)
+    return indices
+
+
 def block_features(xyz: np.ndarray, rgb: np.ndarray | None, indices: np.ndarray, origins: np.ndarray,
-                   partition: BlockPartition) -> np.ndarray:
-    """The 9 ASIS channels (K, P, 9) float32 for `indices` (K, P) of blocks with room-relative `origins` (K, 2)."""
+                   partition: BlockPartition, encoding: str = 'room', floor: float | None = None) -> np.ndarray:
+    """The 9 channels (K, P, 9) float32 for `indices` (K, P) of blocks with room-relative `origins` (K, 2), in
+    `encoding` (`mpnet_model.data.encoding`; ``floor`` needs the `floor` height)."""
+    from mpnet_model.data.encoding import fill_location_channels, finish_block_channels
+
     shifted = xyz[indices].astype(np.float64) - partition.room_min                    # (K, P, 3)
     centers = origins + partition.block_size / 2.0                                   # (K, 2)
     extent = np.where(partition.room_extent > 0, partition.room_extent, 1.0)         # flat rooms: avoid 0-division
     points = np.empty(indices.shape + (NUM_CHANNELS,), dtype=np.float32)
     points[..., 0:2] = shifted[..., :2] - centers[:, None, :]
-    points[..., 2] = shifted[..., 2]
     points[..., 3:6] = 0.0 if rgb is None else rgb[indices]
-    points[..., 6:9] = shifted / extent
+    fill_location_channels(points, shifted, encoding, extent, floor, float(partition.room_min[2]))
+    finish_block_channels(points, encoding, partition.block_size)
     return points
 
 

@@ -39,6 +39,9 @@ class DataConfig:
     lidar_colour: str = 'intensity'          # frames: lidar colour channels as the runtime makes them (or 'grey')
     mix: str = ''                            # extra training sources 'dataset:root[@k],...' (module docstring)
     repeat: int = 1                          # with mix: list the main dataset's training rooms this many times
+    # Training-only augmentations for robot clouds, 'name=value,...' (mpnet_model/data/transforms.py), e.g.
+    # 'stray_points=0.3,partial_view=0.3,floor_error=0.1,tall_walls=0.2'; '' = none.
+    augment: str = ''
 
     def split(self):
         """The rooms this config trains, validates and tests on (`mpnet_model.data.splits.RoomSplit`)."""
@@ -85,6 +88,9 @@ class DataConfig:
             raise bad('lidar_colour', f'choose one of {list(LIDAR_COLOURS)}')
         if self.repeat < 1:
             raise bad('repeat', 'must be >= 1')
+        from mpnet_model.data.transforms import parse_augment
+
+        parse_augment(self.augment)
         self.mix_sources()
         return self
 

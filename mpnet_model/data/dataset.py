@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from mpnet_model.data.blocks import block_features, partition_blocks
+from mpnet_model.data.blocks import NUM_CHANNELS, partition_blocks
 from mpnet_model.data.room import Room, load_room_npz, read_cache_key, save_room_npz
 
 RoomLoader = Callable[[Path], Room]
@@ -82,12 +82,22 @@ class BlockDataset(Dataset):
 
     Sampling is deterministic in (seed, epoch, index): call `set_epoch(epoch)` each epoch to draw new points.
     `augment` rotates the block-centred xyz about z by a random angle and jitters it (sigma 1 cm, clipped at
-    5 cm); the room-normalised channels 6..8 are left unchanged.
+    5 cm); the location channels 6..8 are left unchanged. With `augment`, `robot_augment` (a `data.augment` spec,
+    `mpnet_model.data.transforms`) first changes the block's members: stray points, partial views, façades, floor
+    errors.
+    `encoding`: the model's input encoding (`mpnet_model.data.encoding`); ``floor`` measures heights from each
+    room's floor as the runtime estimates it (`mpnet_model.infer.floor.estimate_floor` on the whole room or frame, from
+    the frame's sensor position when it has one).
     """
 
     def __init__(self, rooms_or_cache: str | os.PathLike | Sequence[Room | str | os.PathLike],
                  num_points: int = 4096, block_size: float = 1.0, stride: float = 0.5, min_points: int = 100,
-                 seed: int = 0, augment: bool = False, progress: bool = True):
+                 seed: int = 0, augment: bool = False, progress: bool = True, encoding: str = 'room',
+                 robot_augment: str = ''):
+        from mpnet_model.data.encoding import check_encoding, needs_floor
+        from mpnet_model.infer.floor import estimate_floor
+
+        self.encoding = check_encoding(encoding)
         self.num_points = int(num_points)
         if self.num_points <= 0:
             raise ValueError(f'num_points={num_points!r} must be a positive integer')
@@ -102,6 +112,7 @@ class BlockDataset(Dataset):
         self._sem: list[np.ndarray] = []
         self._ins: list[np.ndarray] = []
         self._partitions = []
+        self._floors: list[float | None] = []     # per room: the floor height of the 'floor' encoding
         block_room, block_local = [], []
         for item in tqdm(_resolve_rooms(rooms_or_cache), desc='partitioning rooms', unit='room',
                          disable=not progress):
@@ -119,12 +130,16 @@ class BlockDataset(Dataset):
             self._sem.append(room.sem.astype(np.int32))
             self._ins.append(room.ins.astype(np.int32))
             self._partitions.append(partition)
+            self._floors.append(estimate_floor(room.xyz, room.origin).z if needs_floor(self.encoding) else None)
             block_room.append(np.full(len(partition), room_index, dtype=np.int64))
             block_local.append(np.arange(len(partition), dtype=np.int64))
         if not self.room_names:
             raise ValueError('BlockDataset needs at least one room')
         self._block_room = np.concatenate(block_room)     # (T,) room of each block
         self._block_local = np.concatenate(block_local)   # (T,) block index within its room
+        from mpnet_model.data.transforms import RobotAugment
+
+        self.robot = RobotAugment(robot_augment, self.class_names)
 
     def __len__(self) -> int:
         return int(self._block_room.shape[0])
@@ -169,17 +184,50 @@ class BlockDataset(Dataset):
         room, local = int(self._block_room[index]), int(self._block_local[index])
         partition = self._partitions[room]
         members = partition.block_points(local)
-        if members.shape[0] >= self.num_points:
-            chosen = rng.choice(members, self.num_points, replace=False)
+        floor = self._floors[room]
+        if not (self.augment and self.robot):
+            chosen = self._draw(members, rng)
+            xyz, sem, ins = self._xyz[room][chosen], self._sem[room][chosen], self._ins[room][chosen]
+            rgb = self._rgb[room][chosen] / np.float32(255.0)          # colours stored as uint8
         else:
-            extra = rng.choice(members, self.num_points - members.shape[0], replace=True)
-            chosen = rng.permutation(np.concatenate([members, extra]))
-        points = block_features(self._xyz[room], None, chosen[None, :], partition.origins[local:local + 1],
-                                partition)[0]                                                    # (P, 9)
-        points[:, 3:6] = self._rgb[room][chosen] / np.float32(255.0)   # colours stored as uint8
+            from mpnet_model.data.transforms import BlockSample
+
+            centre = partition.room_min[:2] + partition.origins[local] + partition.block_size / 2.0
+            block = self.robot(BlockSample(self._xyz[room][members].astype(np.float64),
+                                           self._rgb[room][members] / np.float32(255.0), self._sem[room][members],
+                                           self._ins[room][members], members, floor if floor is not None else 0.0,
+                                           centre, partition.block_size), rng)
+            pick = self._draw(np.arange(len(block.xyz)), rng)
+            xyz, rgb, sem, ins, chosen = block.xyz[pick], block.rgb[pick], block.sem[pick], block.ins[pick], \
+                block.index[pick]
+            floor = block.floor if floor is not None else None
+        points = self._channels(xyz, rgb, partition, local, floor)                                # (P, 9)
         if self.augment:
+            from mpnet_model.data.encoding import finish_block_channels
+
             points = self._augment(points, rng)
-        return points, self._sem[room][chosen].astype(np.int64), self._ins[room][chosen].astype(np.int64), chosen
+            finish_block_channels(points, self.encoding, partition.block_size)     # follows the rotated x, y
+        return points, sem.astype(np.int64), ins.astype(np.int64), chosen
+
+    def _draw(self, members: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """P of `members`: without replacement, or all of them plus random repeats when short."""
+        if members.shape[0] >= self.num_points:
+            return rng.choice(members, self.num_points, replace=False)
+        extra = rng.choice(members, self.num_points - members.shape[0], replace=True)
+        return rng.permutation(np.concatenate([members, extra]))
+
+    def _channels(self, xyz: np.ndarray, rgb: np.ndarray, partition, local: int, floor: float | None) -> np.ndarray:
+        """The 9 channels (P, 9) of points `xyz` (P, 3) of block `local` (as `block_features`, any xyz)."""
+        from mpnet_model.data.encoding import fill_location_channels, finish_block_channels
+
+        shifted = np.asarray(xyz).astype(np.float64) - partition.room_min                     # (P, 3)
+        extent = np.where(partition.room_extent > 0, partition.room_extent, 1.0)
+        points = np.empty((shifted.shape[0], NUM_CHANNELS), dtype=np.float32)
+        points[:, 0:2] = shifted[:, :2] - (partition.origins[local] + partition.block_size / 2.0)
+        points[:, 3:6] = rgb
+        fill_location_channels(points, shifted, self.encoding, extent, floor, float(partition.room_min[2]))
+        finish_block_channels(points, self.encoding, partition.block_size)
+        return points
 
     @staticmethod
     def _augment(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -11,7 +11,9 @@ from mpnet_model.data.classes import IGNORE_LABEL
 from mpnet_model.io.atomic import atomic_write
 
 # Version of the on-disk room cache layout; bump when the stored arrays change meaning.
-ROOM_CACHE_VERSION = 1
+# 2: lidar frames' intensity grey scaled on the returns within 8 m of the sensor (mpnet_model/infer/scene.py)
+# 3: the sensor's position of a frame (origin), for its floor estimate (mpnet_model/infer/floor.py)
+ROOM_CACHE_VERSION = 3
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Room:
     class_names: tuple
     # Extension: name of each instance id (S3DIS: annotation file stem such as 'chair_2'), () when unknown.
     instance_names: tuple = ()
+    # Extension: the sensor's position (3,) for a single sensor's frame (its level frame: the origin), else None.
+    origin: tuple | None = None
 
     def __post_init__(self) -> None:
         self.xyz = np.ascontiguousarray(self.xyz, dtype=np.float32)
@@ -67,6 +71,7 @@ def save_room_npz(room: Room, path: str | os.PathLike, source_key: str = '') -> 
         rgb=np.round(room.rgb * 255.0).clip(0, 255).astype(np.uint8),
         sem=room.sem.astype(np.int32),
         ins=room.ins.astype(np.int32),
+        origin=np.asarray(room.origin if room.origin is not None else (), np.float64),
     )
     with atomic_write(path) as stream:
         np.savez(stream, **arrays)
@@ -101,6 +106,7 @@ def load_room_npz(path: str | os.PathLike) -> Room:
                 ins=data['ins'],
                 class_names=tuple(str(c) for c in data['class_names']),
                 instance_names=tuple(str(c) for c in data['instance_names']),
+                origin=tuple(float(v) for v in data['origin']) if data['origin'].size == 3 else None,
             )
     except KeyError as exc:
         raise ValueError(f'{path}: not a room cache file (missing array {exc})') from exc

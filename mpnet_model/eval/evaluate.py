@@ -83,7 +83,7 @@ def evaluate_rooms(segmenter: SceneSegmenter, rooms: Iterable[Room], scannet_ap:
             raise ConfigError(f'room {room.name}: classes {room.class_names} differ from the model\'s '
                               f'{segmenter.class_names}')
         start = time.perf_counter()
-        result = segmenter.segment(room.xyz, room.rgb)
+        result = segmenter.segment(room.xyz, room.rgb, origin=room.origin)
         seconds += time.perf_counter() - start
         # Points no block reached (label -1) count as wrong rather than being dropped.
         labels = np.where(result.labels < 0, 0, result.labels)
@@ -404,8 +404,8 @@ def _frame_segment(gravity_align: str):
         if gravity_align == 'auto':
             from mpnet_model.infer.gravity import segment_gravity_aligned
 
-            return segment_gravity_aligned(segmenter, cloud.xyz, cloud.rgb)[0]
-        return segmenter.segment(cloud.xyz, cloud.rgb)
+            return segment_gravity_aligned(segmenter, cloud.xyz, cloud.rgb, origin=cloud.origin)[0]
+        return segmenter.segment(cloud.xyz, cloud.rgb, origin=cloud.origin)
     return segment
 
 

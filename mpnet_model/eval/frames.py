@@ -96,9 +96,9 @@ def segment_with(segmenter, gravity_align: str = 'off') -> Callable[[Room], tupl
 
     def run(room: Room):
         if gravity_align == 'auto':
-            result = segment_gravity_aligned(segmenter, room.xyz, room.rgb)[0]     # (SceneResult, estimate)
+            result, _ = segment_gravity_aligned(segmenter, room.xyz, room.rgb, origin=room.origin)
         else:
-            result = segmenter.segment(room.xyz, room.rgb)
+            result = segmenter.segment(room.xyz, room.rgb, origin=room.origin)
         return np.asarray(result.labels), np.asarray(result.instances)
     return run
 

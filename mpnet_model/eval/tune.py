@@ -185,7 +185,7 @@ def tune_postprocessing(backend: Backend, rooms: Iterable[Room], mean_instance_p
     for room in tqdm(list(rooms), desc='tuning post-processing', unit='room', disable=not progress):
         for bandwidth in bandwidths:
             segmenter = SceneSegmenter(cached, bandwidth=bandwidth, class_min_points=None, **segmenter_options)
-            result = segmenter.segment(room.xyz, room.rgb)
+            result = segmenter.segment(room.xyz, room.rgb, origin=room.origin)
             labels = np.where(result.labels < 0, 0, result.labels)
             for fraction in fractions:
                 thresholds = None if fraction == 0 else fraction * sizes
@@ -269,8 +269,8 @@ def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str,
     """Choose the area fraction, fragment join and point floor for `sensor_kind` on `clouds` (module docstring).
     `class_mean_area` (C,) [m^2] at `voxel` (default `instances.DEFAULT_AREA_VOXEL`); `class_mean_points` (C,)
     adds the point filter's rows (with segmenter_options' min_instance_points, default 50, as the floor).
-    `segment(segmenter, cloud) -> SceneResult` (default `segmenter.segment(xyz, rgb)`); `segmenter_options` go to
-    `SceneSegmenter` (bandwidth, block_size, min_instance_points, ...)."""
+    `segment(segmenter, cloud) -> SceneResult` (default `segmenter.segment(xyz, rgb, origin=...)`);
+    `segmenter_options` go to `SceneSegmenter` (bandwidth, block_size, min_instance_points, ...)."""
     import torch
 
     from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL, SENSOR_KINDS, instance_table, join_fragments
@@ -301,7 +301,7 @@ def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str,
     segmenter_options.setdefault('bandwidth', backend.metadata.cluster_bandwidth)
     points_floor = int(segmenter_options.pop('min_instance_points', DEFAULT_MIN_INSTANCE_POINTS))
     segmenter = SceneSegmenter(backend, size_filter='off', min_instance_points=1, **segmenter_options)
-    segment = segment or (lambda s, cloud: s.segment(cloud.xyz, cloud.rgb))
+    segment = segment or (lambda s, cloud: s.segment(cloud.xyz, cloud.rgb, origin=cloud.origin))
     rows = [('area', j, floor, f) for j in joins for floor in floors for f in area_fractions]
     rows += [('points', 0.0, points_floor, f) for f in point_fractions]
     evaluators = {row: InstanceEvaluator(len(backend.class_names)) for row in rows}

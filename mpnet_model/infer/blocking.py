@@ -41,7 +41,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mpnet_model.data.blocks import NUM_CHANNELS, BlockPartition, partition_blocks, sample_block_indices
+from mpnet_model.data.blocks import (
+    NUM_CHANNELS,
+    BlockPartition,
+    grid_size,
+    partition_blocks,
+    sample_block_indices,
+    sample_block_indices_keyed,
+)
+from mpnet_model.data.encoding import anchors_grid, fill_location_channels, finish_block_channels
 from mpnet_model.infer.device_ops import compact, read_host
 from mpnet_model.infer.device_ops import counts as index_counts
 
@@ -113,9 +121,11 @@ class FramePartition:
 
 
 def partition_torch(xyz: Tensor, block_size: float = 1.0, stride: float = 0.5, min_points: int = 100,
-                    room_box: tuple[Tensor, Tensor] | None = None) -> FramePartition:
+                    lattice: float | None = None, room_box: tuple[Tensor, Tensor] | None = None
+                    ) -> FramePartition:
     """`partition_blocks` on a tensor (N, 3) of finite points, on its device: same blocks, same member order.
 
+    lattice: anchor the grid to multiples of this pitch (`mpnet_model.data.blocks.lattice_origin`).
     room_box: (room_min (3,), room_extent (3,)) float64 to use instead of the cloud's own (a grid anchored in a
     fixed frame, e.g. the semantic map's; points below room_min fall in no block)."""
     device = xyz.device
@@ -126,12 +136,14 @@ def partition_torch(xyz: Tensor, block_size: float = 1.0, stride: float = 0.5, m
                               torch.zeros(0, 2, dtype=torch.int64, device=device), zeros, zeros, block_size, stride)
     if room_box is None:
         room_min = xyz.amin(0).double()
+        if lattice is not None:                              # the grid on a fixed lattice (`lattice_origin`)
+            room_min = torch.cat([torch.floor((room_min[:2] - block_size) / lattice) * lattice, room_min[2:]])
         room_extent = xyz.amax(0).double() - room_min
     else:
         room_min, room_extent = (torch.as_tensor(v, dtype=torch.float64, device=device) for v in room_box)
     shifted = xyz[:, :2].double() - room_min[:2]                                       # (N, 2)
     extent_xy = room_extent[:2].tolist()                                              # the one sync for the grid
-    grid = [max(1, int(math.ceil((extent_xy[a] - block_size) / stride)) + 1) for a in (0, 1)]
+    grid = [grid_size(extent_xy[a], block_size, stride, lattice is not None) for a in (0, 1)]
     span = int(math.ceil(block_size / stride)) + 1
     steps = torch.arange(span, device=device)
     tops, insides = [], []
@@ -218,20 +230,58 @@ def sample_rows_torch(partition: FramePartition, num_points: int, generator: tor
     return indices
 
 
-def block_channels(xyz: Tensor, colours: Tensor | None, indices: Tensor, partition: FramePartition) -> Tensor:
-    """The 9 ASIS channels (K, P, 9) float32 of `indices` (K, P) (as `mpnet_model.data.blocks.block_features`)."""
+def sample_rows_keyed_torch(partition: FramePartition, xyz: Tensor, num_points: int, seed: int = 0) -> Tensor:
+    """`mpnet_model.data.blocks.sample_block_indices_keyed` in torch, on the partition's device (same indices)."""
+    from mpnet_model.data.point_keys import (
+        cell_keys_torch,
+        hash_fields_torch,
+        order_key_torch,
+        point_keys_torch,
+        sort_key_torch,
+        unit_torch,
+    )
+
+    device = partition.point_order.device
+    counts, offsets = partition.counts, partition.offsets
+    num_blocks = len(partition)
+    if num_blocks == 0:
+        return torch.empty(0, num_points, dtype=torch.int64, device=device)
+    cells = partition.cells + torch.round(partition.room_min[:2] / partition.stride).long()            # absolute
+    pair_block = torch.repeat_interleave(torch.arange(num_blocks, device=device), counts,
+                                         output_size=partition.point_order.numel())
+    keys = cell_keys_torch(point_keys_torch(xyz[partition.point_order], seed), cells[pair_block, 0],
+                           cells[pair_block, 1])
+    ranked = partition.point_order[torch.sort(sort_key_torch(pair_block, keys), stable=True).indices]
+    # Both draws for every block, chosen per block with torch.where (no host reads of which blocks are short).
+    slot = torch.arange(num_points, device=device)[None, :]                                # (1, P)
+    block_counts, starts = counts[:, None], offsets[:-1, None]                             # (K, 1)
+    last = max(int(partition.point_order.numel()) - 1, 0)
+    large_rows = ranked[(starts + slot).clamp_(max=last)]                                  # first P in key order
+    cell_i, cell_j = cells[:, 0:1], cells[:, 1:2]
+    repeat = torch.minimum((unit_torch(hash_fields_torch([seed, cell_i, cell_j, slot, 1], device))
+                            * block_counts).long(), block_counts - 1)
+    member = torch.where(slot < block_counts, slot, repeat)
+    short_rows = ranked[(starts + member).clamp_(max=last)]
+    shuffle = torch.sort(order_key_torch(hash_fields_torch([seed, cell_i, cell_j, slot, 2], device)), dim=1,
+                         stable=True).indices
+    return torch.where(block_counts >= num_points, large_rows, torch.gather(short_rows, 1, shuffle))
+
+
+def block_channels(xyz: Tensor, colours: Tensor | None, indices: Tensor, partition: FramePartition,
+                   encoding: str = 'room', floor: float | None = None) -> Tensor:
+    """The 9 channels (K, P, 9) float32 of `indices` (K, P) (as `mpnet_model.data.blocks.block_features`)."""
     # Channels 2..8 depend on the point only: one (N, 9) table, gathered; channels 0, 1 (block-relative x, y) in
     # float64 from the gathered shifted x, y. Same float64 arithmetic as the numpy version, so the same values.
     shifted = xyz.double() - partition.room_min                                         # (N, 3)
     extent = torch.where(partition.room_extent > 0, partition.room_extent, torch.ones_like(partition.room_extent))
     table = torch.zeros(xyz.shape[0], NUM_CHANNELS, dtype=torch.float32, device=xyz.device)
-    table[:, 2] = shifted[:, 2]
     if colours is not None:
         table[:, 3:6] = colours
-    table[:, 6:9] = shifted / extent
+    fill_location_channels(table, shifted, encoding, extent, floor, partition.room_min[2])
     points = table[indices]                                                            # (K, P, 9)
     centres = partition.origins + partition.block_size / 2.0                           # (K, 2)
     points[..., 0:2] = shifted[:, :2][indices] - centres[:, None, :]
+    finish_block_channels(points, encoding, partition.block_size)
     return points
 
 
@@ -297,13 +347,16 @@ def layout_stride(layout: str, block_size: float, stride: float) -> float:
 
 
 def layout_partition(xyz: Tensor, layout: str, block_size: float, stride: float, min_points: int,
-                     use_numpy: bool, dense_points: int | None = None) -> FramePartition:
-    """The kept blocks of `layout` for the cloud `xyz` (N, 3) (see the module docstring)."""
+                     use_numpy: bool, dense_points: int | None = None, anchored: bool = False) -> FramePartition:
+    """The kept blocks of `layout` for the cloud `xyz` (N, 3) (see the module docstring). `anchored`: the grid on
+    the lattice of pitch 2 x its stride (so the parity classes of the thinned layouts stay put too)."""
     grid_stride = layout_stride(layout, block_size, stride)
+    lattice = 2.0 * grid_stride if anchored else None
     if use_numpy:
-        partition = FramePartition.from_numpy(partition_blocks(xyz.numpy(), block_size, grid_stride, min_points))
+        partition = FramePartition.from_numpy(partition_blocks(xyz.numpy(), block_size, grid_stride, min_points,
+                                                               lattice))
     else:
-        partition = partition_torch(xyz, block_size, grid_stride, min_points)
+        partition = partition_torch(xyz, block_size, grid_stride, min_points, lattice)
     if layout in _LAYOUT_CLASSES and len(partition):
         partition = partition.subset(select_layout(partition, layout, xyz.shape[0], dense_points, min_points))
     return partition
@@ -311,7 +364,8 @@ def layout_partition(xyz: Tensor, layout: str, block_size: float, stride: float,
 
 def frame_blocks(xyz: Tensor, colours: Tensor | None, layout: str = 'grid', block_size: float = 1.0,
                  stride: float = 0.5, num_points: int = 1024, min_points: int = 20, seed: int = 0,
-                 sampler: str = 'auto', point_buckets: tuple[int, ...] | None = None) -> FrameBlocks:
+                 sampler: str = 'auto', point_buckets: tuple[int, ...] | None = None, encoding: str = 'room',
+                 floor: float | None = None) -> FrameBlocks:
     """Cut a frame (xyz (N, 3) float32 tensor, colours (N, 3) or None, same device) into the blocks of `layout`.
 
     sampler: 'numpy' (CPU tensors only), 'torch', 'auto' = numpy on the CPU, torch elsewhere, or 'legacy' (CPU:
@@ -320,11 +374,15 @@ def frame_blocks(xyz: Tensor, colours: Tensor | None, layout: str = 'grid', bloc
     is sampled to the smallest bucket >= c (the largest when c exceeds them all): sparse blocks carry fewer
     repeats. One `BlockGroup` per bucket used. Deterministic for a given seed and sampler (and device: CPU and
     CUDA generators differ).
+    encoding: the input encoding (`mpnet_model.data.encoding`; ``floor`` needs `floor`). Every encoding but ``room``
+    anchors the grid to a lattice and samples blocks with keys of their own cells and points (numpy or torch, the
+    same indices on every device); ``room`` keeps the random streams above.
     """
     use_numpy = _use_numpy(sampler, xyz)
     buckets = sorted(point_buckets or (num_points,))
-    partition = layout_partition(xyz, layout, block_size, stride, min_points, use_numpy, buckets[-1])
-    return sample_partition(xyz, colours, partition, buckets, seed, sampler)
+    partition = layout_partition(xyz, layout, block_size, stride, min_points, use_numpy, buckets[-1],
+                                 anchors_grid(encoding))
+    return sample_partition(xyz, colours, partition, buckets, seed, sampler, encoding, floor)
 
 
 def _use_numpy(sampler: str, xyz: Tensor) -> bool:
@@ -337,10 +395,14 @@ def _use_numpy(sampler: str, xyz: Tensor) -> bool:
 
 
 def sample_partition(xyz: Tensor, colours: Tensor | None, partition: FramePartition, point_buckets: list[int],
-                     seed: int = 0, sampler: str = 'auto') -> FrameBlocks:
+                     seed: int = 0, sampler: str = 'auto', encoding: str = 'room', floor: float | None = None
+                     ) -> FrameBlocks:
     """Sample the blocks of `partition` (any set of blocks of the cloud `xyz`, e.g. a layout's or a chosen subset)
-    to the ascending `point_buckets` and build their channels (see `frame_blocks`)."""
+    to the ascending `point_buckets` and build their channels in `encoding` (see `frame_blocks`)."""
     use_numpy = _use_numpy(sampler, xyz)
+    keyed = anchors_grid(encoding)
+    if keyed and sampler == 'legacy':
+        raise ValueError(f"sampler='legacy' draws the pre-issue-12 blocks of the 'room' encoding, not {encoding!r}")
     buckets = sorted(point_buckets)
     # Bucket of each block: the smallest size >= its count (the largest when it exceeds them all), as a
     # searchsorted would give, without a host -> device copy of the sizes.
@@ -364,12 +426,16 @@ def sample_partition(xyz: Tensor, colours: Tensor | None, partition: FramePartit
             sizes = (int(level_blocks[level]), int(level_members[level]))
             blocks, part = compact(members, sizes[0]), partition.subset(members, sizes)
         size = buckets[level]
-        if use_numpy:
+        if keyed and use_numpy:
+            indices = torch.from_numpy(sample_block_indices_keyed(part.to_numpy(), xyz.numpy(), size, seed))
+        elif keyed:
+            indices = sample_rows_keyed_torch(part, xyz, size, seed)
+        elif use_numpy:
             draw = sample_block_indices
             if sampler == 'legacy':
                 from mpnet_model.infer.reference import sample_block_indices_legacy as draw
             indices = torch.from_numpy(draw(part.to_numpy(), size, rng))
         else:
             indices = sample_rows_torch(part, size, generator)
-        groups.append(BlockGroup(block_channels(xyz, colours, indices, part), indices, blocks))
+        groups.append(BlockGroup(block_channels(xyz, colours, indices, part, encoding, floor), indices, blocks))
     return FrameBlocks(groups, partition)

@@ -9,6 +9,9 @@ supported refined by least-squares fits (SVD) on a narrowing inlier band; a refi
 dragging the plane over) is rejected.
 Walls, 90 deg away from up, cannot win for tilts under `max_tilt` (45 deg); clutter is outvoted by the floor.
 When no plane holds `min_inlier_fraction` of the points (a camera facing a wall), the cloud is left as it is.
+A camera pitched down steeply at a table (a manipulation view: 30-70 deg) sees its dominant plane beyond the 45 deg
+cone; when the nominal cone holds no plane, a second pass searches the cone of `DEFAULT_WIDE_TILT_DEG` (a wall,
+90 deg from up, stays outside it; the real Kinect tabletop frames' table top lies 46 deg from the optical -y axis).
 
 Nominal up (`prior_up_for_frame`): +z for body / lidar frames (REP 103), -y for optical frames (`*_optical_frame`:
 x right, y down, z forward).
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_MAX_TILT_DEG = 45.0
+DEFAULT_WIDE_TILT_DEG = 70.0         # the second pass when the nominal cone holds no plane
 DEFAULT_INLIER_DISTANCE = 0.03       # m
 DEFAULT_MIN_INLIER_FRACTION = 0.03
 # A cloud already level within this angle of its nominal up is left as mounted: a rotation of a degree moves points
@@ -63,8 +67,20 @@ def rotation_to_z(up: np.ndarray) -> np.ndarray:
 def estimate_up(xyz: np.ndarray, prior_up=(0.0, 0.0, 1.0), max_tilt_deg: float = DEFAULT_MAX_TILT_DEG,
                 inlier_distance: float = DEFAULT_INLIER_DISTANCE,
                 min_inlier_fraction: float = DEFAULT_MIN_INLIER_FRACTION, hypotheses: int = 256,
-                max_points: int = 10_000, seed: int = 0) -> GravityEstimate:
-    """Up axis of a cloud (N,3) from its dominant plane within `max_tilt_deg` of `prior_up` (see module doc)."""
+                max_points: int = 10_000, seed: int = 0, wide_tilt_deg: float | None = DEFAULT_WIDE_TILT_DEG
+                ) -> GravityEstimate:
+    """Up axis of a cloud (N,3) from its dominant plane within `max_tilt_deg` of `prior_up` (see module doc); when
+    none is found there, within `wide_tilt_deg` (None or <= max_tilt_deg: no second pass)."""
+    estimate = _estimate_up(xyz, prior_up, max_tilt_deg, inlier_distance, min_inlier_fraction, hypotheses,
+                            max_points, seed)
+    if estimate.found or wide_tilt_deg is None or wide_tilt_deg <= max_tilt_deg:
+        return estimate
+    return _estimate_up(xyz, prior_up, wide_tilt_deg, inlier_distance, min_inlier_fraction, hypotheses, max_points,
+                        seed)
+
+
+def _estimate_up(xyz: np.ndarray, prior_up, max_tilt_deg: float, inlier_distance: float,
+                 min_inlier_fraction: float, hypotheses: int, max_points: int, seed: int) -> GravityEstimate:
     prior = np.asarray(prior_up, np.float64)
     prior = prior / np.linalg.norm(prior)
     xyz = np.asarray(xyz, np.float64)
@@ -72,17 +88,29 @@ def estimate_up(xyz: np.ndarray, prior_up=(0.0, 0.0, 1.0), max_tilt_deg: float =
     not_found = GravityEstimate(prior, rotation_to_z(prior), 0.0, False)
     if len(xyz) < 50:
         return not_found
-    rng = np.random.default_rng(seed)
-    points = xyz[rng.choice(len(xyz), max_points, replace=False)] if len(xyz) > max_points else xyz
+    # Keyed draws (`mpnet_model.data.point_keys`): the subsample is the points with the smallest coordinate keys, the
+    # hypotheses' seed points the smallest of a second key, and each seed picks its neighbours from its own key, so
+    # that one added point (a stray return) or a crop changes at most a few draws, not all of them.
+    from mpnet_model.data.point_keys import hash_fields_np, point_keys_np
+
+    keys = point_keys_np(xyz, seed)
+    if len(xyz) > max_points:
+        keep = np.argpartition(keys, max_points - 1)[:max_points]
+        xyz, keys = xyz[keep], keys[keep]
+    order = np.argsort(keys, kind='stable')
+    points, keys = xyz[order], keys[order]
     # local triples (a seed point and two of its 32 nearest neighbours, not collinear) lie on one surface far more
     # often than three random points: the floor, a large share of the seeds, yields many good hypotheses; 32
     # neighbours reach across a lidar's rings, whose nearest points alone lie on one line
     from scipy.spatial import cKDTree
 
-    seeds = rng.integers(0, len(points), hypotheses)
+    seed_keys = hash_fields_np([seed + 1, keys.view(np.int64)])
+    seeds = np.argsort(seed_keys, kind='stable')[:hypotheses]
+    hypotheses = len(seeds)
     k = min(32, len(points))
     _, neighbours = cKDTree(points).query(points[seeds], k=k)
-    pick = rng.integers(1, k, (hypotheses, 2))
+    picks = [hash_fields_np([seed + 2 + j, keys[seeds].view(np.int64)]) % np.uint64(k - 1) for j in range(2)]
+    pick = np.stack(picks, 1).astype(np.int64) + 1
     rows = np.arange(hypotheses)
     a = points[neighbours[rows, pick[:, 0]]] - points[seeds]
     b = points[neighbours[rows, pick[:, 1]]] - points[seeds]
@@ -136,17 +164,22 @@ def alignment_rotation(estimate: GravityEstimate, prior_up=(0.0, 0.0, 1.0),
 
 def segment_gravity_aligned(segmenter, xyz: np.ndarray, rgb: np.ndarray | None = None,
                             intensity: np.ndarray | None = None, prior_up=(0.0, 0.0, 1.0),
-                            min_tilt_deg: float = DEFAULT_MIN_TILT_DEG, **estimate_options):
+                            min_tilt_deg: float = DEFAULT_MIN_TILT_DEG, floor: float | None = None, origin=None,
+                            **estimate_options):
     """`segmenter.segment` on the cloud rotated so the estimated up is +z (the prior's up when the estimate is
     within `min_tilt_deg` of it); per-point outputs need no change, the instance boxes are recomputed in the input
-    frame. Returns (SceneResult, GravityEstimate)."""
+    frame. `floor` (a known floor height in the levelled frame) and `origin` (the sensor position in the input
+    frame) go to the segmenter's floor estimate. Returns (SceneResult, GravityEstimate)."""
     start = time.perf_counter()
     xyz = np.asarray(xyz, np.float32)
     estimate = estimate_up(xyz, prior_up, **estimate_options)
     rotation = alignment_rotation(estimate, prior_up, min_tilt_deg)   # the prior's rotation when nothing was found
     aligned = xyz @ rotation.T.astype(np.float32)
     estimate_ms = (time.perf_counter() - start) * 1e3
-    result = segmenter.segment(aligned, rgb, intensity)
+    options = {} if floor is None else {'floor': floor}
+    if origin is not None:
+        options['origin'] = rotation @ np.asarray(origin, np.float64)
+    result = segmenter.segment(aligned, rgb, intensity, **options)
     boxes_in_input_frame(result, xyz, rotation)
     result.timings = {'gravity': estimate_ms, **result.timings}
     result.timings['total'] = result.timings.get('total', 0.0) + estimate_ms

@@ -9,12 +9,22 @@ cloud (N points, host) ──► device (the backend's: CPU or CUDA), once
   ──► instance filtering and summaries ──► host, once.
 Every stage works on torch tensors on the backend's device; no stage loops over blocks in Python.
 
-Colour channels for clouds without RGB (lidar): the intensity, scaled per cloud between its 1st and 99th
-percentile to [0, 1] and used as grey (r = g = b); constant 0.5 grey when there is no intensity either. Why: the
-model was trained on RGB, where the colour channels vary across a block; percentile-scaled intensity has a similar
-spread and still carries surface (material / reflectivity) contrast, while a constant is a pattern the network
-never saw in training. Percentiles (not min/max) keep retro-reflectors from squashing everything else to black.
-`lidar_colour='grey'` selects the constant instead.
+Colour channels for clouds without RGB (lidar): the intensity, scaled between the 1st and 99th percentile of the
+returns within `INTENSITY_REFERENCE_RANGE` (8 m) of the sensor to [0, 1] and used as grey (r = g = b); constant
+0.5 grey when there is no intensity either. Why: the model was trained on RGB, where the colour channels vary
+across a block; percentile-scaled intensity has a similar spread and still carries surface (material /
+reflectivity) contrast, while a constant is a pattern the network never saw in training. Percentiles (not
+min/max) keep retro-reflectors from squashing everything else to black. The reference set is the returns near the
+sensor, not the whole cloud: the whole cloud's 99th percentile moved from 1,424 to 2,720 between the 8 m and the
+15 m crop of the shared Ouster scan (signs and retro-reflectors at range), which re-coloured the points within 8 m
+and changed 7 % of their classes (issue 22). Clouds with fewer than `INTENSITY_REFERENCE_MIN` returns that near
+use them all. `lidar_colour='grey'` selects the constant instead.
+
+The model's input encoding (`ModelMetadata.input_encoding`, mpnet_model/data/encoding.py) decides the location
+channels: ``room`` (ASIS) uses the cloud's own lowest point and extent; ``floor`` the height above the floor, which
+`segment` takes as given (`floor=`, a known floor) or estimates from the cloud (`mpnet_model.infer.floor`), and
+then also anchors the block grid to a lattice and samples each block from keys of its own points, so that a stray
+return or a range crop changes only the blocks it touches.
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from mpnet_model.data.encoding import needs_floor
 from mpnet_model.infer.backends.base import Backend, make_backend
 from mpnet_model.infer.blocking import (
     LAYOUTS,
@@ -38,6 +49,7 @@ from mpnet_model.infer.blocking import (
 )
 from mpnet_model.infer.device_ops import compact, read_host, to_device
 from mpnet_model.infer.device_ops import counts as _counts
+from mpnet_model.infer.floor import FloorEstimate, estimate_floor
 from mpnet_model.infer.instances import (
     DEFAULT_AREA_VOXEL,
     SizeFilter,
@@ -89,6 +101,7 @@ class SceneResult:
     instances_info: list[InstanceInfo] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)   # milliseconds per stage
     num_blocks: int = 0       # blocks segmented
+    floor: FloorEstimate | None = None   # the floor the location channels used (input encoding 'floor')
     probabilities: np.ndarray | None = None   # (N, C) float32 class probabilities, when asked for (semantic map)
 
     @classmethod
@@ -97,9 +110,21 @@ class SceneResult:
                    np.full(num_points, -1, np.int32), [], dict(timings or {}))
 
 
-def intensity_to_grey(intensity: np.ndarray) -> np.ndarray:
-    """(N,) intensity -> (N,3) float32 grey in [0,1], scaled between the cloud's 1st and 99th percentile."""
-    low, high = np.percentile(intensity, [1.0, 99.0])
+INTENSITY_REFERENCE_RANGE = 8.0    # m: the returns whose percentiles scale the intensity (see the module docstring)
+INTENSITY_REFERENCE_MIN = 100
+
+
+def intensity_to_grey(intensity: np.ndarray, xyz: np.ndarray | None = None, origin=None) -> np.ndarray:
+    """(N,) intensity -> (N,3) float32 grey in [0,1], scaled between the 1st and 99th percentile of the returns
+    within INTENSITY_REFERENCE_RANGE of the sensor at `origin` (default the frame's origin) when `xyz` (N,3) is
+    given and enough of them are that near, else of all returns."""
+    reference = intensity
+    if xyz is not None:
+        offset = np.asarray(xyz, np.float64) - np.asarray((0.0, 0.0, 0.0) if origin is None else origin, np.float64)
+        near = np.einsum('ij,ij->i', offset, offset) < INTENSITY_REFERENCE_RANGE ** 2
+        if near.sum() >= INTENSITY_REFERENCE_MIN:
+            reference = intensity[near]
+    low, high = np.percentile(reference, [1.0, 99.0])
     grey = np.clip((intensity - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
     return np.repeat(grey[:, None], 3, axis=1)
 
@@ -188,6 +213,10 @@ class SceneSegmenter:
         return self.backend.point_buckets()
 
     @property
+    def input_encoding(self) -> str:
+        return self.backend.metadata.input_encoding
+
+    @property
     def device(self) -> torch.device:
         return torch.device(self.backend.device)
 
@@ -229,8 +258,10 @@ class SceneSegmenter:
             segmenter_options.setdefault(key, value)
         return cls(runtime, **segmenter_options)
 
-    def colours(self, num_points: int, rgb: np.ndarray | None, intensity: np.ndarray | None) -> np.ndarray:
-        """The (N,3) colour channels: rgb, else intensity grey (see module docstring), else 0.5 grey."""
+    def colours(self, num_points: int, rgb: np.ndarray | None, intensity: np.ndarray | None,
+                xyz: np.ndarray | None = None, origin=None) -> np.ndarray:
+        """The (N,3) colour channels: rgb, else intensity grey (see module docstring; scaled on the returns near
+        the sensor at `origin` when `xyz` is given), else 0.5 grey."""
         if rgb is not None:
             rgb = np.asarray(rgb, dtype=np.float32)
             if rgb.shape != (num_points, 3):
@@ -242,10 +273,10 @@ class SceneSegmenter:
             intensity = np.asarray(intensity, dtype=np.float32).reshape(-1)
             if intensity.shape != (num_points,):
                 raise ValueError(f'intensity has shape {intensity.shape}, expected ({num_points},)')
-            return intensity_to_grey(intensity)
+            return intensity_to_grey(intensity, xyz, origin)
         return np.full((num_points, 3), 0.5, dtype=np.float32)
 
-    def check_cloud(self, xyz: np.ndarray, rgb: np.ndarray | None, intensity: np.ndarray | None
+    def check_cloud(self, xyz: np.ndarray, rgb: np.ndarray | None, intensity: np.ndarray | None, origin=None
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Validate a cloud -> (xyz (N,3) float32, colour channels (N,3)); ValueError naming the defect."""
         xyz = np.asarray(xyz, dtype=np.float32)
@@ -253,42 +284,66 @@ class SceneSegmenter:
             raise ValueError(f'xyz must have shape (N, 3), got {xyz.shape}')
         if not np.isfinite(xyz).all():
             raise ValueError('xyz contains NaN/inf points; drop invalid points before segmenting')
-        return xyz, self.colours(xyz.shape[0], rgb, intensity)
+        return xyz, self.colours(xyz.shape[0], rgb, intensity, xyz, origin)
+
+    def floor_of(self, xyz: np.ndarray, floor: float | None = None, origin=None) -> FloorEstimate | None:
+        """The floor the location channels use for the z-up cloud `xyz`: `floor` when given (a known floor),
+        else estimated (`mpnet_model.infer.floor.estimate_floor`, around the sensor at `origin` when given);
+        None for encodings without a floor."""
+        if not needs_floor(self.input_encoding):
+            return None
+        if floor is not None:
+            if not np.isfinite(floor):
+                raise ValueError(f'floor={floor!r}: a known floor height must be finite')
+            return FloorEstimate.given(floor)
+        return estimate_floor(xyz, origin)
 
     @torch.inference_mode()
-    def segment(self, xyz: np.ndarray, rgb: np.ndarray | None = None, intensity: np.ndarray | None = None
-                ) -> SceneResult:
-        """xyz (N,3), rgb (N,3) in [0,1] or None, intensity (N,) or None -> SceneResult for every input point."""
+    def segment(self, xyz: np.ndarray, rgb: np.ndarray | None = None, intensity: np.ndarray | None = None,
+                floor: float | None = None, origin=None) -> SceneResult:
+        """xyz (N,3) z-up, rgb (N,3) in [0,1] or None, intensity (N,) or None -> SceneResult for every input point.
+        floor: a known floor height (z) in the cloud's frame, for the ``floor`` input encoding (None: estimated
+        from the cloud, around the sensor position `origin` (3,) when given)."""
         device = self.device
         clock = _Clock(device, self.sync_timings)
-        xyz, colours = self.check_cloud(xyz, rgb, intensity)
+        xyz, colours = self.check_cloud(xyz, rgb, intensity, origin)
         num_input = xyz.shape[0]
         if num_input < self.min_block_points:
             return SceneResult.empty(num_input, clock.finish())
+        floor_estimate = self.floor_of(xyz, floor, origin)
         cloud = to_device(xyz, device)                                  # host -> device, once (non-blocking)
         cloud_colours = to_device(colours, device)
         with _cpu_threads(device, POSTPROCESS_CPU_THREADS):
             blocks = frame_blocks(cloud, cloud_colours, self.layout, self.block_size, self.stride,
-                                  self.num_points, self.min_block_points, self.seed, self.sampler, self.point_buckets)
+                                  self.num_points, self.min_block_points, self.seed, self.sampler, self.point_buckets,
+                                  self.input_encoding, None if floor_estimate is None else floor_estimate.z)
         clock.lap('blocks')
         if len(blocks) == 0:
-            return SceneResult.empty(num_input, clock.finish())
-        return self.segment_blocks(cloud, blocks, clock)
+            return replace(SceneResult.empty(num_input, clock.finish()), floor=floor_estimate)
+        result = self.segment_blocks(cloud, blocks, clock)
+        result.floor = floor_estimate
+        return result
 
     @torch.inference_mode()
-    def segment_partition(self, xyz: np.ndarray, colours: np.ndarray, partition: FramePartition) -> SceneResult:
+    def segment_partition(self, xyz: np.ndarray, colours: np.ndarray, partition: FramePartition,
+                          floor: float | None = None, origin=None) -> SceneResult:
         """Segment the chosen blocks `partition` of the cloud xyz (N,3) with colour channels (N,3) (a subset of
-        a fixed-frame grid, e.g. the dirty blocks of `mpnet_model.mapping`), with the class probabilities."""
+        a fixed-frame grid, e.g. the dirty blocks of `mpnet_model.mapping`), with the class probabilities.
+        floor / origin: as in `segment` (the floor of the ``floor`` encoding: given, or estimated from `xyz`)."""
         clock = _Clock(self.device, self.sync_timings)
+        floor_estimate = self.floor_of(np.asarray(xyz), floor, origin)
         cloud = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).to(self.device)
         cloud_colours = torch.from_numpy(np.ascontiguousarray(colours, dtype=np.float32)).to(self.device)
         with _cpu_threads(self.device, POSTPROCESS_CPU_THREADS):
             blocks = sample_partition(cloud, cloud_colours, partition.to(self.device), list(self.point_buckets),
-                                      self.seed, self.sampler)
+                                      self.seed, self.sampler, self.input_encoding,
+                                      None if floor_estimate is None else floor_estimate.z)
         clock.lap('blocks')
         if len(blocks) == 0:
-            return SceneResult.empty(len(xyz), clock.finish())
-        return self.segment_blocks(cloud, blocks, clock, with_probabilities=True)
+            return replace(SceneResult.empty(len(xyz), clock.finish()), floor=floor_estimate)
+        result = self.segment_blocks(cloud, blocks, clock, with_probabilities=True)
+        result.floor = floor_estimate
+        return result
 
     @torch.inference_mode()
     def segment_blocks(self, cloud: torch.Tensor, blocks: FrameBlocks, clock: _Clock | None = None,

@@ -12,9 +12,10 @@ Per frame (points already in the fixed frame, the sensor's position known):
 
 The network sees the map's voxel centroids (one point per voxel, the mean colour), not the raw frame: a block is
 segmented with everything the map has seen of it. Blocks use a grid anchored at the fixed frame's origin
-(`partition_torch(room_box=...)`), so a block is the same block in every frame; channels 6-8 are normalised over
-the region segmented and channel 2 is measured from the region's lowest voxel (the frame path measures both over
-the frame).
+(`partition_torch(room_box=...)`), so a block is the same block in every frame. With a ``room`` model channels
+6-8 are normalised over the region segmented and channel 2 is measured from the region's lowest voxel (the frame
+path measures both over the frame); with a ``floor`` model channel 2 is the height above the frame's floor (given
+by `update`, or estimated from the region), as in the frame path.
 
 Memory bound: the voxel arrays hold at most max(`max_voxels`, the voxels of one frame: those are never evicted) x
 `bytes_per_voxel` (110 bytes with 13 classes);
@@ -100,6 +101,8 @@ class SemanticMapper:
         self.schedule = self._new_schedule()
         self.frame = 0
         self.next_instance = 0
+        self._floor: float | None = None           # the current frame's floor and sensor position (`update`)
+        self._origin: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.voxels)
@@ -127,11 +130,13 @@ class SemanticMapper:
     # --- one frame -----------------------------------------------------------------------------------------
 
     def update(self, xyz: np.ndarray, colours: np.ndarray, origin: np.ndarray,
-               max_blocks: int | None = None) -> MapUpdate:
+               max_blocks: int | None = None, floor: float | None = None) -> MapUpdate:
         """Integrate a frame xyz (N, 3) in the fixed frame with colour channels (N, 3) in [0, 1] (see
         `SceneSegmenter.colours`), seen from `origin` (3,); segment the dirty blocks (at most `max_blocks` in the
-        run set) and return the frame's labels from the map."""
+        run set) and return the frame's labels from the map. `floor`: the frame's floor height, for models of the
+        ``floor`` input encoding (None: estimated from the re-segmented region around `origin`)."""
         start = time.perf_counter()
+        self._floor, self._origin = floor, np.asarray(origin, dtype=np.float64).reshape(3)
         xyz = np.asarray(xyz, dtype=np.float32)
         colours = np.asarray(colours, dtype=np.float32)
         origin = np.asarray(origin, dtype=np.float64).reshape(3)
@@ -189,7 +194,7 @@ class SemanticMapper:
                                                            max(segmenter.point_buckets), segmenter.min_block_points))
         if not len(partition):
             return 0
-        result = segmenter.segment_partition(points, colours, partition)
+        result = segmenter.segment_partition(points, colours, partition, self._floor, self._origin)
         if result.probabilities is None:
             return 0
         v = self.voxels

@@ -32,9 +32,10 @@ def build_datasets(cfg: TrainConfig, progress: bool = True) -> tuple[BlockDatase
     d = cfg.data
     split = d.split()
     kwargs = dict(num_points=cfg.model.num_points, block_size=d.block_size, stride=d.stride,
-                  min_points=d.min_points, seed=cfg.run.seed, progress=progress)
+                  min_points=d.min_points, seed=cfg.run.seed, progress=progress,
+                  encoding=cfg.model.input_encoding)
     train = BlockDataset(build_cache(split.train, d.cache_dir, split.loader, progress=progress), augment=True,
-                         **kwargs)
+                         robot_augment=d.augment, **kwargs)
     val = None
     if split.val:
         val = BlockDataset(build_cache(split.val, d.cache_dir, split.loader, progress=progress), **kwargs)

@@ -3,6 +3,7 @@
     mpnet-synth --out data/synthetic --areas 5 --rooms-per-area 4                 # static scans (default)
     mpnet-synth --out data/sim_lidar --sensor os1-128 --areas 5 --sequences-per-area 2 --frames 6 --bags
     mpnet-synth --out data/sim_rgbd --sensor kinect,realsense --scenes room,floor --areas 5
+    mpnet-synth --out data/sim_tabletop --sensor kinect,realsense --scenes tabletop --areas 5  # manipulation views
 """
 from __future__ import annotations
 
@@ -41,15 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--noise', type=float, default=DEFAULT_NOISE, help='position noise std in metres')
     parser.add_argument('--rare-prob', type=float, default=DEFAULT_RARE_PROB,
                         help='probability that a room gets 1-2 rare arrangements')
-    parser.add_argument('--preview', action='store_true', help='also write a top-view preview.png per room')
+    parser.add_argument('--preview', action='store_true',
+                        help='also write a top-view preview.png per room (cameras: colour, class and instance images '
+                             'of the first frames, preview.png per sequence)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     sensors = parser.add_argument_group('virtual sensors (docs/simulated_sensors.md)')
     sensors.add_argument('--sensor', default='static',
                          help=f"'static' (S3DIS-like scans) or a comma list of {', '.join(SENSORS)}")
     sensors.add_argument('--scenes', default=','.join(SCENE_KINDS),
-                         help='comma list of room, floor (rooms along a corridor); sequences alternate them')
+                         help='comma list of room, floor (rooms along a corridor), tabletop (manipulation views: '
+                              'a camera 0.3-1.2 m above a table, pitched 30-70 deg down; cameras only); '
+                              'sequences alternate them')
     sensors.add_argument('--sequences-per-area', type=int, default=2, help='drives per sensor and area')
-    sensors.add_argument('--frames', type=int, default=8, help='frames per drive, --spacing metres apart')
+    sensors.add_argument('--frames', type=int, default=8,
+                         help='frames per drive, --spacing metres apart (tabletop: views, --spacing seconds apart)')
     sensors.add_argument('--spacing', type=float, default=1.0)
     sensors.add_argument('--columns', type=int, default=1024, choices=(512, 1024, 2048), help='lidar columns')
     sensors.add_argument('--bags', action='store_true', help='also write each drive as a rosbag2 (mcap) in bags/')
@@ -84,6 +90,14 @@ def _sensor_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
                                   args.frames, args.spacing, args.columns, args.seed, progress=not args.quiet)
     except (ValueError, ImportError) as exc:
         parser.error(str(exc))
+    if args.preview:
+        from mpnet_model.data.synthetic.frames import CAMERA_SENSORS
+        from mpnet_model.data.synthetic.preview import camera_preview
+
+        for seq in summary['sequences']:
+            if seq['sensor'] in CAMERA_SENSORS:
+                seq_dir = Path(args.out) / f"Area_{seq['area']}" / seq['sequence']
+                camera_preview(seq_dir, seq_dir / 'preview.png')
     if args.bags:
         for seq in summary['sequences']:
             bag = Path(args.out) / 'bags' / seq['sequence']

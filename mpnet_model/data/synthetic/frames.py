@@ -35,14 +35,17 @@ SEQUENCE_FILENAME = 'sequence.json'
 LIDAR_SENSORS = ('os1-64', 'os1-128', 'os0-128')
 CAMERA_SENSORS = ('kinect', 'realsense')
 SENSORS = LIDAR_SENSORS + CAMERA_SENSORS
-SCENE_KINDS = ('room', 'floor')
+SCENE_KINDS = ('room', 'floor')                    # the default mix of drives
+TABLETOP_SCENE_TRIES = 5                          # rooms laid out for a manipulation sequence before giving up
+VIEW_KINDS = ('tabletop',)                         # manipulation views (cameras only, `tabletop.py`)
+ALL_SCENE_KINDS = SCENE_KINDS + VIEW_KINDS
 START_STAMP_NS = 1_700_000_000 * 10 ** 9
 
 
 @dataclass
 class SequenceSpec:
     sensor: str
-    scene: str                 # 'room' | 'floor'
+    scene: str                 # 'room' | 'floor' | 'tabletop'
     frames: int = 8
     spacing: float = 1.0       # metres driven between recorded frames
     columns: int = 1024        # lidar columns
@@ -69,6 +72,10 @@ def simulate_sequence(scene, spec: SequenceSpec, rng: np.random.Generator, ideal
 
     if spec.sensor not in SENSORS:
         raise ValueError(f'unknown sensor {spec.sensor!r}; choose one of {SENSORS}')
+    if spec.scene == 'tabletop':
+        from mpnet_model.data.synthetic.tabletop import simulate_views
+
+        return simulate_views(scene, spec, rng, ideal=ideal)
     caster = RayCaster(scene.mesh)
     rig = _rig(spec.sensor, rng)
     path = plan_path(scene.mesh, rng, anchors=scene.anchors or None)
@@ -147,13 +154,17 @@ def generate_frames(root: str | os.PathLike, areas: dict[int, int], sensors: tup
     from tqdm import tqdm
 
     from mpnet_model.data.synthetic.floors import floor_scene, room_scene
+    from mpnet_model.data.synthetic.tabletop import tabletop_scene
 
     for s in sensors:
         if s not in SENSORS:
             raise ValueError(f'unknown sensor {s!r}; choose from {SENSORS}')
     for s in scenes:
-        if s not in SCENE_KINDS:
-            raise ValueError(f'unknown scene kind {s!r}; choose from {SCENE_KINDS}')
+        if s not in ALL_SCENE_KINDS:
+            raise ValueError(f'unknown scene kind {s!r}; choose from {ALL_SCENE_KINDS}')
+    if 'tabletop' in scenes and set(sensors) - set(CAMERA_SENSORS):
+        raise ValueError(f'scene kind tabletop (manipulation views) is for the RGB-D cameras {CAMERA_SENSORS}; '
+                         f'got {", ".join(s for s in sensors if s not in CAMERA_SENSORS)}')
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     jobs = [(a, i, s) for a in sorted(areas) for i in range(int(areas[a])) for s in sensors]
@@ -164,8 +175,15 @@ def generate_frames(root: str | os.PathLike, areas: dict[int, int], sensors: tup
         rng = sequence_rng(seed, area, index, sensor)
         kind = scenes[(area + index) % len(scenes)]            # alternate over areas and drives
         name = f'{sensor}_{kind}_{area}_{index + 1}'
-        scene = (floor_scene if kind == 'floor' else room_scene)(rng, name=f'{kind}_{area}_{index + 1}')
-        result = simulate_sequence(scene, SequenceSpec(sensor, kind, frames, spacing, columns), rng)
+        build = {'floor': floor_scene, 'room': room_scene, 'tabletop': tabletop_scene}[kind]
+        for attempt in range(TABLETOP_SCENE_TRIES if kind == 'tabletop' else 1):
+            scene = build(rng, name=f'{kind}_{area}_{index + 1}')
+            try:
+                result = simulate_sequence(scene, SequenceSpec(sensor, kind, frames, spacing, columns), rng)
+                break
+            except ValueError:          # a table no view fits (a small desk in a corner): lay out another room
+                if attempt == TABLETOP_SCENE_TRIES - 1 or kind != 'tabletop':
+                    raise
         write_sequence(root / f'Area_{area}' / name, scene, *result)
         summary['sequences'].append({'area': area, 'sequence': name, 'sensor': sensor, 'scene': kind,
                                      'frames': len(result[0]),
@@ -198,7 +216,7 @@ def frame_colours(arrays, meta: dict, lidar_colour: str = 'intensity') -> np.nda
 
     n = len(arrays['xyz'])
     if lidar_colour == 'intensity' and n:
-        return intensity_to_grey(np.asarray(arrays['intensity'], np.float32))
+        return intensity_to_grey(np.asarray(arrays['intensity'], np.float32), arrays['xyz'])   # sensor frame
     if lidar_colour not in ('intensity', 'grey'):
         raise ValueError(f"lidar_colour={lidar_colour!r}: choose 'intensity' or 'grey'")
     return np.full((n, 3), 0.5, np.float32)
@@ -217,7 +235,8 @@ def load_frame(path: str | os.PathLike, lidar_colour: str = 'intensity', frame: 
         raise ValueError(f"frame={frame!r}: choose 'level' or 'sensor'")
     names = tuple(i['name'] for i in meta['scene']['instances'])
     return Room(f'{path.parent.name}/{path.stem}', xyz, frame_colours(arrays, meta, lidar_colour),
-                arrays['sem'].astype(np.int64), arrays['ins'].astype(np.int64), tuple(meta['classes']), names)
+                arrays['sem'].astype(np.int64), arrays['ins'].astype(np.int64), tuple(meta['classes']), names,
+                origin=(0.0, 0.0, 0.0))
 
 
 def load_window(seq_dir: str | os.PathLike, last: int, size: int, lidar_colour: str = 'intensity') -> Room:
@@ -239,7 +258,8 @@ def load_window(seq_dir: str | os.PathLike, last: int, size: int, lidar_colour: 
                           room.rgb, room.sem, room.ins, room.class_names, room.instance_names))
     return Room(f'{seq_dir.name}/window_{last:04d}x{len(parts)}', np.concatenate([p.xyz for p in parts]),
                 np.concatenate([p.rgb for p in parts]), np.concatenate([p.sem for p in parts]),
-                np.concatenate([p.ins for p in parts]), parts[0].class_names, parts[0].instance_names)
+                np.concatenate([p.ins for p in parts]), parts[0].class_names, parts[0].instance_names,
+                origin=(0.0, 0.0, 0.0))
 
 
 def frame_true_boxes(path: str | os.PathLike) -> dict[int, dict]:

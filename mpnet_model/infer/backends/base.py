@@ -84,6 +84,15 @@ class ModelMetadata:
     extra: dict[str, str] = field(default_factory=dict)
     # The graph takes blocks of fewer points too (point axis dynamic; sparse blocks run at `point_buckets()`).
     dynamic_points: bool = False
+    # Channels 2 and 6..8 (mpnet_model/data/encoding.py); models exported before it existed are 'room'.
+    input_encoding: str = 'room'
+
+    def __post_init__(self) -> None:
+        from mpnet_model.data.encoding import ENCODINGS
+
+        if self.input_encoding not in ENCODINGS:
+            raise ValueError(f'input_encoding={self.input_encoding!r} is not one of {ENCODINGS} (a model from a '
+                             'newer mpnet_ros?)')
 
     @property
     def num_classes(self) -> int:
@@ -140,6 +149,7 @@ class ModelMetadata:
                        stride=float(props['stride']), sa_npoints=tuple(json.loads(props['sa_npoints'])),
                        fps_in_graph=props['fps_in_graph'].lower() == 'true', version=props.get('version', ''),
                        dynamic_points=props.get('dynamic_points', 'false').lower() == 'true',
+                       input_encoding=props.get('input_encoding', 'room'),
                        # Optional (models exported before they existed): the defaults.
                        cluster_bandwidth=float(props.get('cluster_bandwidth', DEFAULT_CLUSTER_BANDWIDTH)),
                        min_instance_fraction=float(props.get('min_instance_fraction', 0.0)),

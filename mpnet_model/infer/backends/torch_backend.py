@@ -44,7 +44,8 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, s
                                                      (extra.get('min_instance_area_fraction') or {}).items()},
                          fragment_join={str(k): float(v) for k, v in (extra.get('fragment_join') or {}).items()},
                          instance_min_points={str(k): int(v) for k, v in
-                                              (extra.get('instance_min_points') or {}).items()})
+                                              (extra.get('instance_min_points') or {}).items()},
+                         input_encoding=cfg.input_encoding)
 
 
 class TorchBackend(Backend):
