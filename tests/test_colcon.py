@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -64,6 +65,12 @@ def test_colcon_build_then_launch_from_install_segments_the_ouster_bag(workspace
                f'{LAUNCH} params_file:={params} model_path:={checkpoint} backend:=torch')
     proc = shell(command, env, cwd=workspace)
     client = Client(domain, '/unused', name='colcon_test_client')
+    # the player starts once the node's output is matched here too (else the first labelled clouds can go out before
+    # this client has discovered the node)
+    deadline = time.monotonic() + 120
+    while client.node.count_publishers('/mpnet_segment/labeled_cloud') == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
     player = subprocess.Popen([sys.executable, str(HELPERS), 'play', str(OUSTER_BAG), '/ouster/points',
                                '--wait-for', '/mpnet_segment/labeled_cloud', '--wait-subscribers', '120'],
                               env=ros_env(domain, tmp_path / 'log'), stdout=subprocess.PIPE,

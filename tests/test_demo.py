@@ -24,12 +24,12 @@ def test_demo_on_small_inputs(tmp_path):
     summaries, notes = run_demo(segmenter, tmp_path, SHARED, max_range=6.0)
     room, ouster, office = summaries
     assert not notes
-    # The generated room has ground truth: the shipped model scores what it scored when it was shipped (issue 14:
-    # oAcc 0.837, mIoU 0.532, mPrec 0.274, mRec 0.389 with its tuned size filter), less a margin; a wiring slip
-    # (colours, geometry, filter) falls far below.
+    # The generated room has ground truth: the shipped model scores what it scored when it was shipped (issue 22:
+    # oAcc 0.836, mIoU 0.456, mPrec 0.247, mRec 0.279 with its tuned size filter), less a margin; a wiring slip
+    # (colours, geometry, floor, filter) falls far below.
     scores = {name: float(value) for name, value in re.findall(r'(oAcc|mIoU|mPrec|mRec) ([0-9.]+)', room.note)}
-    assert scores['oAcc'] >= 0.80 and scores['mIoU'] >= 0.45, room.note
-    assert scores['mPrec'] >= 0.20 and scores['mRec'] >= 0.30, room.note
+    assert scores['oAcc'] >= 0.80 and scores['mIoU'] >= 0.42, room.note
+    assert scores['mPrec'] >= 0.20 and scores['mRec'] >= 0.23, room.note
     assert {'wall', 'floor', 'ceiling'} <= set(room.label_counts) and room.instances['chair'] >= 3, room.instances
     assert ouster.frames == 3 and office.points > 100_000
     for summary in summaries:

@@ -174,4 +174,4 @@ def test_old_files_are_room_and_bad_values_are_refused(tmp_path):
     with pytest.raises(ConfigError, match='input_encoding'):
         ModelConfig(input_encoding='altitude')
     shipped = SceneSegmenter.from_config('onnxruntime', '')
-    assert shipped.input_encoding in ('room', 'floor')
+    assert shipped.input_encoding in ('room', 'floor', 'floor_local')

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from golden_cases import ROOM_MODEL
 from runtime_fixtures import needs_data, ouster_cloud
 from sklearn.metrics import adjusted_rand_score
 
@@ -48,7 +49,8 @@ def test_frame_path_end_to_end(device, crop):
     xyz, intensity = crop
     backends = ['torch'] + (['onnxruntime'] if device == 'cpu' else [])
     for backend in backends:
-        segmenter = SceneSegmenter.from_config(backend, '', device=device, min_instance_points=20)
+        segmenter = SceneSegmenter.from_config(backend, '', device=device, min_instance_points=20,
+                                               min_instance_fraction=0.0)   # the crop's objects: below class sizes
         threads = torch.get_num_threads()
         torch.set_num_threads(2)               # the stages around the network run on one thread, then restore it
         try:
@@ -81,7 +83,7 @@ def test_cuda_stages_match_the_cpu_stages_on_the_same_blocks(crop):
 def test_todays_layout_and_draw_give_todays_answers(crop):
     """layout 'grid' + sampler 'legacy' draws today's blocks; the vectorised stages then give today's answers."""
     xyz, intensity = crop
-    segmenter = SceneSegmenter.from_config('onnxruntime', '', layout='grid', sampler='legacy',
+    segmenter = SceneSegmenter.from_config('onnxruntime', str(ROOM_MODEL), layout='grid', sampler='legacy',
                                            min_instance_points=20)
     new = segmenter.segment(xyz, None, intensity)
     old = segment_reference(segmenter, xyz, None, intensity)
@@ -140,7 +142,7 @@ def test_todays_layout_and_draw_reproduce_todays_path_on_the_golden_crops(case):
 
     from mpnet_model.eval.golden import compare
 
-    segmenter = SceneSegmenter.from_config('onnxruntime', '', layout='grid', sampler='legacy')
+    segmenter = SceneSegmenter.from_config('onnxruntime', str(ROOM_MODEL), layout='grid', sampler='legacy')
     reference = CASES[case](_ReferencePath(segmenter))
     run = CASES[case](segmenter)
     assert np.unique(reference.instances[reference.instances >= 0]).size >= 2     # instances to compare
