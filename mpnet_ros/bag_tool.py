@@ -2,7 +2,9 @@
 
 Same core path as the node (cloud_io -> ScenePipeline -> SceneSegmenter) but every frame is processed (no drops).
 Reads sqlite3 and mcap bags with `rosbags`; writes the chosen storage with
-  <node>/labeled_cloud (sensor_msgs/PointCloud2) and <node>/instances (visualization_msgs/MarkerArray)
+  <node>/labeled_cloud (sensor_msgs/PointCloud2), <node>/instances (visualization_msgs/MarkerArray) and
+  <node>/detections (vision_msgs/Detection3DArray, when vision_msgs is installed: its types are registered in the
+  rosbags typestore from the installed .msg definitions; without it the topic is skipped with a warning)
 stamped like their input (header stamp and log time), plus a copy of the input topic unless --no-copy-input.
 The output bag is written in a temporary folder next to OUT and renamed to OUT at the end (atomic).
 
@@ -156,6 +158,7 @@ def segment_bag(in_path: Path, out_path: Path, params: SegmentParams, topic: str
     from rosbags.typesys import Stores, get_typestore
     from std_msgs.msg import Header
 
+    from mpnet_ros.detections import DETECTION3D_ARRAY, detection_array, register_vision_msgs, vision_msgs_available
     from mpnet_ros.markers import instance_markers
 
     in_path, out_path = Path(in_path), Path(out_path)
@@ -176,6 +179,12 @@ def segment_bag(in_path: Path, out_path: Path, params: SegmentParams, topic: str
             inputs = [c for c in reader.connections if c.topic == topic]
             cloud_out = writer.add_connection(f'{OUTPUT_PREFIX}/labeled_cloud', POINTCLOUD2, typestore=typestore)
             marker_out = writer.add_connection(f'{OUTPUT_PREFIX}/instances', MARKER_ARRAY, typestore=typestore)
+            detection_out = None
+            if vision_msgs_available() and register_vision_msgs(typestore):
+                detection_out = writer.add_connection(f'{OUTPUT_PREFIX}/detections', DETECTION3D_ARRAY,
+                                                      typestore=typestore)
+            else:
+                LOG.warning('vision_msgs is not installed: %s/detections is not written', OUTPUT_PREFIX)
             copy_out = writer.add_connection(topic, POINTCLOUD2, typestore=typestore) if copy_input else None
             for log_time, raw, result in _results(reader, inputs, pipeline, summary, progress, topic):
                 if copy_out is not None:
@@ -188,6 +197,9 @@ def segment_bag(in_path: Path, out_path: Path, params: SegmentParams, topic: str
                                           num_classes)
                 writer.write(cloud_out, log_time, serialize_message(cloud))
                 writer.write(marker_out, log_time, serialize_message(instance_markers(header, result.instances_info)))
+                if detection_out is not None:
+                    writer.write(detection_out, log_time,
+                                 serialize_message(detection_array(header, result.instances_info)))
                 if on_result is not None:
                     on_result(result)
         os.replace(staging / out_path.name, out_path)

@@ -1,9 +1,11 @@
 """visualization_msgs/MarkerArray for the segmented instances (ROS message building only).
 
-The array starts with a DELETEALL marker (so boxes of instances that vanished disappear), then per instance an
-axis-aligned CUBE and a TEXT_VIEW_FACING label above it. Marker ids are the instance ids (persistent across frames
-when the pipeline tracks them), colours follow the id, and every marker has a lifetime, so boxes vanish in RViz
-when no newer array arrives (the node stopped, or input stopped). No field is ever NaN.
+The array starts with a DELETEALL marker (so boxes of instances that vanished disappear), then per instance a
+CUBE and a TEXT_VIEW_FACING label above it. The cube is the instance's oriented box (yaw from its footprint about
+gravity, the same box as on `~/detections`, mpnet_ros/detections.py), or its axis-aligned box when it has none.
+Marker ids are the instance ids (persistent across frames when the pipeline tracks them), colours follow the id,
+and every marker has a lifetime, so boxes vanish in RViz when no newer array arrives (the node stopped, or input
+stopped). No field is ever NaN.
 """
 from __future__ import annotations
 
@@ -57,12 +59,14 @@ def instance_markers(header: Any, instances_info: Iterable[Any], namespace: str 
     clear.header = header
     clear.action = Marker.DELETEALL
     array.markers.append(clear)
+    from mpnet_ros.detections import oriented_box
+
     for info in instances_info:
         instance_id = int(_field(info, 'id', 'instance_id', default=0))
-        centre = _finite_vector(_field(info, 'centre', 'center', default=()), math.nan)
-        if centre is None or not all(math.isfinite(v) for v in centre):
+        box_pose = oriented_box(info)
+        if box_pose is None:
             continue  # nowhere to draw it
-        extent = _finite_vector(_field(info, 'extent', 'size', default=(0, 0, 0)), MIN_EXTENT) or [MIN_EXTENT] * 3
+        centre, orientation, extent = box_pose
         extent = [max(abs(v), MIN_EXTENT) for v in extent]
         class_name = str(_field(info, 'class_name', 'name', default='?'))
         point_count = int(_field(info, 'point_count', 'num_points', 'count', default=0))
@@ -73,7 +77,8 @@ def instance_markers(header: Any, instances_info: Iterable[Any], namespace: str 
         box.ns, box.id = f'{namespace}/boxes', instance_id
         box.type, box.action = Marker.CUBE, Marker.ADD
         box.pose.position.x, box.pose.position.y, box.pose.position.z = centre
-        box.pose.orientation.w = 1.0
+        (box.pose.orientation.x, box.pose.orientation.y, box.pose.orientation.z,
+         box.pose.orientation.w) = orientation
         box.scale.x, box.scale.y, box.scale.z = extent
         box.color.r, box.color.g, box.color.b, box.color.a = r, g, b, BOX_ALPHA
         box.lifetime.sec, box.lifetime.nanosec = lifetime_sec, lifetime_nsec

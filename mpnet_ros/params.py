@@ -97,12 +97,25 @@ SPECS: dict[str, ParamSpec] = {
     'cluster_bandwidth': ParamSpec(0.0, "Mean-shift bandwidth on instance embeddings (0 = the model's tuned value, "
                                    '0.6 when the model records none).', 0.0, 10.0, rebuild=('segmenter',)),
     'min_instance_fraction': ParamSpec(-1.0, "Drop instances under this fraction of their class's mean training "
-                                       "instance size (ASIS's filter; the model records the sizes and its tuned "
-                                       "fraction). -1 = the model's value, 0 = off (crops and short-range frames "
-                                       "hold smaller instances than the whole rooms the sizes come from).",
+                                       "instance size (in the active size_filter's measure; the model records the "
+                                       "sizes and its tuned fractions). -1 = the model's value, 0 = off (crops and "
+                                       "short-range frames hold smaller instances than the whole rooms the point "
+                                       "sizes come from).",
                                        -1.0, 100.0, rebuild=('segmenter',)),
-    'min_instance_points': ParamSpec(50, 'Instances with fewer points are dropped (instance -1).', 1, 10_000_000,
-                                     rebuild=('segmenter',)),
+    'min_instance_points': ParamSpec(0, 'Instances with fewer points are dropped (instance -1); 0 = the model\'s '
+                                     'floor for sensor_kind (tuned with its size filter; 50 when it has none).', 0,
+                                     10_000_000, rebuild=('segmenter',)),
+    'size_filter': ParamSpec('auto', "Per-class instance size filter (mpnet_model/infer/instances.py): area = "
+                             "occupied area at 0.1 m voxels, alike near and far; points = point counts (ASIS's, the "
+                             "filter before issue 23); off; auto = area when the model has it for sensor_kind, else "
+                             'points. min_instance_fraction scales the active one; the log and /diagnostics name it.',
+                             choices=('auto', 'area', 'points', 'off'), rebuild=('segmenter',)),
+    'sensor_kind': ParamSpec('lidar', "Whose tuned instance settings of the model apply (area fraction, fragment "
+                             'join): lidar, rgbd (depth cameras) or static (whole-room scans).',
+                             choices=('lidar', 'rgbd', 'static'), rebuild=('segmenter',)),
+    'fragment_join': ParamSpec(-1.0, 'Join touching instances of the same class within this distance [m] before the '
+                               "size filter; -1 = the model's value for sensor_kind (0 when it has none), 0 = off.",
+                               -1.0, 1.0, rebuild=('segmenter',)),
     'block_layout': ParamSpec('adaptive', 'Which 1 m blocks are segmented (docs/frame_layouts.md): adaptive = all '
                               'overlapping blocks where the cloud is dense, redundant sparse ones dropped; grid = '
                               'all (stride 0.5 m).', choices=LAYOUTS, rebuild=('segmenter',)),

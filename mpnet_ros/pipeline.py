@@ -108,15 +108,21 @@ def make_segmenter(params: SegmentParams) -> Any:
     tuned = {'bandwidth': params.cluster_bandwidth} if params.cluster_bandwidth > 0 else {}
     if params.min_instance_fraction >= 0:                 # -1: the model's tuned size filter
         tuned['min_instance_fraction'] = params.min_instance_fraction
+    if params.fragment_join >= 0:                         # -1: the model's for sensor_kind
+        tuned['fragment_join'] = params.fragment_join
+    if params.min_instance_points > 0:                    # 0: the model's floor for sensor_kind (else 50)
+        tuned['min_instance_points'] = params.min_instance_points
     try:
         return SceneSegmenter.from_config(params.backend, params.model_path, device=params.device,
                                           precision=params.precision, backend_options=backend_options,
-                                          min_instance_points=params.min_instance_points,
                                           layout=params.block_layout,
-                                          border_join=params.border_join, **tuned)
+                                          border_join=params.border_join, size_filter=params.size_filter,
+                                          sensor_kind=params.sensor_kind, **tuned)
     except Exception as error:
         if type(error).__name__ == 'TensorRTUnavailable':   # no TensorRT or no GPU here: the backend is the problem
             raise ParamError('backend', params.backend, str(error)) from error
+        if isinstance(error, ValueError) and str(error).startswith('size_filter='):   # the model cannot give it
+            raise ParamError('size_filter', params.size_filter, str(error)) from error
         raise
 
 

@@ -1,8 +1,10 @@
-"""ROS 2 node: PointCloud2 in, labelled PointCloud2 + instance markers + diagnostics out.
+"""ROS 2 node: PointCloud2 in, labelled PointCloud2 + instance markers + detections + diagnostics out.
 
 Thin by design: parameters come from `params.py`, parsing from `cloud_io.py`, the window, filters, per-frame
 budget, segmentation and instance tracking from `pipeline.py` (ROS-free, shared with the bag tool), markers from
-`markers.py`, per-kind warning limits and log forwarding from `logs.py`, transform lookups from `transforms.py`.
+`markers.py`, per-kind warning limits and log forwarding from `logs.py`, transform lookups from `transforms.py`,
+`~/detections` (vision_msgs/Detection3DArray; skipped with one warning when vision_msgs is missing) from
+`detections.py`.
 
 Threads: the subscription callback only parses, filters and appends to the window, then wakes the worker; the
 worker always segments the newest window and publishes. Frames that arrive while the worker is busy are
@@ -45,6 +47,7 @@ from std_msgs.msg import Float64, Header
 from visualization_msgs.msg import MarkerArray
 
 from mpnet_ros.cloud_io import CloudError, labeled_cloud_msg, parse_cloud
+from mpnet_ros.detections import detection_array, vision_msgs_available
 from mpnet_ros.health import DEFAULT_WINDOW_S, RecentCounts, status_level
 from mpnet_ros.logs import RateLimitedWarnings, forward_library_logs, warning_key
 from mpnet_ros.map_outputs import MapOutputs
@@ -106,6 +109,7 @@ class SegmentNode(Node):
                                      durability=qos_profile_sensor_data.durability)
         self._cloud_pub = self.create_publisher(PointCloud2, '~/labeled_cloud', 1)
         self._marker_pub = self.create_publisher(MarkerArray, '~/instances', 1)
+        self._detection_pub = self._detection_publisher()
         self._time_pub = self.create_publisher(Float64, '~/debug/processing_time_ms', 10)
         self._latency_pub = self.create_publisher(Float64, '~/debug/pipeline_latency_ms', 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -126,12 +130,30 @@ class SegmentNode(Node):
             f'window {self.params.window_frames} frame(s); measured {ms_per_block:.1f} ms per block '
             f'(+ {self.pipeline.cost.fixed_ms:.0f} ms per frame, {self.pipeline.cost.ms_per_point * 1e3:.2f} ms per '
             f'1000 points): at most {self.pipeline.block_cap():,} blocks per frame within processing_budget_ms '
-            f'{self.params.processing_budget_ms:g}')
+            f'{self.params.processing_budget_ms:g}; instance size filter: {self._size_filter_text()}')
 
     # --- configuration ---------------------------------------------------------------------------------------
 
     def _health_window(self) -> float:
         return max(DEFAULT_WINDOW_S, 5.0 * self.params.diagnostics_period)
+
+    def _detection_publisher(self):
+        """~/detections when vision_msgs imports; otherwise one warning and no topic (the node runs on)."""
+        if not vision_msgs_available():
+            self.get_logger().warning('vision_msgs is not importable: ~/detections (vision_msgs/Detection3DArray) is '
+                                      'not published; install ros-jazzy-vision-msgs for it')
+            return None
+        from vision_msgs.msg import Detection3DArray
+
+        return self.create_publisher(Detection3DArray, '~/detections', 1)
+
+    def _size_filter_text(self) -> str:
+        segmenter = self.pipeline.segmenter
+        size_filter = getattr(segmenter, 'size_filter', None)
+        text = size_filter.describe() if size_filter is not None else 'n/a'
+        join = getattr(segmenter, 'fragment_join', 0.0)
+        return (f'{text} (size_filter {self.params.size_filter}, sensor_kind {self.params.sensor_kind}), fragment '
+                f'join {join:g} m')
 
     def _throttle_sec(self) -> float:
         params = getattr(self, 'params', None)
@@ -180,7 +202,8 @@ class SegmentNode(Node):
             self.params, self.pipeline = new, pipeline
             self._map_outputs.ensure(new)
         self.get_logger().info(f'parameters changed: {", ".join(changed) or "none"}'
-                               + (f' (rebuilt: {", ".join(sorted(tags))})' if tags else ''))
+                               + (f' (rebuilt: {", ".join(sorted(tags))})' if tags else '')
+                               + (f'; instance size filter: {self._size_filter_text()}' if 'segmenter' in tags else ''))
         return SetParametersResult(successful=True)
 
     # --- input (executor thread; never blocks) ---------------------------------------------------------------
@@ -246,6 +269,8 @@ class SegmentNode(Node):
         self._cloud_pub.publish(labeled_cloud_msg(header, result.xyz, result.labels, result.instances,
                                                   result.scores, len(pipeline.class_names)))
         self._marker_pub.publish(instance_markers(header, result.instances_info, lifetime_s=self._marker_lifetime()))
+        if self._detection_pub is not None:
+            self._detection_pub.publish(detection_array(header, result.instances_info))
         total_ms = result.timings['total_ms']
         self._time_pub.publish(Float64(data=total_ms))
         latency_ms = None
@@ -318,6 +343,7 @@ class SegmentNode(Node):
             'budget_ms': f'{budget:.1f}', 'ms_per_block': f'{pipeline.cost.ms_per_block or 0:.2f}',
             'block_cap': cap if cap is not None else 'n/a', 'window_frames': self.params.window_frames,
             'last_points': s.last_points, 'last_blocks': s.last_blocks, 'last_error': s.last_error,
+            'size_filter': self._size_filter_text(),
             **self._map_outputs.diagnostics(),
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

@@ -11,6 +11,7 @@ from ros_helpers import KINECT_BAG, OUSTER_BAG, labeled_records, read_bag, tiny_
 
 from mpnet_ros import bag_tool  # noqa: E402
 from mpnet_ros.cloud_io import parse_cloud  # noqa: E402
+from mpnet_ros.detections import vision_msgs_available  # noqa: E402
 from mpnet_ros.params import validate_params  # noqa: E402
 from mpnet_ros.pipeline import ScenePipeline, make_segmenter  # noqa: E402
 
@@ -44,7 +45,9 @@ def test_ouster_bag_to_mcap(checkpoint, tmp_path):
     by_topic: dict[str, list] = {}
     for topic, log_time, _, msg in written:
         by_topic.setdefault(topic, []).append((log_time, msg))
-    assert sorted(by_topic) == ['/mpnet_segment/instances', '/mpnet_segment/labeled_cloud', '/ouster/points']
+    detections = ['/mpnet_segment/detections'] if vision_msgs_available() else []     # tests/test_detections.py
+    assert sorted(by_topic) == [*detections, '/mpnet_segment/instances', '/mpnet_segment/labeled_cloud',
+                                '/ouster/points']
     for log_time, cloud in by_topic['/mpnet_segment/labeled_cloud']:
         input_log_time, count = expected[_stamp(cloud)]  # header stamp of the input frame
         assert log_time == input_log_time and cloud.width == count and cloud.header.frame_id == 'os_lidar'

@@ -25,10 +25,15 @@ from mpnet_model.model.checkpoint import load_checkpoint, save_checkpoint
 from mpnet_model.model.mpnet import MPNet
 
 MEANS = [float(v) for v in np.arange(13) * 10.0 + 5.0]         # class_mean_instance_points
+AREAS = [float(v) for v in np.arange(13) * 0.1 + 0.3]          # class_mean_instance_area [m^2] (issue 23)
+METRIC = {'class_mean_instance_area': AREAS, 'instance_area_voxel': 0.2,
+          'min_instance_area_fraction': {'lidar': 0.15, 'rgbd': 0.4}, 'fragment_join': {'lidar': 0.25},
+          'instance_min_points': {'lidar': 12}}
 TUNED = {'block_size': 1.5, 'stride': 0.75, 'cluster_bandwidth': 0.45, 'min_instance_fraction': 0.3,
-         'class_mean_instance_points': MEANS}
+         'class_mean_instance_points': MEANS, **METRIC}
 EXPECTED = {'block_size': 1.5, 'stride': 0.75, 'num_points': 256, 'cluster_bandwidth': 0.45,
-            'min_instance_fraction': 0.3, 'class_mean_instance_points': tuple(MEANS)}
+            'min_instance_fraction': 0.3, 'class_mean_instance_points': tuple(MEANS),
+            **METRIC, 'class_mean_instance_area': tuple(AREAS)}
 
 
 def _values(metadata: ModelMetadata) -> dict:
@@ -79,10 +84,12 @@ def test_hop1_checkpoint_to_onnx_metadata(model_files, tmp_path):
 
 def test_hop1_old_exports_read_with_defaults():
     props = ModelMetadata(class_names=('a', 'b')).to_props()
-    for key in ('cluster_bandwidth', 'min_instance_fraction', 'class_mean_instance_points'):
+    for key in ('cluster_bandwidth', 'min_instance_fraction', 'class_mean_instance_points', *METRIC):
         del props[key]                                          # as in ONNX files exported before these existed
     metadata = ModelMetadata.from_props(props, 'old.onnx')
     assert metadata.cluster_bandwidth == 0.6 and metadata.class_min_points is None and metadata.extra == {}
+    assert metadata.class_mean_instance_area == () and metadata.area_fraction('lidar') is None
+    assert metadata.fragment_join == {} == metadata.instance_min_points
     full = ModelMetadata(class_names=('a', 'b'), cluster_bandwidth=0.3, min_instance_fraction=0.5,
                          class_mean_instance_points=(10.0, 20.0), fps_in_graph=True, extra={'trained_on': 'rooms'})
     assert ModelMetadata.from_props(full.to_props(), 'x') == full                   # exact round trip
@@ -115,7 +122,15 @@ def test_hop3_backend_to_scene_segmenter(model_files, tmp_path, monkeypatch):
         assert (segmenter.block_size, segmenter.stride, segmenter.num_points, segmenter.bandwidth) == \
             (1.5, 0.75, 256, 0.45), name
         np.testing.assert_allclose(segmenter.class_min_points, 0.3 * np.array(MEANS), err_msg=name)
+        assert segmenter.size_filter.kind == 'points' and segmenter.fragment_join == 0.0   # no sensor kind given
         assert kinds[-1] == (name, 'model', {'device': 'cpu', 'precision': 'fp32'})   # what the factory passed on
+        lidar = SceneSegmenter.from_config(name, 'model', sensor_kind='lidar')          # the metric filter
+        assert (lidar.size_filter.kind, lidar.area_voxel, lidar.fragment_join, lidar.min_instance_points) == \
+            ('area', 0.2, 0.25, 12), name
+        np.testing.assert_allclose(lidar.class_min_area, 0.15 * np.array(AREAS), err_msg=name)
+        rgbd = SceneSegmenter.from_config(name, 'model', sensor_kind='rgbd')
+        assert (rgbd.fragment_join, rgbd.min_instance_points) == (0.0, 50), name     # nothing tuned: defaults
+        np.testing.assert_allclose(rgbd.class_min_area, 0.4 * np.array(AREAS), err_msg=name)
         explicit = SceneSegmenter.from_config(name, 'model', block_size=2.0, stride=1.0, bandwidth=0.9,
                                               class_min_points=None)            # explicit arguments win
         assert (explicit.block_size, explicit.stride, explicit.bandwidth, explicit.class_min_points) == \
@@ -152,15 +167,26 @@ def test_hop4_node_parameters(model_files):
     from_model = make_segmenter(validate_params({'model_path': str(onnx_path)}))        # cluster_bandwidth 0
     assert (from_model.block_size, from_model.stride, from_model.num_points, from_model.bandwidth) == \
         (1.5, 0.75, 256, 0.45)
-    np.testing.assert_allclose(from_model.class_min_points, 0.3 * np.array(MEANS))
+    static = make_segmenter(validate_params({'model_path': str(onnx_path), 'sensor_kind': 'static'}))
+    np.testing.assert_allclose(static.class_min_points, 0.3 * np.array(MEANS))      # no area fraction for static
     assert make_segmenter(validate_params({'model_path': str(onnx_path), 'cluster_bandwidth': 0.8})).bandwidth == 0.8
+    # The node's defaults (size_filter auto, sensor_kind lidar, fragment_join -1, min_instance_points 0): the model's.
+    assert (from_model.size_filter.kind, from_model.fragment_join, from_model.min_instance_points) == ('area', 0.25, 12)
+    np.testing.assert_allclose(from_model.class_min_area, 0.15 * np.array(AREAS))
+    forced = make_segmenter(validate_params({'model_path': str(onnx_path), 'size_filter': 'points',
+                                             'fragment_join': 0.0, 'min_instance_points': 50}))
+    assert (forced.size_filter.kind, forced.fragment_join, forced.min_instance_points) == ('points', 0.0, 50)
+    np.testing.assert_allclose(forced.class_min_points, 0.3 * np.array(MEANS))
     assert from_model.border_join == 0.2
     assert make_segmenter(validate_params({'model_path': str(onnx_path), 'border_join': 0.0})).border_join == 0.0
-    assert make_segmenter(validate_params({'model_path': str(onnx_path),
-                                           'min_instance_fraction': 0.0})).class_min_points is None
-    np.testing.assert_allclose(make_segmenter(validate_params({'model_path': str(onnx_path),
+    off = make_segmenter(validate_params({'model_path': str(onnx_path), 'min_instance_fraction': 0.0}))
+    assert off.class_min_points is None and off.class_min_area is None and off.size_filter.kind == 'off'
+    np.testing.assert_allclose(make_segmenter(validate_params({'model_path': str(onnx_path), 'size_filter': 'points',
                                                                'min_instance_fraction': 1.5})).class_min_points,
                                1.5 * np.array(MEANS))
+    np.testing.assert_allclose(make_segmenter(validate_params({'model_path': str(onnx_path),
+                                                               'min_instance_fraction': 1.5})).class_min_area,
+                               1.5 * np.array(AREAS))                             # the fraction of the active one
 
 
 def test_hop4_the_node_itself(model_files):

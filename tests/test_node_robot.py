@@ -272,7 +272,7 @@ def test_zero_stamps_have_no_latency_and_diagnostics_recover(robot):
 def test_library_logs_reach_the_ros_logger(robot):
     _, listener, _ = robot
     logging.getLogger('mpnet_model.infer.backends.tensorrt_backend').info('TensorRT build: test phase 3/7')
-    found = listener.wait('/rosout', predicate=lambda m: 'TensorRT build: test phase 3/7' in m.msg, timeout=10)
+    found = listener.wait('/rosout', predicate=lambda m: 'TensorRT build: test phase 3/7' in m.msg, timeout=30)
     assert found and found[0].name == 'mpnet_segment' and found[0].level == Log.INFO
 
 

@@ -168,3 +168,81 @@ def test_tuned_values_reach_the_segmenter_through_export_and_every_backend(check
         segmenter = SceneSegmenter.from_config(kind, model)
         assert segmenter.bandwidth == pytest.approx(0.45), kind
         np.testing.assert_allclose(segmenter.class_min_points, 0.3 * np.asarray(sizes), err_msg=kind)
+
+
+# --- the metric size filter, fragment join and point floor per sensor kind (issue 23) ----------------------------
+
+def test_size_filter_grid_equals_the_robot_path(checkpoint, room):
+    from mpnet_model.eval.tune import RECALL_TIE_F1, choose_size_filter, tune_size_filter
+    from mpnet_model.infer.instances import class_mean_instance_area
+
+    areas = class_mean_instance_area([room], len(S3DIS_CLASSES))
+    points = read_checkpoint(checkpoint)['extra']['class_mean_instance_points']
+    backend = make_backend('torch', checkpoint)
+    result = tune_size_filter(backend, [room], 'static', areas, points, area_fractions=(0.0, 0.3), joins=(0.0, 0.2),
+                              floors=(10, 50), point_fractions=(0.25,), bandwidth=0.6, progress=False)
+    assert len(result.grid) == 2 * 2 * 2 + 1 and result.clouds == ['office_t']
+    area_rows = [g for g in result.grid if g['filter'] == 'area']
+    best_f1 = max(g['F1'] for g in area_rows)                    # near ties (RECALL_TIE_F1) go to the higher mRec
+    assert result.best['F1'] >= best_f1 - RECALL_TIE_F1
+    assert result.best['mRec'] == max(g['mRec'] for g in area_rows if g['F1'] >= best_f1 - RECALL_TIE_F1)
+    assert (result.fraction, result.join, result.floor) == (result.best['fraction'], result.best['fragment_join'],
+                                                            result.best['min_instance_points'])
+    for cell in result.grid:
+        if cell['filter'] == 'area':
+            options = {'size_filter': 'area' if cell['fraction'] else 'off', 'fragment_join': cell['fragment_join'],
+                       'class_min_area': cell['fraction'] * areas if cell['fraction'] else None}
+        else:
+            options = {'size_filter': 'points', 'class_min_points': cell['fraction'] * np.asarray(points)}
+        segmenter = SceneSegmenter(backend, bandwidth=0.6, min_instance_points=int(cell['min_instance_points']),
+                                   **options)
+        reference = evaluate_rooms(segmenter, [room], progress=False).instance
+        for key in ('mPrec', 'mRec', 'mCov', 'mFrag', 'mSplit'):
+            assert cell[key] == pytest.approx(reference[key], nan_ok=True), (cell, key)
+    assert any(g['fragment_join'] == 0.2 and g['mFrag'] != h['mFrag'] for g in area_rows for h in area_rows
+               if h['fragment_join'] == 0.0 and h['fraction'] == g['fraction']
+               and h['min_instance_points'] == g['min_instance_points'])              # the join changes something
+    assert 'Chosen: area fraction' in result.markdown()
+    rows = [dict(F1=0.30, mRec=0.20, mCov=0.3, bandwidth=0.6, fraction=0.5), dict(F1=0.295, mRec=0.25, mCov=0.3,
+            bandwidth=0.6, fraction=0.1), dict(F1=0.25, mRec=0.40, mCov=0.3, bandwidth=0.6, fraction=0.0)]
+    assert choose_size_filter(rows) is rows[1]                   # within 0.01 of the best F1, more recall
+    extra = result.to_extra({'min_instance_area_fraction': {'lidar': 0.2}, 'fragment_join': {'lidar': 0.3}},
+                            areas, 0.1)
+    assert extra['min_instance_area_fraction'] == {'lidar': 0.2, 'static': result.fraction}     # other kinds kept
+    assert extra['fragment_join'] == {'lidar': 0.3, 'static': result.join}
+    assert extra['instance_min_points'] == {'static': result.floor}
+    assert extra['size_filter_tuning']['static']['clouds'] == ['office_t']
+    with pytest.raises(ValueError, match='sensor_kind'):
+        tune_size_filter(backend, [room], 'sonar', areas)
+    with pytest.raises(ValueError, match='finite areas'):
+        tune_size_filter(backend, [room], 'lidar', areas[:3])
+
+
+def test_mpnet_eval_tune_on_frames_stores_the_kind_and_old_models_keep_working(checkpoint, tmp_path):
+    """`mpnet-eval --tune` on a simulated lidar frames config: the lidar entries land in the checkpoint (class
+    areas from the evaluated data's training frames: this checkpoint records no train_config), a later evaluation
+    runs the metric filter; the untouched checkpoint still evaluates with today's filter."""
+    from mpnet_model.data.synthetic.frames import generate_frames
+    from mpnet_model.eval.evaluate import main as eval_main
+
+    pytest.importorskip('trimesh')
+    generate_frames(tmp_path / 'frames', {1: 1, 2: 1, 5: 1}, sensors=('os1-64',), frames=2, columns=512,
+                    progress=False)
+    config = tmp_path / 'lidar.yaml'
+    config.write_text(yaml.safe_dump({'data': {'dataset': 'frames', 'root': str(tmp_path / 'frames'),
+                                               'test_area': 5, 'val_fraction': 0.5}}))
+    model = tmp_path / 'model.pt'
+    model.write_bytes(checkpoint.read_bytes())
+    old = eval_main(['--checkpoint', str(model), '--config', str(config), '--split', 'val', '--backend', 'torch',
+                     '--out', str(tmp_path / 'old')])
+    assert old == 0 and 'class_mean_instance_area' not in read_checkpoint(model)['extra']
+    assert eval_main(['--checkpoint', str(model), '--config', str(config), '--tune', '--split', 'val',
+                      '--backend', 'torch', '--out', str(tmp_path / 'tuned')]) == 0
+    extra = read_checkpoint(model)['extra']
+    assert set(extra['min_instance_area_fraction']) == set(extra['fragment_join']) == {'lidar'}
+    assert len(extra['class_mean_instance_area']) == 13 and extra['instance_area_voxel'] == 0.1
+    assert (tmp_path / 'tuned' / 'size_filter_lidar.md').is_file()
+    segmenter = SceneSegmenter.from_config('torch', model, sensor_kind='lidar')
+    tuned_fraction = extra['min_instance_area_fraction']['lidar']
+    assert segmenter.size_filter.kind == ('area' if tuned_fraction > 0 else 'off')
+    assert segmenter.min_instance_points == extra['instance_min_points']['lidar']

@@ -10,6 +10,17 @@ The mean-shift bandwidth and the size-filter fraction are the checkpoint's tuned
 uses the values in its metadata); `--bandwidth` / `--min-instance-fraction` override them. `--tune` first chooses
 both on the validation rooms (`mpnet_model.eval.tune`), writes them into the checkpoint (atomically) and then
 evaluates with them.
+
+The size filter (issue 23, `mpnet_model.infer.instances`): `--size-filter auto` (default) uses the metric (area)
+filter when the model records the class mean areas and a fraction for the data's sensor kind (simulated frames:
+lidar or rgbd, from their sequence.json; rooms: static; `--sensor-kind` overrides), else the point filter;
+`points` / `area` / `off` force one. `--tune` on a frames config (config/eval_sim_lidar.yaml, eval_sim_rgbd.yaml)
+tunes the area fraction of that sensor kind on its validation frames; on a rooms config it also tunes the `static`
+kind after the bandwidth and point fraction (`--tune-size-filter`: only the size filter and fragment join of the
+kind). The class mean areas come from the model's training data (the checkpoint's own train_config, or
+`--stats-config`) and are stored once.
+
+    mpnet-eval --checkpoint M.pt --config config/eval_sim_lidar.yaml --tune --out out/tune_lidar
 """
 from __future__ import annotations
 
@@ -173,6 +184,70 @@ def tune_checkpoint(args, split, extra: dict, cache_dir: str) -> dict:
     return updates
 
 
+def training_instance_areas(extra: dict, stats_config: str | None, voxel: float, num_classes: int,
+                            fallback=None, progress: bool = True) -> list[float]:
+    """Mean occupied area per class [m^2] of the ground-truth instances of the model's training clouds: those of
+    `stats_config`'s data section, else of the checkpoint's own train_config (what it was trained on), else of the
+    `fallback` DataConfig's training split (the evaluated data's; logged)."""
+    from mpnet_model.data.config import data_config_from_dict, load_data_config
+    from mpnet_model.infer.instances import class_mean_instance_area
+
+    if stats_config:
+        data, source = load_data_config(stats_config), stats_config
+    elif (extra.get('train_config') or {}).get('data'):
+        data, source = data_config_from_dict(dict(extra['train_config']['data'])), 'the checkpoint train_config'
+    elif fallback is not None:
+        data, source = fallback, 'the evaluated config (the checkpoint records no train_config)'
+        log.warning('class mean instance areas from %s: its training split', source)
+    else:
+        raise ValueError('the class mean instance areas need the training data: the checkpoint records no '
+                         'train_config; name a config with --stats-config')
+    split = data.split()
+    if not split.train:
+        raise FileNotFoundError(f'no training clouds in the data of {source}')
+    rooms = (split.loader(r) for r in dict.fromkeys(split.train))          # repeated sources counted once
+    areas = class_mean_instance_area(rooms, num_classes, voxel, progress=progress)
+    log.info('class mean instance areas from %d training clouds at %g m voxels: %s', len(set(split.train)), voxel,
+             ', '.join(f'{a:.2f}' for a in areas))
+    return [float(a) for a in areas]
+
+
+def tune_size_filter_checkpoint(args, val_clouds, sensor_kind: str, extra: dict, segment=None, data=None) -> dict:
+    """Tune the area fraction of `sensor_kind` on `val_clouds` (Rooms) and store it (with the class mean areas) in
+    the checkpoint; the grid goes to --out/size_filter_<kind>.md. Returns the new extra entries."""
+    from mpnet_model.eval.tune import AREA_SIZES_KEY, AREA_VOXEL_KEY, tune_size_filter
+    from mpnet_model.infer.backends.base import make_backend
+    from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL
+    from mpnet_model.model.checkpoint import update_checkpoint_extra
+
+    if not args.checkpoint.endswith('.pt'):
+        raise ValueError(f'--tune stores the values in a checkpoint (.pt); got {args.checkpoint}')
+    voxel = float(extra.get(AREA_VOXEL_KEY, DEFAULT_AREA_VOXEL))
+    backend = make_backend(args.backend, args.checkpoint, device=args.device)
+    areas = extra.get(AREA_SIZES_KEY)
+    if areas is None:
+        areas = training_instance_areas(extra, args.stats_config, voxel, len(backend.class_names), data)
+    bandwidth = float(extra.get('cluster_bandwidth', backend.metadata.cluster_bandwidth))
+    layout = {'layout': args.layout} if args.layout else {}
+    result = tune_size_filter(backend, val_clouds, sensor_kind, areas, extra.get('class_mean_instance_points'),
+                              voxel=voxel, segment=segment, bandwidth=bandwidth, seed=args.seed,
+                              sampler=args.sampler, sparse_points=args.sparse_points, **layout)
+    updates = result.to_extra(extra, areas, voxel)
+    update_checkpoint_extra(args.checkpoint, updates)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f'size_filter_{sensor_kind}.md',
+                      f'# Size filter tuned for {sensor_kind} on the validation clouds\n\n{result.markdown()}')
+    print(f'mpnet-eval: tuned the area size filter for {sensor_kind}: fraction {result.fraction:g} of the class mean '
+          f'occupied areas (stored in {args.checkpoint})')
+    return updates
+
+
+def size_filter_kwargs(args, sensor_kind: str) -> dict:
+    """SceneSegmenter.from_config arguments of the size filter chosen on the command line."""
+    return {'size_filter': args.size_filter, 'sensor_kind': args.sensor_kind or sensor_kind}
+
+
 def main(argv: list[str] | None = None) -> int:
     from mpnet_model.data.config import load_data_config
     from mpnet_model.infer.backends.base import BackendError
@@ -209,10 +284,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--tune', action='store_true',
                         help='choose bandwidth and size fraction on the validation rooms, store them in the '
                              'checkpoint (.pt, rewritten atomically), then evaluate --split with them')
+    parser.add_argument('--tune-size-filter', action='store_true',
+                        help='choose only the area size filter and fragment join of the sensor kind (frames: lidar / '
+                             'rgbd; rooms: static) on the validation clouds, store them in the checkpoint, then '
+                             'evaluate (--tune on a frames config does the same)')
     parser.add_argument('--bandwidths', type=_float_list, default=None, metavar='B1,B2,...',
                         help='bandwidths tried by --tune (default 0.3,0.4,0.5,0.6,0.8,1.0,1.2,1.5)')
     parser.add_argument('--fractions', type=_float_list, default=None, metavar='F1,F2,...',
                         help='size fractions tried by --tune (default 0,0.1,0.25,0.5,0.75,1)')
+    parser.add_argument('--size-filter', choices=('auto', 'area', 'points', 'off'), default='auto',
+                        help="per-class size filter: auto = the metric (area) filter when the model has it for the "
+                             "sensor kind, else the point filter (mpnet_model/infer/instances.py)")
+    parser.add_argument('--sensor-kind', choices=('lidar', 'rgbd', 'static'), default=None,
+                        help='whose tuned area fraction applies (default: from the frames, static for rooms)')
+    parser.add_argument('--stats-config', default=None,
+                        help='--tune: config whose training data gives the class mean instance areas (default: the '
+                             "checkpoint's own train_config)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     try:
@@ -227,15 +314,32 @@ def main(argv: list[str] | None = None) -> int:
         extra = read_checkpoint(args.checkpoint)['extra'] if is_checkpoint else {}
         if args.tune:
             extra = {**extra, **tune_checkpoint(args, split, extra, d.cache_dir)}
+            args.bandwidth = args.bandwidth if args.bandwidth is not None else extra.get('cluster_bandwidth')
+        if args.tune or args.tune_size_filter:
+            if not split.val:
+                raise FileNotFoundError('--tune needs validation rooms: the config\'s split has none '
+                                        '(data.val_fraction)')
+            extra = {**extra, **tune_size_filter_checkpoint(args, (split.loader(r) for r in split.val),
+                                                            args.sensor_kind or 'static', extra, data=d)}
         shares, sizes = extra.get('class_shares'), extra.get('class_mean_instance_points')
-        options = {}
-        if is_checkpoint or args.bandwidth is not None or args.min_instance_fraction is not None:
+        options = size_filter_kwargs(args, 'static')
+        uses_area = args.size_filter == 'area' or (args.size_filter == 'auto' and is_checkpoint and bool(
+            extra.get('class_mean_instance_area')) and (args.min_instance_fraction is not None or (
+                extra.get('min_instance_area_fraction') or {}).get(options['sensor_kind']) is not None))
+        if uses_area:
+            options.update(size_filter='area', min_instance_fraction=args.min_instance_fraction)
+            if args.bandwidth is not None or is_checkpoint:
+                options['bandwidth'] = postprocess_settings(extra, args.bandwidth)[0]
+            log.info('post-processing: bandwidth %s, area size filter (%s)', options.get('bandwidth', 'the model\'s'),
+                     options['sensor_kind'])
+        elif is_checkpoint or args.bandwidth is not None or args.min_instance_fraction is not None:
             # An exported model otherwise brings its own values in its metadata (SceneSegmenter.from_config).
             bandwidth, fraction = postprocess_settings(extra, args.bandwidth, args.min_instance_fraction)
             if sizes is None and fraction > 0:
                 sizes = training_instance_sizes(split, d.cache_dir)
             log.info('post-processing: bandwidth %g, size fraction %g', bandwidth, fraction)
-            options = {'bandwidth': bandwidth, 'class_min_points': class_min_points(sizes, fraction)}
+            options = {'bandwidth': bandwidth, 'class_min_points': class_min_points(sizes, fraction),
+                       'size_filter': 'off' if args.size_filter == 'off' else 'points'}
         if args.layout:
             options['layout'] = args.layout
         if args.border_join is not None:
@@ -263,12 +367,24 @@ def _evaluate_frames(args, d, frame_paths) -> int:
     metadata's bandwidth and size filter (a tuned model's `min_instance_fraction` x class mean instance sizes;
     none for an untuned model, where the robot's min_instance_points alone rules)."""
     from mpnet_model.eval import frames as frame_eval
+    from mpnet_model.model.checkpoint import read_checkpoint
 
     layout = {'layout': args.layout} if args.layout else {}
     if args.border_join is not None:
         layout['border_join'] = args.border_join
+    kind = args.sensor_kind or frame_eval.sensor_kind(frame_paths)
+    if args.tune or args.tune_size_filter:
+        split = d.split()
+        if not split.val:
+            raise FileNotFoundError(f'--tune needs validation frames: {d.root} has none (data.val_fraction)')
+        extra = read_checkpoint(args.checkpoint)['extra'] if args.checkpoint.endswith('.pt') else {}
+        tune_size_filter_checkpoint(args, (split.loader(p) for p in split.val), kind, extra,
+                                    segment=_frame_segment(args.gravity_align), data=d)
     segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device, sampler=args.sampler,
-                                           seed=args.seed, sparse_points=args.sparse_points, **layout)
+                                           seed=args.seed, sparse_points=args.sparse_points,
+                                           min_instance_fraction=args.min_instance_fraction,
+                                           **size_filter_kwargs(args, kind), **layout)
+    log.info('size filter: %s (sensor kind %s)', segmenter.size_filter.describe(), kind)
     segment = frame_eval.segment_with(segmenter, args.gravity_align)
     results = {}
     for window in (int(w) for w in args.window.split(',') if w.strip()):
@@ -280,6 +396,17 @@ def _evaluate_frames(args, d, frame_paths) -> int:
     print(frame_eval.summary_markdown(results, segmenter.class_names))
     print(f'mpnet-eval: report in {args.out}')
     return 0
+
+
+def _frame_segment(gravity_align: str):
+    """segment(segmenter, cloud) -> SceneResult as the frames benchmark runs it (optionally levelled first)."""
+    def segment(segmenter, cloud):
+        if gravity_align == 'auto':
+            from mpnet_model.infer.gravity import segment_gravity_aligned
+
+            return segment_gravity_aligned(segmenter, cloud.xyz, cloud.rgb, origin=cloud.origin)[0]
+        return segmenter.segment(cloud.xyz, cloud.rgb, origin=cloud.origin)
+    return segment
 
 
 if __name__ == '__main__':

@@ -25,6 +25,18 @@ def band_names(bands=RANGE_BANDS) -> list[str]:
     return [f'{a:g}-{b:g} m' if np.isfinite(b) else f'>= {a:g} m' for a, b in zip(bands[:-1], bands[1:])]
 
 
+def sensor_kind(frame_paths: list[Path]) -> str:
+    """The size filter's sensor kind of simulated frames ('lidar' or 'rgbd'), from their sequence.json; ValueError
+    when the frames mix kinds."""
+    from mpnet_model.data.synthetic.frames import read_sequence
+
+    kinds = {read_sequence(seq)['sensor']['kind'] for seq in sorted({Path(p).parent for p in frame_paths})}
+    if len(kinds) != 1 or not kinds <= {'lidar', 'rgbd'}:
+        raise ValueError(f'frames of sensor kinds {sorted(kinds)}: tune and evaluate one kind (lidar or rgbd) at a '
+                         'time')
+    return kinds.pop()
+
+
 def frame_items(frame_paths: list[Path], window: int, lidar_colour: str = 'intensity') -> list[Callable[[], Room]]:
     """Loaders of the evaluated clouds: every frame (window 1) or non-overlapping windows of `window` frames."""
     from mpnet_model.data.synthetic.frames import load_frame, load_window

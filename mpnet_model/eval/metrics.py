@@ -351,6 +351,66 @@ class InstanceEvaluator:
                                          pred=InstanceRecords.concatenate(self._pred_parts))
 
 
+STRUCTURE_CLASSES = ('ceiling', 'floor', 'wall')     # not objects: left out of the object recall
+
+
+@dataclass
+class AgnosticMatches:
+    """The IoU >= threshold matches of one cloud: predicted and gt instance ids, IoU, gt class (each gt and each
+    prediction appears at most once: at IoU > 0.5 a match is unique)."""
+    pred: np.ndarray
+    gt: np.ndarray
+    iou: np.ndarray
+    gt_class: np.ndarray
+
+
+class AgnosticInstanceEvaluator:
+    """Class-agnostic instance precision / recall at IoU `iou_threshold` (default 0.5) over clouds: a predicted
+    instance (any class, or none: a clustering peer) is a true positive when it overlaps some gt instance by IoU >=
+    the threshold; precision = TP / predictions, recall = matched gt instances / gt instances. `object_recall` is
+    the recall over gt instances whose (majority) class is not structure (`structure`: names in `class_names`).
+    Points with the ignore label are dropped; gt_ins < 0 belongs to no instance."""
+
+    def __init__(self, class_names, iou_threshold: float = 0.5, ignore_label: int = IGNORE_LABEL,
+                 structure=STRUCTURE_CLASSES):
+        self.class_names = tuple(class_names)
+        self.iou_threshold = float(iou_threshold)
+        self.ignore_label = ignore_label
+        self.structure = np.array([name in structure for name in self.class_names])
+        self.num_pred = self.true_positive = 0
+        self.gt_per_class = np.zeros(len(self.class_names), dtype=np.int64)
+        self.matched_per_class = np.zeros(len(self.class_names), dtype=np.int64)
+
+    def add(self, pred_ins, gt_sem, gt_ins) -> AgnosticMatches:
+        """Accumulate one cloud (all arrays (N,)); returns its matches."""
+        gt_sem = _as_labels('gt_sem', gt_sem)
+        gt_ins = _as_labels('gt_ins', gt_ins, gt_sem.shape[0])
+        pred_ins = _as_labels('pred_ins', pred_ins, gt_sem.shape[0])
+        keep = gt_sem != self.ignore_label
+        gt_sem, gt_ins, pred_ins = gt_sem[keep], gt_ins[keep], pred_ins[keep]
+        _check_range('gt_sem', gt_sem, len(self.class_names))
+        gt_ids, gt_index, gt_class, gt_sizes = _group_instances(gt_ins, gt_sem, len(self.class_names))
+        pred_ids, pred_index, _, pred_sizes = _group_instances(pred_ins, np.zeros_like(pred_ins), 1)
+        intersection = _intersections(pred_index, gt_index, pred_ids.shape[0], gt_ids.shape[0])
+        iou = np.nan_to_num(_pairwise_iou(intersection, pred_sizes, gt_sizes))            # (P, G)
+        matched = iou >= self.iou_threshold
+        rows, cols = np.nonzero(matched)
+        self.num_pred += pred_ids.shape[0]
+        self.true_positive += int(matched.any(axis=1).sum())
+        self.gt_per_class += np.bincount(gt_class, minlength=len(self.class_names))
+        self.matched_per_class += np.bincount(gt_class[matched.any(axis=0)], minlength=len(self.class_names))
+        return AgnosticMatches(pred_ids[rows], gt_ids[cols], iou[rows, cols], gt_class[cols])
+
+    def compute(self) -> dict:
+        objects = ~self.structure
+        gt, matched = self.gt_per_class, self.matched_per_class
+        return {'precision': self.true_positive / self.num_pred if self.num_pred else float('nan'),
+                'recall': matched.sum() / gt.sum() if gt.sum() else float('nan'),
+                'object_recall': matched[objects].sum() / gt[objects].sum() if gt[objects].sum() else float('nan'),
+                'predictions': int(self.num_pred), 'gt_instances': int(gt.sum()),
+                'gt_objects': int(gt[objects].sum()), 'recall_per_class': _safe_divide(matched, gt)}
+
+
 def select_rare_cases(gt_records: InstanceRecords, fraction: float = 0.2, per_class: bool = False,
                       ) -> list[tuple[str, int]]:
     """Keys (room, gt instance id) of the `fraction` of gt instances with the lowest best IoU (paper §4.4).

@@ -10,13 +10,24 @@ The chosen pair maximises F1 = 2 mPrec mRec / (mPrec + mRec) (IoU 0.5; ties: hig
 bandwidth and fraction) and is stored in the checkpoint's `extra` as `cluster_bandwidth` (float) and
 `min_instance_fraction` (float), which the runtimes read (per-class filter = fraction x
 extra['class_mean_instance_points']).
+
+The metric size filter (issue 23, `mpnet_model.infer.instances`) is tuned per sensor kind by `tune_size_filter`:
+with the model's bandwidth, each validation cloud of that kind is segmented once with no per-class filter and no
+size floor, then for every fragment-join distance the touching same-class pieces are joined, every point floor
+(`min_instance_points`) applied, and every fraction of the area filter (and, for comparison, of the point filter
+without a join at the caller's floor: the filter before issue 23) applied; the best (join, floor, area fraction)
+by F1 (near ties, within RECALL_TIE_F1 of the best F1, go to the higher mRec: a robot would rather keep an
+object than drop it for a marginal precision gain) is stored as extra['fragment_join'][kind],
+extra['instance_min_points'][kind] and
+extra['min_instance_area_fraction'][kind], next to the training set's class mean areas
+extra['class_mean_instance_area'] and their voxel extra['instance_area_voxel'].
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,10 +41,20 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BANDWIDTHS = (0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5)
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_AREA_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+DEFAULT_JOINS = (0.0, 0.2, 0.3)              # fragment join distances [m] (0 = off)
+DEFAULT_FLOORS = (10, 25, 50)                # point floors (min_instance_points) tried with the area filter
+RECALL_TIE_F1 = 0.01                         # size filter: settings within this F1 of the best count as tied
 BANDWIDTH_KEY = 'cluster_bandwidth'          # checkpoint extra keys (the contract with the runtimes)
 FRACTION_KEY = 'min_instance_fraction'
 SIZES_KEY = 'class_mean_instance_points'
 TUNING_KEY = 'postprocess_tuning'            # how the values were chosen (grid, rooms, scores)
+AREA_SIZES_KEY = 'class_mean_instance_area'  # the metric size filter (issue 23)
+AREA_VOXEL_KEY = 'instance_area_voxel'
+AREA_FRACTION_KEY = 'min_instance_area_fraction'    # {sensor kind: fraction}
+AREA_TUNING_KEY = 'size_filter_tuning'              # {sensor kind: how it was chosen}
+JOIN_KEY = 'fragment_join'                          # {sensor kind: join distance [m]}
+FLOOR_KEY = 'instance_min_points'                   # {sensor kind: point floor}
 
 
 class CachingBackend(Backend):
@@ -183,3 +204,163 @@ def tune_postprocessing(backend: Backend, rooms: Iterable[Room], mean_instance_p
     log.info('tuned post-processing on %d room(s): bandwidth %g, size fraction %g (F1 %.3f)', len(names),
              best['bandwidth'], best['fraction'], best['F1'])
     return TuningResult(best['bandwidth'], best['fraction'], grid, names)
+
+
+@dataclass
+class SizeFilterTuning:
+    """Scores of every (filter, join, floor, fraction) on one sensor kind's validation clouds and the chosen area
+    fraction, fragment join and point floor."""
+    sensor_kind: str
+    fraction: float
+    join: float
+    floor: int
+    grid: list[dict]                        # one entry per row: filter, fragment_join, min_instance_points, ...
+    clouds: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> dict:
+        return next(g for g in self.grid if g['filter'] == 'area' and g['fraction'] == self.fraction
+                    and g['fragment_join'] == self.join and g['min_instance_points'] == self.floor)
+
+    def best_of(self, size_filter: str) -> dict | None:
+        rows = [g for g in self.grid if g['filter'] == size_filter]
+        return _choose(rows) if rows else None
+
+    def to_extra(self, previous: dict, areas: Sequence[float], voxel: float) -> dict:
+        """The checkpoint `extra` entries: the class mean areas, their voxel, this kind's fraction / join / floor
+        merged into those of other kinds (`previous`: the checkpoint's extra), and the record of the grid."""
+        merged = {}
+        for key, value in ((AREA_FRACTION_KEY, float(self.fraction)), (JOIN_KEY, float(self.join)),
+                           (FLOOR_KEY, int(self.floor))):
+            merged[key] = {**dict(previous.get(key) or {}), self.sensor_kind: value}
+        records = dict(previous.get(AREA_TUNING_KEY) or {})
+        records[self.sensor_kind] = {'criterion': 'F1(mPrec, mRec)', 'split': 'val', 'clouds': list(self.clouds),
+                                     'grid': [{k: (v if isinstance(v, str) else float(v)) for k, v in g.items()}
+                                              for g in self.grid]}
+        return {AREA_SIZES_KEY: [float(v) for v in areas], AREA_VOXEL_KEY: float(voxel), **merged,
+                AREA_TUNING_KEY: records}
+
+    def markdown(self) -> str:
+        lines = ['| filter | fragment join [m] | point floor | fraction | mPrec | mRec | F1 | mCov |',
+                 '|---|---|---|---|---|---|---|---|']
+        best = self.best
+        for g in sorted(self.grid, key=lambda g: (g['filter'], g['fragment_join'], g['min_instance_points'],
+                                                   g['fraction'])):
+            cells = [g['filter'], f"{g['fragment_join']:g}", f"{g['min_instance_points']:g}", f"{g['fraction']:g}",
+                     *(f'{g[k]:.3f}' for k in ('mPrec', 'mRec', 'F1', 'mCov'))]
+            lines.append('| ' + ' | '.join(f'**{c}**' if g is best else c for c in cells) + ' |')
+        points = self.best_of('points')
+        return '\n'.join([
+            f'Size filter tuned for {self.sensor_kind} on {len(self.clouds)} validation cloud(s). IoU 0.5; the point '
+            'filter rows (no join, the caller\'s floor) are the filter before issue 23, for comparison.', '', *lines,
+            '', f'Chosen: area fraction {self.fraction:g}, fragment join {self.join:g} m, point floor {self.floor} '
+            f'(mPrec {best["mPrec"]:.3f}, mRec {best["mRec"]:.3f}, F1 {best["F1"]:.3f})' + (
+                f'; the best point fraction {points["fraction"]:g} gives mPrec {points["mPrec"]:.3f}, mRec '
+                f'{points["mRec"]:.3f}, F1 {points["F1"]:.3f}.' if points else '.'), ''])
+
+
+def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str, class_mean_area: Sequence[float],
+                     class_mean_points: Sequence[float] | None = None,
+                     area_fractions: Sequence[float] = DEFAULT_AREA_FRACTIONS,
+                     point_fractions: Sequence[float] = DEFAULT_FRACTIONS, joins: Sequence[float] = DEFAULT_JOINS,
+                     floors: Sequence[int] = DEFAULT_FLOORS, voxel: float | None = None,
+                     segment: Callable | None = None, progress: bool = True, **segmenter_options
+                     ) -> SizeFilterTuning:
+    """Choose the area fraction, fragment join and point floor for `sensor_kind` on `clouds` (module docstring).
+    `class_mean_area` (C,) [m^2] at `voxel` (default `instances.DEFAULT_AREA_VOXEL`); `class_mean_points` (C,)
+    adds the point filter's rows (with segmenter_options' min_instance_points, default 50, as the floor).
+    `segment(segmenter, cloud) -> SceneResult` (default `segmenter.segment(xyz, rgb, origin=...)`);
+    `segmenter_options` go to `SceneSegmenter` (bandwidth, block_size, min_instance_points, ...)."""
+    import torch
+
+    from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL, SENSOR_KINDS, instance_table, join_fragments
+    from mpnet_model.infer.scene import (
+        DEFAULT_MIN_INSTANCE_POINTS,
+        POSTPROCESS_CPU_THREADS,
+        SceneSegmenter,
+        _cpu_threads,
+    )
+
+    if sensor_kind not in SENSOR_KINDS:
+        raise ValueError(f'sensor_kind={sensor_kind!r}: choose one of {SENSOR_KINDS}')
+    voxel = DEFAULT_AREA_VOXEL if voxel is None else float(voxel)
+    areas = np.asarray(class_mean_area, dtype=np.float64)
+    if areas.shape != (len(backend.class_names),) or not np.isfinite(areas).all():
+        raise ValueError(f'class_mean_area must hold {len(backend.class_names)} finite areas, got {areas.shape}')
+    area_fractions = sorted({float(f) for f in area_fractions})
+    point_fractions = sorted({float(f) for f in point_fractions}) if class_mean_points is not None else []
+    joins = sorted({float(j) for j in joins})
+    floors = sorted({int(f) for f in floors})
+    if not area_fractions or not joins or not floors or min(area_fractions + point_fractions + joins) < 0 \
+            or min(floors) < 1:
+        raise ValueError(f'fractions and joins must be >= 0, floors >= 1, none empty: area {area_fractions}, points '
+                         f'{point_fractions}, joins {joins}, floors {floors}')
+    points = None if class_mean_points is None else np.asarray(class_mean_points, dtype=np.float64)
+    segmenter_options.setdefault('block_size', backend.metadata.block_size)
+    segmenter_options.setdefault('stride', backend.metadata.stride)
+    segmenter_options.setdefault('bandwidth', backend.metadata.cluster_bandwidth)
+    points_floor = int(segmenter_options.pop('min_instance_points', DEFAULT_MIN_INSTANCE_POINTS))
+    segmenter = SceneSegmenter(backend, size_filter='off', min_instance_points=1, **segmenter_options)
+    segment = segment or (lambda s, cloud: s.segment(cloud.xyz, cloud.rgb, origin=cloud.origin))
+    rows = [('area', j, floor, f) for j in joins for floor in floors for f in area_fractions]
+    rows += [('points', 0.0, points_floor, f) for f in point_fractions]
+    evaluators = {row: InstanceEvaluator(len(backend.class_names)) for row in rows}
+    names = []
+    for cloud in tqdm(list(clouds), desc=f'tuning the size filter ({sensor_kind})', unit='cloud',
+                      disable=not progress):
+        result = segment(segmenter, cloud)
+        labels = np.where(result.labels < 0, 0, result.labels)
+        with _cpu_threads(torch.device('cpu'), POSTPROCESS_CPU_THREADS):
+            for join in joins:
+                joined = result.instances
+                if join > 0:
+                    joined = join_fragments(torch.from_numpy(np.ascontiguousarray(cloud.xyz)),
+                                            torch.from_numpy(result.instances.astype(np.int64)),
+                                            torch.from_numpy(labels.astype(np.int64)), join, len(areas)).numpy()
+                table = instance_table(cloud.xyz, joined, labels, len(areas), voxel)
+                for row in (r for r in rows if r[1] == join):
+                    index = table['inverse'][table['inverse'] >= 0]
+                    instances = np.full(len(labels), -1, dtype=np.int64)
+                    instances[table['inverse'] >= 0] = np.where(_size_rule(table, row, areas, points)[index],
+                                                                table['ids'][index], -1)
+                    evaluators[row].add(labels, instances, cloud.sem, cloud.ins, room_id=cloud.name)
+        names.append(cloud.name)
+    if not names:
+        raise ValueError(f'no {sensor_kind} clouds to tune the size filter on')
+    grid = []
+    for (kind, join, floor, fraction), evaluator in evaluators.items():
+        scores = evaluator.compute()
+        grid.append({'filter': kind, 'fragment_join': join, 'min_instance_points': float(floor), 'fraction': fraction,
+                     'bandwidth': float(segmenter.bandwidth), 'F1': f1(scores['mPrec'], scores['mRec']),
+                     **{k: float(scores[k]) for k in ('mPrec', 'mRec', 'mCov', 'mWCov', 'mFrag', 'mSplit')}})
+    best = choose_size_filter([g for g in grid if g['filter'] == 'area'])
+    log.info('tuned the area size filter for %s on %d cloud(s): fraction %g, fragment join %g m, point floor %d '
+             '(F1 %.3f)', sensor_kind, len(names), best['fraction'], best['fragment_join'],
+             best['min_instance_points'], best['F1'])
+    return SizeFilterTuning(sensor_kind, best['fraction'], best['fragment_join'], int(best['min_instance_points']),
+                            grid, names)
+
+
+def choose_size_filter(rows: list[dict]) -> dict:
+    """The size-filter row to store: among the rows within RECALL_TIE_F1 of the best F1, the one with the highest
+    mRec (then F1, then `_choose`'s order)."""
+    valid = [g for g in rows if not math.isnan(g['F1'])]
+    if not valid:
+        return _choose(rows)
+    best = max(g['F1'] for g in valid)
+    tied = [g for g in valid if g['F1'] >= best - RECALL_TIE_F1]
+    top = max(g['mRec'] for g in tied)
+    return _choose([g for g in tied if g['mRec'] == top])
+
+
+def _size_rule(table: dict, row: tuple, class_mean_area: np.ndarray, class_mean_points: np.ndarray | None
+               ) -> np.ndarray:
+    """(K,) bool: the instances of `table` (`instances.instance_table`) that pass the floor and filter of `row`
+    (kind, join, floor, fraction): the rule of `SceneSegmenter._finalise_instances` (floor, then the class filter)."""
+    kind, _, floor, fraction = row
+    keep = table['points'] >= floor
+    if fraction > 0 and kind == 'area':
+        keep &= table['area'] >= fraction * class_mean_area[table['classes']] * (1 - 1e-9)   # as SizeFilter
+    elif fraction > 0:
+        keep &= table['points'] >= fraction * class_mean_points[table['classes']]
+    return keep

@@ -5,8 +5,10 @@ sample indices, see `mpnet_model.infer.backends.base.nested_sample_indices`); ou
 `ins_embed` (B,P,E). The batch axis is dynamic, and so is the point axis P (metadata `dynamic_points`: sparse
 blocks run with fewer points, see `ModelMetadata.point_buckets`). metadata_props: class_names (JSON), in_channels,
 num_points, embed_dim, block_size, stride, sa_npoints (JSON), fps_in_graph, version, dynamic_points,
-cluster_bandwidth, min_instance_fraction, class_mean_instance_points (JSON), fp32_nodes (JSON list of the node
-names that half-precision runtimes must keep in float32: see mpnet_model/infer/precision.py); geometry and
+cluster_bandwidth, min_instance_fraction, class_mean_instance_points (JSON), the metric size filter's
+class_mean_instance_area (JSON), instance_area_voxel and min_instance_area_fraction (JSON object by sensor kind),
+fp32_nodes (JSON list of the node names that half-precision runtimes must keep in float32: see
+mpnet_model/infer/precision.py); geometry and
 post-processing values come from the checkpoint (see `metadata_from_checkpoint`), --block-size / --stride override
 the geometry.
 

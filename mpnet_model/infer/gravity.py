@@ -180,14 +180,16 @@ def segment_gravity_aligned(segmenter, xyz: np.ndarray, rgb: np.ndarray | None =
     if origin is not None:
         options['origin'] = rotation @ np.asarray(origin, np.float64)
     result = segmenter.segment(aligned, rgb, intensity, **options)
-    boxes_in_input_frame(result, xyz)
+    boxes_in_input_frame(result, xyz, rotation)
     result.timings = {'gravity': estimate_ms, **result.timings}
     result.timings['total'] = result.timings.get('total', 0.0) + estimate_ms
     return result, estimate
 
 
-def boxes_in_input_frame(result, xyz: np.ndarray) -> None:
-    """Recompute each instance's axis-aligned box (centre, extent) from its points in `xyz` (the input frame)."""
+def boxes_in_input_frame(result, xyz: np.ndarray, rotation: np.ndarray | None = None) -> None:
+    """Recompute each instance's axis-aligned box (centre, extent) from its points in `xyz` (the input frame); with
+    the levelling `rotation` (aligned = R @ input), also turn the oriented box (found in the levelled frame: yaw about
+    gravity) back into the input frame (box centre, box orientation; extent and yaw are the levelled frame's)."""
     infos = list(getattr(result, 'instances_info', []) or [])
     if not infos:
         return
@@ -197,6 +199,14 @@ def boxes_in_input_frame(result, xyz: np.ndarray) -> None:
     upper = np.full((len(infos), 3), -np.inf)
     np.minimum.at(lower, ids[members], xyz[members])
     np.maximum.at(upper, ids[members], xyz[members])
+    back = None if rotation is None else np.asarray(rotation, np.float64).T
     for info in infos:
         info.centre = ((lower[info.id] + upper[info.id]) / 2).astype(np.float32)
         info.extent = (upper[info.id] - lower[info.id]).astype(np.float32)
+        if back is not None and getattr(info, 'box_centre', None) is not None:
+            from mpnet_model.infer.instances import rotation_quaternion
+
+            cos, sin = np.cos(info.box_yaw), np.sin(info.box_yaw)
+            yaw = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+            info.box_centre = (back @ np.asarray(info.box_centre, np.float64)).astype(np.float32)
+            info.box_orientation = rotation_quaternion(back @ yaw)

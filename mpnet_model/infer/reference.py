@@ -20,9 +20,11 @@ The new path with ``layout='grid', sampler='legacy'`` draws the same blocks; its
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 
 from mpnet_model.data.blocks import BlockPartition, block_features, partition_blocks
+from mpnet_model.infer.instances import instance_summaries, join_fragments
 
 REFERENCE_BATCH_SIZE = 8        # today's SceneSegmenter default
 
@@ -99,16 +101,18 @@ def segment_reference(segmenter, xyz: np.ndarray, rgb: np.ndarray | None = None,
 def _finalise_instances(segmenter, xyz: np.ndarray, labels: np.ndarray, scores: np.ndarray, instances: np.ndarray):
     """Today's numpy instance filter: drop small instances, renumber largest first, majority class, boxes."""
     final = np.full(labels.shape, -1, dtype=np.int32)
+    if segmenter.fragment_join > 0:
+        instances = join_fragments(torch.from_numpy(xyz), torch.from_numpy(instances), torch.from_numpy(labels),
+                                   segmenter.fragment_join, len(segmenter.class_names)).numpy()
     valid = instances >= 0
     if not valid.any():
         return final, []
     num_classes = len(segmenter.class_names)
     ids, inverse, sizes = np.unique(instances[valid], return_inverse=True, return_counts=True)
     keep = sizes >= segmenter.min_instance_points
-    if segmenter.class_min_points is not None:
-        votes = np.zeros((ids.size, num_classes), dtype=np.int64)
-        np.add.at(votes, (inverse, labels[valid]), 1)
-        keep &= sizes >= segmenter.class_min_points[votes.argmax(axis=1)]
+    keep &= segmenter.size_filter.keep(torch.from_numpy(xyz[valid]), torch.from_numpy(inverse.astype(np.int64)),
+                                       torch.from_numpy(labels[valid].astype(np.int64)), torch.from_numpy(sizes),
+                                       num_classes).numpy()
     order = np.lexsort((ids, -sizes))
     order = order[keep[order]]
     new_id = np.full(ids.size, -1, dtype=np.int32)
@@ -124,5 +128,8 @@ def _finalise_instances(segmenter, xyz: np.ndarray, labels: np.ndarray, scores: 
     upper = np.full((order.size, 3), -np.inf)
     np.minimum.at(lower, member_ids, xyz[members])
     np.maximum.at(upper, member_ids, xyz[members])
-    infos = segmenter._instance_infos(votes, counts, score_sum, lower, upper)   # the same InstanceInfo rule
+    summaries = instance_summaries(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (
+        xyz, final.astype(np.int64), labels.astype(np.int64), scores, votes.argmax(axis=1))))
+    infos = segmenter._instance_infos(votes, counts, score_sum, lower, upper,   # the same InstanceInfo rule
+                                      *(value.numpy() for value in summaries))
     return final, infos

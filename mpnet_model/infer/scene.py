@@ -50,6 +50,14 @@ from mpnet_model.infer.blocking import (
 from mpnet_model.infer.device_ops import compact, read_host, to_device
 from mpnet_model.infer.device_ops import counts as _counts
 from mpnet_model.infer.floor import FloorEstimate, estimate_floor
+from mpnet_model.infer.instances import (
+    DEFAULT_AREA_VOXEL,
+    SizeFilter,
+    instance_options,
+    instance_summaries,
+    join_fragments,
+    per_class_values,
+)
 from mpnet_model.infer.meanshift import mean_shift_blocks
 from mpnet_model.infer.merging import block_merging, join_across_borders
 
@@ -75,6 +83,14 @@ class InstanceInfo:
     extent: np.ndarray        # (3,) bounding-box size
     num_points: int
     score: float              # mean semantic confidence of the instance's points
+    # Issue 23 (mpnet_model/infer/instances.py): the mean probability of the instance's class over its points, and
+    # the oriented box (yaw about +z of the segmented frame; orientation as quaternion x, y, z, w in the result's
+    # frame, which differs from the pure yaw only when the cloud was levelled first).
+    confidence: float = float('nan')
+    box_centre: np.ndarray | None = None      # (3,)
+    box_extent: np.ndarray | None = None      # (3,) along the box axes, x = the longer horizontal side
+    box_yaw: float = 0.0                      # [rad] in [-pi/2, pi/2)
+    box_orientation: np.ndarray | None = None  # (4,)
 
 
 @dataclass
@@ -137,7 +153,9 @@ class SceneSegmenter:
                  min_block_points: int = DEFAULT_MIN_BLOCK_POINTS, lidar_colour: str = 'intensity',
                  merge_gap: float = DEFAULT_MERGE_GAP, class_min_points: np.ndarray | None = None,
                  layout: str = DEFAULT_LAYOUT, sampler: str = 'auto', sparse_points: bool = DEFAULT_SPARSE_POINTS,
-                 border_join: float = DEFAULT_BORDER_JOIN):
+                 border_join: float = DEFAULT_BORDER_JOIN, size_filter: str = 'points',
+                 class_min_area: np.ndarray | None = None, area_voxel: float = DEFAULT_AREA_VOXEL,
+                 fragment_join: float = 0.0):
         if num_points is not None and num_points != backend.num_points:
             raise ValueError(f'num_points={num_points} but the model ({backend.source}) takes {backend.num_points} '
                              'points per block')
@@ -149,6 +167,8 @@ class SceneSegmenter:
             raise ValueError(f"lidar_colour={lidar_colour!r}: choose 'intensity' or 'grey'")
         if layout not in LAYOUTS:
             raise ValueError(f'layout={layout!r}: choose one of {LAYOUTS}')
+        if not 0 <= fragment_join <= block_size:
+            raise ValueError(f'fragment_join={fragment_join!r}: a distance in [0, block_size] metres (0 = off)')
         if not 0 <= border_join < block_size / 2:
             raise ValueError(f'border_join={border_join!r}: a distance in [0, block_size / 2) metres (0 = off)')
         if sampler not in SAMPLERS:
@@ -164,6 +184,7 @@ class SceneSegmenter:
         self.layout, self.sampler = layout, sampler
         self.sparse_points = bool(sparse_points)
         self.border_join = float(border_join)
+        self.fragment_join = float(fragment_join)      # join touching same-class instances [m] (instances.py)
         # Optional per-class minimum instance size (points), e.g. ASIS's 0.25 x the training set's mean instance
         # size of the class: evaluation uses it; on a robot the density differs, so min_instance_points rules.
         self.class_min_points = None
@@ -172,6 +193,12 @@ class SceneSegmenter:
             if self.class_min_points.shape[0] != len(backend.class_names):
                 raise ValueError(f'class_min_points has {self.class_min_points.shape[0]} entries for '
                                  f'{len(backend.class_names)} classes')
+        # Which per-class size filter runs (mpnet_model/infer/instances.py): 'points' (class_min_points), 'area'
+        # (class_min_area [m^2] of occupied voxels of edge area_voxel: survives range and density) or 'off'.
+        self.class_min_area = per_class_values(class_min_area, 'class_min_area', len(backend.class_names))
+        self.area_voxel = float(area_voxel)
+        self.size_filter = SizeFilter(size_filter, {'points': self.class_min_points, 'area': self.class_min_area,
+                                                    'off': None}.get(size_filter), self.area_voxel)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -199,7 +226,9 @@ class SceneSegmenter:
                     bandwidth=self.bandwidth, min_instance_points=self.min_instance_points, seed=self.seed,
                     min_block_points=self.min_block_points, lidar_colour=self.lidar_colour,
                     merge_gap=self.merge_gap, class_min_points=self.class_min_points, layout=self.layout,
-                    sampler=self.sampler, sparse_points=self.sparse_points, border_join=self.border_join)
+                    sampler=self.sampler, sparse_points=self.sparse_points, border_join=self.border_join,
+                    size_filter=self.size_filter.kind, class_min_area=self.class_min_area, area_voxel=self.area_voxel,
+                    fragment_join=self.fragment_join)
 
     def replace(self, **changes) -> SceneSegmenter:
         """A segmenter on the same backend with some options changed."""
@@ -208,11 +237,14 @@ class SceneSegmenter:
     @classmethod
     def from_config(cls, backend: str = 'onnxruntime', model_path: str | Path = '', device: str = 'cpu',
                     precision: str = 'fp32', backend_options: dict | None = None,
-                    min_instance_fraction: float | None = None, **segmenter_options) -> SceneSegmenter:
+                    min_instance_fraction: float | None = None, size_filter: str | None = None,
+                    sensor_kind: str | None = None, **segmenter_options) -> SceneSegmenter:
         """Build backend + segmenter in one call (the factory used by the node, bag tool and demo). Block geometry,
         bandwidth and per-class size filter default to the model's metadata; explicit options win.
         `min_instance_fraction` replaces the model's tuned fraction of its class mean instance sizes (0 = no per-class
-        filter, e.g. for crops and single sensor frames, whose instances are smaller than whole rooms')."""
+        filter, e.g. for crops and single sensor frames, whose instances are smaller than whole rooms').
+        `size_filter` ('auto' / None, 'area', 'points', 'off') and `sensor_kind` ('lidar', 'rgbd', 'static': whose
+        tuned area fraction and fragment join apply) choose the filter (`instances.instance_options`)."""
         runtime = make_backend(backend, model_path, device=device, precision=precision, **(backend_options or {}))
         metadata = runtime.metadata
         segmenter_options.setdefault('block_size', metadata.block_size)
@@ -222,7 +254,8 @@ class SceneSegmenter:
             if min_instance_fraction < 0:
                 raise ValueError(f'min_instance_fraction={min_instance_fraction!r}: must be >= 0 (0 = no filter)')
             metadata = replace(metadata, min_instance_fraction=float(min_instance_fraction))
-        segmenter_options.setdefault('class_min_points', metadata.class_min_points)
+        for key, value in instance_options(metadata, size_filter, sensor_kind, min_instance_fraction).items():
+            segmenter_options.setdefault(key, value)
         return cls(runtime, **segmenter_options)
 
     def colours(self, num_points: int, rgb: np.ndarray | None, intensity: np.ndarray | None,
@@ -328,7 +361,9 @@ class SceneSegmenter:
             clock.lap('merging')
             labels, scores, instances, boxes = self._project(cloud, point_probs, point_instances)
             clock.lap('projection')
-        host = read_host(labels, scores, instances, *boxes)             # device -> host, once (one packed copy)
+            shapes = instance_summaries(cloud, instances, labels, scores, boxes[0].argmax(1))  # boxes, confidence
+            clock.lap('instances')
+        host = read_host(labels, scores, instances, *boxes, *shapes)    # device -> host, once (one packed copy)
         result = SceneResult(host[0].astype(np.int32), host[1].astype(np.float32), host[2].astype(np.int32))
         result.instances_info = self._instance_infos(*host[3:])
         if with_probabilities:
@@ -415,6 +450,8 @@ class SceneSegmenter:
         points. -> (N,) new ids, and per kept instance (votes (K,C), sizes (K,), score sums (K,), lower (K,3),
         upper (K,3))."""
         device, num_classes = cloud.device, len(self.class_names)
+        if self.fragment_join > 0:
+            instances = join_fragments(cloud, instances, labels, self.fragment_join, num_classes)
         final = torch.full_like(labels, -1)
         # Instance ids lie in [-1, N): sizes per id over that range, then the present ids (as torch.unique), with
         # the two sizes the host needs read in one copy (no nonzero / unique / bincount syncs).
@@ -427,11 +464,8 @@ class SceneSegmenter:
         sizes = id_sizes[ids]
         inverse = (torch.cumsum(present, 0) - 1)[instances[valid]]
         keep = sizes >= self.min_instance_points
-        if self.class_min_points is not None and num_ids:
-            votes = torch.zeros(num_ids * num_classes, dtype=torch.int64, device=device)
-            votes.index_add_(0, inverse * num_classes + labels[valid], torch.ones_like(inverse))
-            threshold = to_device(self.class_min_points, device)
-            keep &= sizes >= threshold[votes.reshape(-1, num_classes).argmax(1)]
+        if num_ids:
+            keep &= self.size_filter.keep(cloud[valid], inverse, labels[valid], sizes, num_classes)
         order = torch.sort(-sizes, stable=True).indices                                # largest first, then id
         kept = keep[order]
         count, num_members = (int(v) for v in read_host(torch.stack([kept.sum(), torch.where(kept, sizes[order], 0)
@@ -454,7 +488,12 @@ class SceneSegmenter:
         return final, (votes.reshape(count, num_classes), counts, score_sum, lower, upper)
 
     def _instance_infos(self, votes: np.ndarray, counts: np.ndarray, score_sum: np.ndarray, lower: np.ndarray,
-                        upper: np.ndarray) -> list[InstanceInfo]:
+                        upper: np.ndarray, box_centre: np.ndarray, box_extent: np.ndarray, box_yaw: np.ndarray,
+                        confidence: np.ndarray) -> list[InstanceInfo]:
+        """InstanceInfo per kept instance from the per-instance arrays of `_finalise_instances` and
+        `instances.instance_summaries` (oriented boxes, confidence)."""
+        from mpnet_model.infer.instances import yaw_quaternion
+
         infos = []
         for instance_id in range(counts.shape[0]):
             class_id = int(votes[instance_id].argmax())
@@ -462,7 +501,12 @@ class SceneSegmenter:
                                       centre=((lower[instance_id] + upper[instance_id]) / 2).astype(np.float32),
                                       extent=(upper[instance_id] - lower[instance_id]).astype(np.float32),
                                       num_points=int(counts[instance_id]),
-                                      score=float(score_sum[instance_id] / counts[instance_id])))
+                                      score=float(score_sum[instance_id] / counts[instance_id]),
+                                      confidence=float(confidence[instance_id]),
+                                      box_centre=box_centre[instance_id].astype(np.float32),
+                                      box_extent=box_extent[instance_id].astype(np.float32),
+                                      box_yaw=float(box_yaw[instance_id]),
+                                      box_orientation=yaw_quaternion(float(box_yaw[instance_id]))))
         return infos
 
 

@@ -7,7 +7,7 @@ Every room keeps its own layout stream, so the same room looks the same whatever
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +36,13 @@ class SensorScene:
             seen[inst.cls] = seen.get(inst.cls, 0) + 1
             names.append(f'{inst.cls}_{seen[inst.cls]}')
         return names
+
+
+def _moved(instance: _Instance, offset: np.ndarray) -> _Instance:
+    """The instance's true box moved with its room by `offset` (3,)."""
+    if instance.centre is None:
+        return instance
+    return replace(instance, centre=tuple(float(c + o) for c, o in zip(instance.centre, offset)))
 
 
 def room_scene(rng: np.random.Generator, name: str = 'room', room_type: str | None = None) -> SensorScene:
@@ -78,7 +85,7 @@ def floor_scene(rng: np.random.Generator, name: str = 'floor', rooms_per_side: t
         scene, room_type, _ = build_scene(room_rng, room_type, rare_prob=0.2, size=(length, depth, height),
                                           doorways=(door,))
         offsets.append(len(instances))
-        instances.extend(scene.instances)
+        instances.extend(_moved(i, origin) for i in scene.instances)
         meshes.append(SceneMesh.from_scene(scene).transformed(np.eye(3), origin))
         rooms.append({'type': room_type, 'origin': origin[:2].tolist(), 'size': scene.size.tolist()})
         door_y = corridor_w / 2

@@ -111,6 +111,14 @@ def _frame_arrays(frame) -> dict[str, np.ndarray]:
     return out
 
 
+def _true_box(instance) -> dict:
+    """The instance's true oriented box in the scene frame for sequence.json (empty when it has none)."""
+    if getattr(instance, 'centre', None) is None:
+        return {}
+    return {'box': {'centre': [round(v, 6) for v in instance.centre], 'size': [round(v, 6) for v in instance.size],
+                    'yaw': None if instance.yaw is None else round(instance.yaw, 9)}}
+
+
 def write_sequence(seq_dir: str | os.PathLike, scene, frames, stamps, level_from_sensor, sensor: dict) -> Path:
     seq_dir = Path(seq_dir)
     seq_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +132,7 @@ def write_sequence(seq_dir: str | os.PathLike, scene, frames, stamps, level_from
     names = scene.instance_names()
     meta = {'sequence': seq_dir.name, 'sensor': sensor, 'level_from_sensor': np.round(level_from_sensor, 9).tolist(),
             'scene': {'name': scene.name, 'rooms': scene.rooms,
-                      'instances': [{'id': i, 'name': n, 'class': inst.cls}
+                      'instances': [{'id': i, 'name': n, 'class': inst.cls, **_true_box(inst)}
                                     for i, (n, inst) in enumerate(zip(names, scene.instances))]},
             'classes': list(S3DIS_CLASSES), 'frames': entries}
     for stale in seq_dir.glob('frame_*.npz'):
@@ -252,6 +260,29 @@ def load_window(seq_dir: str | os.PathLike, last: int, size: int, lidar_colour: 
                 np.concatenate([p.rgb for p in parts]), np.concatenate([p.sem for p in parts]),
                 np.concatenate([p.ins for p in parts]), parts[0].class_names, parts[0].instance_names,
                 origin=(0.0, 0.0, 0.0))
+
+
+def frame_true_boxes(path: str | os.PathLike) -> dict[int, dict]:
+    """True oriented boxes of the scene's instances in the level frame of one frame (`load_frame`'s frame):
+    {instance id: {'centre' (3,), 'size' (3,) along the object's axes, 'yaw' [rad] about z or None}}. Empty for
+    data written before the boxes were recorded (regenerate it with the same command to get them)."""
+    path = Path(path)
+    meta = read_sequence(path.parent)
+    entry = next(e for e in meta['frames'] if e['file'] == path.name)
+    pose = np.asarray(entry['world_from_sensor'], np.float64)
+    level_from_world = np.asarray(meta['level_from_sensor'], np.float64) @ pose[:3, :3].T
+    boxes = {}
+    for instance in meta['scene']['instances']:
+        box = instance.get('box')
+        if not box:
+            continue
+        centre = level_from_world @ (np.asarray(box['centre']) - pose[:3, 3])
+        yaw = None
+        if box['yaw'] is not None:
+            axis = level_from_world @ np.array([np.cos(box['yaw']), np.sin(box['yaw']), 0.0])
+            yaw = float(np.arctan2(axis[1], axis[0]))
+        boxes[int(instance['id'])] = {'centre': centre, 'size': np.asarray(box['size'], np.float64), 'yaw': yaw}
+    return boxes
 
 
 def frame_ranges(path: str | os.PathLike) -> np.ndarray:

@@ -54,6 +54,11 @@ class _LocalPart:
 class _Instance:
     cls: str
     rare: str | None = None
+    # The object's true oriented box (ground truth for box estimates): centre (3,) in the scene frame, size (3,)
+    # along the object's own axes, yaw [rad] about z (None when the object is tilted out of the horizontal).
+    centre: tuple[float, float, float] | None = None
+    size: tuple[float, float, float] | None = None
+    yaw: float | None = None
 
 
 @dataclass
@@ -70,7 +75,12 @@ class _Scene:
     def add(self, cls: str, local_parts: list[_LocalPart], rot: np.ndarray, trans: np.ndarray,
             rare: str | None = None, solid: bool = True) -> int:
         inst = len(self.instances)
-        self.instances.append(_Instance(cls, rare))
+        lo = np.min([p.lo for p in local_parts], axis=0)
+        hi = np.max([p.hi for p in local_parts], axis=0)
+        level = abs(rot[2, 2]) > 1 - 1e-6
+        self.instances.append(_Instance(cls, rare, tuple(float(v) for v in rot @ ((lo + hi) / 2) + trans),
+                                        tuple(float(v) for v in hi - lo),
+                                        float(np.arctan2(rot[1, 0], rot[0, 0])) if level else None))
         for p in local_parts:
             lo, hi = np.asarray(p.lo, float), np.asarray(p.hi, float)
             centre = rot @ ((lo + hi) / 2) + trans

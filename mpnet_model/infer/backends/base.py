@@ -23,6 +23,7 @@ import torch
 from mpnet_model.infer.backends.registry import BACKEND_NAMES, find_backend
 from mpnet_model.infer.device_ops import available_memory
 from mpnet_model.infer.fps import farthest_point_sample_np, nested_sample_indices  # noqa: F401 (re-exported)
+from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL
 from mpnet_model.infer.precision import PRECISIONS
 
 BACKEND_KINDS = BACKEND_NAMES
@@ -56,6 +57,11 @@ class ModelMetadata:
     Geometry (block_size, stride, num_points) and tuned post-processing (cluster_bandwidth; the per-class size
     filter = min_instance_fraction x class_mean_instance_points, off when either is absent) travel checkpoint
     `extra` -> ONNX metadata -> every backend -> `SceneSegmenter.from_config` defaults -> node parameters.
+    The metric size filter (issue 23, mpnet_model/infer/instances.py) travels the same way: the training set's mean
+    occupied area per class (class_mean_instance_area [m^2] at instance_area_voxel) and the fraction of it tuned per
+    sensor kind (min_instance_area_fraction, e.g. {"lidar": 0.1, "rgbd": 0.25}), with the fragment join distance and
+    the point floor tuned with it (fragment_join, instance_min_points, by sensor kind); models without them (made
+    before issue 23) get the point-count filter, no join and the segmenter's floor.
     """
 
     class_names: tuple[str, ...]
@@ -70,6 +76,11 @@ class ModelMetadata:
     cluster_bandwidth: float = DEFAULT_CLUSTER_BANDWIDTH
     min_instance_fraction: float = 0.0                  # 0 = no per-class size filter
     class_mean_instance_points: tuple[float, ...] = ()  # training set's mean instance size per class; () = unknown
+    class_mean_instance_area: tuple[float, ...] = ()    # training set's mean occupied area per class [m^2]
+    instance_area_voxel: float = DEFAULT_AREA_VOXEL     # voxel edge [m] the areas are counted at
+    min_instance_area_fraction: dict[str, float] = field(default_factory=dict)   # by sensor kind; {} = not tuned
+    fragment_join: dict[str, float] = field(default_factory=dict)                # [m] by sensor kind; {} = off
+    instance_min_points: dict[str, int] = field(default_factory=dict)            # point floor by sensor kind
     extra: dict[str, str] = field(default_factory=dict)
     # The graph takes blocks of fewer points too (point axis dynamic; sparse blocks run at `point_buckets()`).
     dynamic_points: bool = False
@@ -104,11 +115,27 @@ class ModelMetadata:
             return None
         return self.min_instance_fraction * np.asarray(self.class_mean_instance_points, dtype=np.float64)
 
+    def area_fraction(self, sensor_kind: str | None) -> float | None:
+        """The metric filter's fraction tuned for `sensor_kind`, None when the model has no area statistics or no
+        fraction for that kind."""
+        if not self.class_mean_instance_area or sensor_kind is None:
+            return None
+        value = self.min_instance_area_fraction.get(sensor_kind)
+        return None if value is None else float(value)
+
+    def class_min_area(self, fraction: float | None) -> np.ndarray | None:
+        """Per-class minimum occupied area [m^2] at `fraction` of the class means; None without statistics or for
+        fraction None / <= 0."""
+        if fraction is None or fraction <= 0 or not self.class_mean_instance_area:
+            return None
+        return float(fraction) * np.asarray(self.class_mean_instance_area, dtype=np.float64)
+
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for onnx metadata_props (lists as JSON)."""
         values = asdict(self)
-        props = {key: json.dumps(list(value)) if isinstance(value, tuple) else str(value).lower()
-                 if isinstance(value, bool) else str(value) for key, value in values.items() if key != 'extra'}
+        props = {key: json.dumps(list(value)) if isinstance(value, tuple) else json.dumps(value, sort_keys=True)
+                 if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else str(value)
+                 for key, value in values.items() if key != 'extra'}
         props.update(self.extra)
         return props
 
@@ -128,6 +155,15 @@ class ModelMetadata:
                        min_instance_fraction=float(props.get('min_instance_fraction', 0.0)),
                        class_mean_instance_points=tuple(float(v) for v in
                                                         json.loads(props.get('class_mean_instance_points', '[]'))),
+                       class_mean_instance_area=tuple(float(v) for v in
+                                                      json.loads(props.get('class_mean_instance_area', '[]'))),
+                       instance_area_voxel=float(props.get('instance_area_voxel', DEFAULT_AREA_VOXEL)),
+                       min_instance_area_fraction={str(k): float(v) for k, v in json.loads(
+                           props.get('min_instance_area_fraction', '{}')).items()},
+                       fragment_join={str(k): float(v) for k, v in
+                                      json.loads(props.get('fragment_join', '{}')).items()},
+                       instance_min_points={str(k): int(v) for k, v in
+                                            json.loads(props.get('instance_min_points', '{}')).items()},
                        extra={k: v for k, v in props.items() if k not in {f for f in cls.__dataclass_fields__}})
         except KeyError as error:
             raise BackendError(f'{source}: model metadata lacks key {error}; re-export with mpnet-export') from error

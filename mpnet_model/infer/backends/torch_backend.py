@@ -16,6 +16,7 @@ from mpnet_model.infer.backends.base import (
     nested_sample_indices,
 )
 from mpnet_model.infer.fps import NestedFps
+from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL
 from mpnet_model.infer.precision import PRECISIONS, apply_tf32_policy, autocast_dtype
 
 
@@ -23,11 +24,13 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, s
                              ) -> ModelMetadata:
     """ModelMetadata of a loaded checkpoint. Block geometry: the explicit argument, else the checkpoint's `extra`
     (the training geometry), else 1 m / 0.5 m. Post-processing values (`cluster_bandwidth`, `min_instance_fraction`,
-    `class_mean_instance_points`) from `extra` when it records them."""
+    `class_mean_instance_points`; the metric filter's `class_mean_instance_area`, `instance_area_voxel`,
+    `min_instance_area_fraction`, `fragment_join`, `instance_min_points`) from `extra` when it records them."""
     extra = meta.get('extra') or {}
     block_size = float(extra.get('block_size', 1.0)) if block_size is None else float(block_size)
     stride = float(extra.get('stride', 0.5)) if stride is None else float(stride)
     means = extra.get('class_mean_instance_points')
+    areas = extra.get('class_mean_instance_area')
     return ModelMetadata(class_names=tuple(cfg.class_names), in_channels=cfg.in_channels, num_points=cfg.num_points,
                          embed_dim=cfg.embed_dim, block_size=block_size, stride=stride,
                          sa_npoints=tuple(cfg.sa_npoints), fps_in_graph=True, dynamic_points=True,
@@ -35,6 +38,13 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, s
                          cluster_bandwidth=float(extra.get('cluster_bandwidth', DEFAULT_CLUSTER_BANDWIDTH)),
                          min_instance_fraction=float(extra.get('min_instance_fraction', 0.0)),
                          class_mean_instance_points=tuple(float(v) for v in means) if means is not None else (),
+                         class_mean_instance_area=tuple(float(v) for v in areas) if areas is not None else (),
+                         instance_area_voxel=float(extra.get('instance_area_voxel', DEFAULT_AREA_VOXEL)),
+                         min_instance_area_fraction={str(k): float(v) for k, v in
+                                                     (extra.get('min_instance_area_fraction') or {}).items()},
+                         fragment_join={str(k): float(v) for k, v in (extra.get('fragment_join') or {}).items()},
+                         instance_min_points={str(k): int(v) for k, v in
+                                              (extra.get('instance_min_points') or {}).items()},
                          input_encoding=cfg.input_encoding)
 
 
