@@ -90,14 +90,21 @@ class SegmentNode(Node):
         self._undo_logs = forward_library_logs(self.get_logger())
         self._warnings = RateLimitedWarnings(self.get_logger().warning, self._throttle_sec)
         try:
-            self.params = declare_and_read(self, argv=argv)    # raises ParamError naming the key and value
-            self._injected_transforms = transforms
-            self.pipeline = ScenePipeline(self.params, make_segmenter(self.params), self._transforms(self.params),
-                                          warn=self._warn)        # raises on a bad model
-            ms_per_block = self.pipeline.calibrate()
+            self._start(argv, transforms)
         except BaseException:
+            # A refused start leaves nothing behind: no log forwarding, no rcl node. A half-built node left to the
+            # garbage collector would, when collected, unregister the /rosout publisher of a later node with the
+            # same name (rcl keys /rosout publishers by logger name), silencing that node's /rosout.
             self._undo_logs()
+            self.destroy_node()
             raise
+
+    def _start(self, argv: list[str] | None, transforms: TransformSource | None) -> None:
+        self.params = declare_and_read(self, argv=argv)    # raises ParamError naming the key and value
+        self._injected_transforms = transforms
+        self.pipeline = ScenePipeline(self.params, make_segmenter(self.params), self._transforms(self.params),
+                                      warn=self._warn)        # raises on a bad model
+        ms_per_block = self.pipeline.calibrate()
         self.stats = Stats()
         self._stats_lock = threading.Lock()
         self._recent = RecentCounts(self._health_window)

@@ -173,6 +173,42 @@ def test_map_start_from_a_file_and_a_bad_file_refuses_to_start(checkpoint, tmp_p
         rclpy.shutdown(context=context)
 
 
+def test_a_refused_start_does_not_silence_the_next_nodes_rosout(checkpoint, tmp_path):
+    """rcl keys /rosout publishers by logger name and unregisters the name when any node of that name is destroyed.
+    A refused SegmentNode left half-built (CI, once) was collected later and silenced the next node's /rosout."""
+    import gc
+
+    from rcl_interfaces.msg import Log
+
+    bad = tmp_path / 'bad.ply'
+    bad.write_bytes(b'ply\nformat binary_little_endian 1.0\nend_header\n')
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    refused = []
+    try:
+        try:
+            SegmentNode(context=context, parameter_overrides=overrides(checkpoint, tmp_path, map_load_path=str(bad)),
+                        transforms=KnownPoses('map'))
+        except ValueError as error:
+            refused.append(error)           # keeps the traceback (and so a half-built node) alive, as pytest does
+        assert refused, 'the bad map file was accepted'
+        node = SegmentNode(context=context, parameter_overrides=overrides(checkpoint, tmp_path),
+                           transforms=KnownPoses('map'))
+        listener = rclpy.create_node('rosout_listener', context=context)
+        received = []
+        listener.create_subscription(Log, '/rosout', received.append, 100)
+        with spinning(context, node, listener):
+            assert wait_for(lambda: listener.count_publishers('/rosout') >= 2, timeout=20)
+            refused.clear()
+            gc.collect()                    # a half-built node would be destroyed here
+            node.get_logger().info('after the refused start: still on /rosout')
+            assert wait_for(lambda: any('still on /rosout' in m.msg for m in received), timeout=20), \
+                'the node\'s log never reached /rosout'
+    finally:
+        if context.ok():
+            rclpy.shutdown(context=context)
+
+
 def test_real_tf2_broadcaster_drives_the_map(checkpoint, tmp_path):
     """No injected poses: the node's own tf2_ros Buffer / TransformListener, fed by a TransformBroadcaster."""
     tf2_ros = pytest.importorskip('tf2_ros')
