@@ -94,8 +94,9 @@ SPECS: dict[str, ParamSpec] = {
     'precision': ParamSpec('fp32', 'Inference precision: fp16 (all backends; CPU too), bf16 (torch).',
                            choices=PRECISIONS, rebuild=('segmenter',)),
     'device': ParamSpec('cpu', "Inference device: 'cpu', 'cuda' or 'cuda:N'.", rebuild=('segmenter',)),
-    'cluster_bandwidth': ParamSpec(0.0, "Mean-shift bandwidth on instance embeddings (0 = the model's tuned value, "
-                                   '0.6 when the model records none).', 0.0, 10.0, rebuild=('segmenter',)),
+    'cluster_bandwidth': ParamSpec(0.0, "Mean-shift bandwidth on instance embeddings (0 = the model's tuned value "
+                                   'for sensor_kind, else its general one, 0.6 when the model records none).',
+                                   0.0, 10.0, rebuild=('segmenter',)),
     'min_instance_fraction': ParamSpec(-1.0, "Drop instances under this fraction of their class's mean training "
                                        "instance size (in the active size_filter's measure; the model records the "
                                        "sizes and its tuned fractions). -1 = the model's value, 0 = off (crops and "

@@ -160,7 +160,7 @@ class SegmentNode(Node):
         text = size_filter.describe() if size_filter is not None else 'n/a'
         join = getattr(segmenter, 'fragment_join', 0.0)
         return (f'{text} (size_filter {self.params.size_filter}, sensor_kind {self.params.sensor_kind}), fragment '
-                f'join {join:g} m')
+                f'join {join:g} m, mean-shift bandwidth {segmenter.bandwidth:g}')
 
     def _throttle_sec(self) -> float:
         params = getattr(self, 'params', None)

@@ -28,7 +28,7 @@ MEANS = [float(v) for v in np.arange(13) * 10.0 + 5.0]         # class_mean_inst
 AREAS = [float(v) for v in np.arange(13) * 0.1 + 0.3]          # class_mean_instance_area [m^2] (issue 23)
 METRIC = {'class_mean_instance_area': AREAS, 'instance_area_voxel': 0.2,
           'min_instance_area_fraction': {'lidar': 0.15, 'rgbd': 0.4}, 'fragment_join': {'lidar': 0.25},
-          'instance_min_points': {'lidar': 12}}
+          'instance_min_points': {'lidar': 12}, 'cluster_bandwidth_by_kind': {'lidar': 0.35}}
 TUNED = {'block_size': 1.5, 'stride': 0.75, 'cluster_bandwidth': 0.45, 'min_instance_fraction': 0.3,
          'class_mean_instance_points': MEANS, **METRIC}
 EXPECTED = {'block_size': 1.5, 'stride': 0.75, 'num_points': 256, 'cluster_bandwidth': 0.45,
@@ -89,7 +89,8 @@ def test_hop1_old_exports_read_with_defaults():
     metadata = ModelMetadata.from_props(props, 'old.onnx')
     assert metadata.cluster_bandwidth == 0.6 and metadata.class_min_points is None and metadata.extra == {}
     assert metadata.class_mean_instance_area == () and metadata.area_fraction('lidar') is None
-    assert metadata.fragment_join == {} == metadata.instance_min_points
+    assert metadata.fragment_join == {} == metadata.instance_min_points == metadata.cluster_bandwidth_by_kind
+    assert metadata.bandwidth_for('lidar') == 0.6
     full = ModelMetadata(class_names=('a', 'b'), cluster_bandwidth=0.3, min_instance_fraction=0.5,
                          class_mean_instance_points=(10.0, 20.0), fps_in_graph=True, extra={'trained_on': 'rooms'})
     assert ModelMetadata.from_props(full.to_props(), 'x') == full                   # exact round trip
@@ -125,11 +126,12 @@ def test_hop3_backend_to_scene_segmenter(model_files, tmp_path, monkeypatch):
         assert segmenter.size_filter.kind == 'points' and segmenter.fragment_join == 0.0   # no sensor kind given
         assert kinds[-1] == (name, 'model', {'device': 'cpu', 'precision': 'fp32'})   # what the factory passed on
         lidar = SceneSegmenter.from_config(name, 'model', sensor_kind='lidar')          # the metric filter
-        assert (lidar.size_filter.kind, lidar.area_voxel, lidar.fragment_join, lidar.min_instance_points) == \
-            ('area', 0.2, 0.25, 12), name
+        assert (lidar.size_filter.kind, lidar.area_voxel, lidar.fragment_join, lidar.min_instance_points,
+                lidar.bandwidth) == ('area', 0.2, 0.25, 12, 0.35), name       # the lidar bandwidth, too
+        assert SceneSegmenter.from_config(name, 'model', sensor_kind='lidar', bandwidth=0.7).bandwidth == 0.7, name
         np.testing.assert_allclose(lidar.class_min_area, 0.15 * np.array(AREAS), err_msg=name)
         rgbd = SceneSegmenter.from_config(name, 'model', sensor_kind='rgbd')
-        assert (rgbd.fragment_join, rgbd.min_instance_points) == (0.0, 50), name     # nothing tuned: defaults
+        assert (rgbd.fragment_join, rgbd.min_instance_points, rgbd.bandwidth) == (0.0, 50, 0.45), name   # defaults
         np.testing.assert_allclose(rgbd.class_min_area, 0.4 * np.array(AREAS), err_msg=name)
         explicit = SceneSegmenter.from_config(name, 'model', block_size=2.0, stride=1.0, bandwidth=0.9,
                                               class_min_points=None)            # explicit arguments win
@@ -166,8 +168,9 @@ def test_hop4_node_parameters(model_files):
     _, onnx_path = model_files
     from_model = make_segmenter(validate_params({'model_path': str(onnx_path)}))        # cluster_bandwidth 0
     assert (from_model.block_size, from_model.stride, from_model.num_points, from_model.bandwidth) == \
-        (1.5, 0.75, 256, 0.45)
+        (1.5, 0.75, 256, 0.35)                                      # sensor_kind lidar: the lidar bandwidth
     static = make_segmenter(validate_params({'model_path': str(onnx_path), 'sensor_kind': 'static'}))
+    assert static.bandwidth == 0.45                                 # no static bandwidth: the model's
     np.testing.assert_allclose(static.class_min_points, 0.3 * np.array(MEANS))      # no area fraction for static
     assert make_segmenter(validate_params({'model_path': str(onnx_path), 'cluster_bandwidth': 0.8})).bandwidth == 0.8
     # The node's defaults (size_filter auto, sensor_kind lidar, fragment_join -1, min_instance_points 0): the model's.
@@ -204,7 +207,7 @@ def test_hop4_the_node_itself(model_files):
         try:
             segmenter = node.pipeline.segmenter
             assert node.params.cluster_bandwidth == 0.0
-            assert (segmenter.block_size, segmenter.stride, segmenter.bandwidth) == (1.5, 0.75, 0.45)
+            assert (segmenter.block_size, segmenter.stride, segmenter.bandwidth) == (1.5, 0.75, 0.35)   # lidar's
         finally:
             node.close()
             node.destroy_node()

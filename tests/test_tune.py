@@ -202,7 +202,7 @@ def test_size_filter_grid_equals_the_robot_path(checkpoint, room):
     assert any(g['fragment_join'] == 0.2 and g['mFrag'] != h['mFrag'] for g in area_rows for h in area_rows
                if h['fragment_join'] == 0.0 and h['fraction'] == g['fraction']
                and h['min_instance_points'] == g['min_instance_points'])              # the join changes something
-    assert 'Chosen: area fraction' in result.markdown()
+    assert 'Chosen: bandwidth 0.6, area fraction' in result.markdown()
     rows = [dict(F1=0.30, mRec=0.20, mCov=0.3, bandwidth=0.6, fraction=0.5), dict(F1=0.295, mRec=0.25, mCov=0.3,
             bandwidth=0.6, fraction=0.1), dict(F1=0.25, mRec=0.40, mCov=0.3, bandwidth=0.6, fraction=0.0)]
     assert choose_size_filter(rows) is rows[1]                   # within 0.01 of the best F1, more recall
@@ -216,6 +216,37 @@ def test_size_filter_grid_equals_the_robot_path(checkpoint, room):
         tune_size_filter(backend, [room], 'sonar', areas)
     with pytest.raises(ValueError, match='finite areas'):
         tune_size_filter(backend, [room], 'lidar', areas[:3])
+
+
+def test_size_filter_tuned_with_the_kinds_bandwidth(checkpoint, room):
+    """Several bandwidths: the network runs once per cloud, every cell equals the robot path at its bandwidth, and
+    the chosen bandwidth is stored per sensor kind (others kept) and read back by the backend."""
+    from mpnet_model.eval.tune import CachingBackend, tune_size_filter
+    from mpnet_model.infer.instances import class_mean_instance_area
+
+    areas = class_mean_instance_area([room], len(S3DIS_CLASSES))
+    cached = CachingBackend(make_backend('torch', checkpoint))
+    result = tune_size_filter(cached, [room], 'lidar', areas, area_fractions=(0.0, 0.3), joins=(0.0,), floors=(10,),
+                              bandwidths=(0.3, 0.9), progress=False)
+    blocks = cached.misses
+    assert blocks > 0 and sorted({g['bandwidth'] for g in result.grid}) == [0.3, 0.9] and len(result.grid) == 4
+    assert result.bandwidth in (0.3, 0.9) and result.best['bandwidth'] == result.bandwidth
+    one = tune_size_filter(cached, [room], 'lidar', areas, area_fractions=(0.0,), joins=(0.0,), floors=(10,),
+                           bandwidths=(0.9,), progress=False)
+    assert cached.misses == blocks                     # the same blocks: replayed, not run again
+    assert one.bandwidth is None and 'cluster_bandwidth_by_kind' not in one.to_extra({}, areas, 0.1)
+    for cell in result.grid:
+        options = {'size_filter': 'area' if cell['fraction'] else 'off',
+                   'class_min_area': cell['fraction'] * areas if cell['fraction'] else None}
+        segmenter = SceneSegmenter(cached, bandwidth=cell['bandwidth'], min_instance_points=10, **options)
+        reference = evaluate_rooms(segmenter, [room], progress=False).instance
+        for key in ('mPrec', 'mRec', 'mCov'):
+            assert cell[key] == pytest.approx(reference[key], nan_ok=True), (cell, key)
+    assert f"Chosen: bandwidth {result.bandwidth:g}," in result.markdown()
+    extra = result.to_extra({'cluster_bandwidth_by_kind': {'rgbd': 0.5}}, areas, 0.1)
+    assert extra['cluster_bandwidth_by_kind'] == {'rgbd': 0.5, 'lidar': result.bandwidth}
+    with pytest.raises(ValueError, match='bandwidths must be > 0'):
+        tune_size_filter(cached, [room], 'lidar', areas, bandwidths=(0.0, 0.5), progress=False)
 
 
 def test_mpnet_eval_tune_on_frames_stores_the_kind_and_old_models_keep_working(checkpoint, tmp_path):
@@ -246,3 +277,4 @@ def test_mpnet_eval_tune_on_frames_stores_the_kind_and_old_models_keep_working(c
     tuned_fraction = extra['min_instance_area_fraction']['lidar']
     assert segmenter.size_filter.kind == ('area' if tuned_fraction > 0 else 'off')
     assert segmenter.min_instance_points == extra['instance_min_points']['lidar']
+    assert segmenter.bandwidth == extra['cluster_bandwidth_by_kind']['lidar']       # tuned with the lidar filter

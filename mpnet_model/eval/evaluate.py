@@ -15,7 +15,8 @@ The size filter (issue 23, `mpnet_model.infer.instances`): `--size-filter auto` 
 filter when the model records the class mean areas and a fraction for the data's sensor kind (simulated frames:
 lidar or rgbd, from their sequence.json; rooms: static; `--sensor-kind` overrides), else the point filter;
 `points` / `area` / `off` force one. `--tune` on a frames config (config/eval_sim_lidar.yaml, eval_sim_rgbd.yaml)
-tunes the area fraction of that sensor kind on its validation frames; on a rooms config it also tunes the `static`
+tunes the area fraction of that sensor kind on its validation frames, with the mean-shift bandwidth of that kind
+(`--kind-bandwidths`); on a rooms config it also tunes the `static`
 kind after the bandwidth and point fraction (`--tune-size-filter`: only the size filter and fragment join of the
 kind). The class mean areas come from the model's training data (the checkpoint's own train_config, or
 `--stats-config`) and are stored once.
@@ -215,7 +216,7 @@ def training_instance_areas(extra: dict, stats_config: str | None, voxel: float,
 def tune_size_filter_checkpoint(args, val_clouds, sensor_kind: str, extra: dict, segment=None, data=None) -> dict:
     """Tune the area fraction of `sensor_kind` on `val_clouds` (Rooms) and store it (with the class mean areas) in
     the checkpoint; the grid goes to --out/size_filter_<kind>.md. Returns the new extra entries."""
-    from mpnet_model.eval.tune import AREA_SIZES_KEY, AREA_VOXEL_KEY, tune_size_filter
+    from mpnet_model.eval.tune import AREA_SIZES_KEY, AREA_VOXEL_KEY, DEFAULT_KIND_BANDWIDTHS, tune_size_filter
     from mpnet_model.infer.backends.base import make_backend
     from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL
     from mpnet_model.model.checkpoint import update_checkpoint_extra
@@ -228,9 +229,12 @@ def tune_size_filter_checkpoint(args, val_clouds, sensor_kind: str, extra: dict,
     if areas is None:
         areas = training_instance_areas(extra, args.stats_config, voxel, len(backend.class_names), data)
     bandwidth = float(extra.get('cluster_bandwidth', backend.metadata.cluster_bandwidth))
+    # Sensor frames try their own bandwidths (static rooms keep the one tuned on them with the point fraction).
+    bandwidths = args.kind_bandwidths or (DEFAULT_KIND_BANDWIDTHS if sensor_kind != 'static' else None)
     layout = {'layout': args.layout} if args.layout else {}
     result = tune_size_filter(backend, val_clouds, sensor_kind, areas, extra.get('class_mean_instance_points'),
-                              voxel=voxel, segment=segment, bandwidth=bandwidth, seed=args.seed,
+                              voxel=voxel, segment=segment, bandwidth=bandwidth, bandwidths=bandwidths,
+                              seed=args.seed,
                               sampler=args.sampler, sparse_points=args.sparse_points, **layout)
     updates = result.to_extra(extra, areas, voxel)
     update_checkpoint_extra(args.checkpoint, updates)
@@ -239,7 +243,7 @@ def tune_size_filter_checkpoint(args, val_clouds, sensor_kind: str, extra: dict,
     atomic_write_text(out / f'size_filter_{sensor_kind}.md',
                       f'# Size filter tuned for {sensor_kind} on the validation clouds\n\n{result.markdown()}')
     print(f'mpnet-eval: tuned the area size filter for {sensor_kind}: fraction {result.fraction:g} of the class mean '
-          f'occupied areas (stored in {args.checkpoint})')
+          f'occupied areas, bandwidth {result.best["bandwidth"]:g} (stored in {args.checkpoint})')
     return updates
 
 
@@ -290,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                              'evaluate (--tune on a frames config does the same)')
     parser.add_argument('--bandwidths', type=_float_list, default=None, metavar='B1,B2,...',
                         help='bandwidths tried by --tune (default 0.3,0.4,0.5,0.6,0.8,1.0,1.2,1.5)')
+    parser.add_argument('--kind-bandwidths', type=_float_list, default=None, metavar='B1,B2,...',
+                        help='bandwidths tried with the size filter of a sensor kind (default for lidar / rgbd frames '
+                             '0.2,0.3,0.4,0.5,0.6,0.8, stored per kind; static rooms: the bandwidth --tune chose)')
     parser.add_argument('--fractions', type=_float_list, default=None, metavar='F1,F2,...',
                         help='size fractions tried by --tune (default 0,0.1,0.25,0.5,0.75,1)')
     parser.add_argument('--size-filter', choices=('auto', 'area', 'points', 'off'), default='auto',
@@ -383,6 +390,7 @@ def _evaluate_frames(args, d, frame_paths) -> int:
     segmenter = SceneSegmenter.from_config(args.backend, args.checkpoint, device=args.device, sampler=args.sampler,
                                            seed=args.seed, sparse_points=args.sparse_points,
                                            min_instance_fraction=args.min_instance_fraction,
+                                           **({'bandwidth': args.bandwidth} if args.bandwidth else {}),
                                            **size_filter_kwargs(args, kind), **layout)
     log.info('size filter: %s (sensor kind %s)', segmenter.size_filter.describe(), kind)
     segment = frame_eval.segment_with(segmenter, args.gravity_align)

@@ -12,14 +12,16 @@ bandwidth and fraction) and is stored in the checkpoint's `extra` as `cluster_ba
 extra['class_mean_instance_points']).
 
 The metric size filter (issue 23, `mpnet_model.infer.instances`) is tuned per sensor kind by `tune_size_filter`:
-with the model's bandwidth, each validation cloud of that kind is segmented once with no per-class filter and no
-size floor, then for every fragment-join distance the touching same-class pieces are joined, every point floor
+for each mean-shift bandwidth tried (`bandwidths`; `mpnet-eval --tune` tries DEFAULT_KIND_BANDWIDTHS: single
+sensor frames hold instances smaller and sparser than whole rooms, whose bandwidth the static tuning chose), each
+validation cloud of that kind is segmented once with no per-class filter and no size floor (the network once per
+cloud), then for every fragment-join distance the touching same-class pieces are joined, every point floor
 (`min_instance_points`) applied, and every fraction of the area filter (and, for comparison, of the point filter
-without a join at the caller's floor: the filter before issue 23) applied; the best (join, floor, area fraction)
-by F1 (near ties, within RECALL_TIE_F1 of the best F1, go to the higher mRec: a robot would rather keep an
-object than drop it for a marginal precision gain) is stored as extra['fragment_join'][kind],
-extra['instance_min_points'][kind] and
-extra['min_instance_area_fraction'][kind], next to the training set's class mean areas
+without a join at the caller's floor: the filter before issue 23) applied; the best (bandwidth, join, floor, area
+fraction) by F1 (near ties, within RECALL_TIE_F1 of the best F1, go to the higher mRec: a robot would rather keep
+an object than drop it for a marginal precision gain) is stored as extra['fragment_join'][kind],
+extra['instance_min_points'][kind], extra['min_instance_area_fraction'][kind] and, when several bandwidths were
+tried, extra['cluster_bandwidth_by_kind'][kind], next to the training set's class mean areas
 extra['class_mean_instance_area'] and their voxel extra['instance_area_voxel'].
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BANDWIDTHS = (0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5)
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_AREA_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+DEFAULT_KIND_BANDWIDTHS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)   # tried per sensor kind with its size filter
 DEFAULT_JOINS = (0.0, 0.2, 0.3)              # fragment join distances [m] (0 = off)
 DEFAULT_FLOORS = (10, 25, 50)                # point floors (min_instance_points) tried with the area filter
 RECALL_TIE_F1 = 0.01                         # size filter: settings within this F1 of the best count as tied
@@ -55,6 +58,7 @@ AREA_FRACTION_KEY = 'min_instance_area_fraction'    # {sensor kind: fraction}
 AREA_TUNING_KEY = 'size_filter_tuning'              # {sensor kind: how it was chosen}
 JOIN_KEY = 'fragment_join'                          # {sensor kind: join distance [m]}
 FLOOR_KEY = 'instance_min_points'                   # {sensor kind: point floor}
+KIND_BANDWIDTH_KEY = 'cluster_bandwidth_by_kind'    # {sensor kind: mean-shift bandwidth}
 
 
 class CachingBackend(Backend):
@@ -216,11 +220,13 @@ class SizeFilterTuning:
     floor: int
     grid: list[dict]                        # one entry per row: filter, fragment_join, min_instance_points, ...
     clouds: list[str] = field(default_factory=list)
+    bandwidth: float | None = None          # the mean-shift bandwidth chosen with them (None: one was tried)
 
     @property
     def best(self) -> dict:
         return next(g for g in self.grid if g['filter'] == 'area' and g['fraction'] == self.fraction
-                    and g['fragment_join'] == self.join and g['min_instance_points'] == self.floor)
+                    and g['fragment_join'] == self.join and g['min_instance_points'] == self.floor
+                    and (self.bandwidth is None or g['bandwidth'] == self.bandwidth))
 
     def best_of(self, size_filter: str) -> dict | None:
         rows = [g for g in self.grid if g['filter'] == size_filter]
@@ -230,8 +236,10 @@ class SizeFilterTuning:
         """The checkpoint `extra` entries: the class mean areas, their voxel, this kind's fraction / join / floor
         merged into those of other kinds (`previous`: the checkpoint's extra), and the record of the grid."""
         merged = {}
-        for key, value in ((AREA_FRACTION_KEY, float(self.fraction)), (JOIN_KEY, float(self.join)),
-                           (FLOOR_KEY, int(self.floor))):
+        values = [(AREA_FRACTION_KEY, float(self.fraction)), (JOIN_KEY, float(self.join)), (FLOOR_KEY, int(self.floor))]
+        if self.bandwidth is not None:
+            values.append((KIND_BANDWIDTH_KEY, float(self.bandwidth)))
+        for key, value in values:
             merged[key] = {**dict(previous.get(key) or {}), self.sensor_kind: value}
         records = dict(previous.get(AREA_TUNING_KEY) or {})
         records[self.sensor_kind] = {'criterion': 'F1(mPrec, mRec)', 'split': 'val', 'clouds': list(self.clouds),
@@ -241,19 +249,20 @@ class SizeFilterTuning:
                 AREA_TUNING_KEY: records}
 
     def markdown(self) -> str:
-        lines = ['| filter | fragment join [m] | point floor | fraction | mPrec | mRec | F1 | mCov |',
-                 '|---|---|---|---|---|---|---|---|']
+        lines = ['| bandwidth | filter | fragment join [m] | point floor | fraction | mPrec | mRec | F1 | mCov |',
+                 '|---|---|---|---|---|---|---|---|---|']
         best = self.best
-        for g in sorted(self.grid, key=lambda g: (g['filter'], g['fragment_join'], g['min_instance_points'],
-                                                   g['fraction'])):
-            cells = [g['filter'], f"{g['fragment_join']:g}", f"{g['min_instance_points']:g}", f"{g['fraction']:g}",
-                     *(f'{g[k]:.3f}' for k in ('mPrec', 'mRec', 'F1', 'mCov'))]
+        for g in sorted(self.grid, key=lambda g: (g['bandwidth'], g['filter'], g['fragment_join'],
+                                                   g['min_instance_points'], g['fraction'])):
+            cells = [f"{g['bandwidth']:g}", g['filter'], f"{g['fragment_join']:g}", f"{g['min_instance_points']:g}",
+                     f"{g['fraction']:g}", *(f'{g[k]:.3f}' for k in ('mPrec', 'mRec', 'F1', 'mCov'))]
             lines.append('| ' + ' | '.join(f'**{c}**' if g is best else c for c in cells) + ' |')
         points = self.best_of('points')
         return '\n'.join([
             f'Size filter tuned for {self.sensor_kind} on {len(self.clouds)} validation cloud(s). IoU 0.5; the point '
             'filter rows (no join, the caller\'s floor) are the filter before issue 23, for comparison.', '', *lines,
-            '', f'Chosen: area fraction {self.fraction:g}, fragment join {self.join:g} m, point floor {self.floor} '
+            '', f'Chosen: bandwidth {best["bandwidth"]:g}, area fraction {self.fraction:g}, fragment join '
+            f'{self.join:g} m, point floor {self.floor} '
             f'(mPrec {best["mPrec"]:.3f}, mRec {best["mRec"]:.3f}, F1 {best["F1"]:.3f})' + (
                 f'; the best point fraction {points["fraction"]:g} gives mPrec {points["mPrec"]:.3f}, mRec '
                 f'{points["mRec"]:.3f}, F1 {points["F1"]:.3f}.' if points else '.'), ''])
@@ -264,13 +273,15 @@ def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str,
                      area_fractions: Sequence[float] = DEFAULT_AREA_FRACTIONS,
                      point_fractions: Sequence[float] = DEFAULT_FRACTIONS, joins: Sequence[float] = DEFAULT_JOINS,
                      floors: Sequence[int] = DEFAULT_FLOORS, voxel: float | None = None,
-                     segment: Callable | None = None, progress: bool = True, **segmenter_options
-                     ) -> SizeFilterTuning:
+                     segment: Callable | None = None, progress: bool = True,
+                     bandwidths: Sequence[float] | None = None, **segmenter_options) -> SizeFilterTuning:
     """Choose the area fraction, fragment join and point floor for `sensor_kind` on `clouds` (module docstring).
     `class_mean_area` (C,) [m^2] at `voxel` (default `instances.DEFAULT_AREA_VOXEL`); `class_mean_points` (C,)
     adds the point filter's rows (with segmenter_options' min_instance_points, default 50, as the floor).
     `segment(segmenter, cloud) -> SceneResult` (default `segmenter.segment(xyz, rgb, origin=...)`);
-    `segmenter_options` go to `SceneSegmenter` (bandwidth, block_size, min_instance_points, ...)."""
+    `segmenter_options` go to `SceneSegmenter` (bandwidth, block_size, min_instance_points, ...). `bandwidths`: the
+    mean-shift bandwidths to try with every row (default: segmenter_options' bandwidth, else the model's); the
+    network runs once per cloud (`CachingBackend`), mean shift once per bandwidth."""
     import torch
 
     from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL, SENSOR_KINDS, instance_table, join_fragments
@@ -298,47 +309,55 @@ def tune_size_filter(backend: Backend, clouds: Iterable[Room], sensor_kind: str,
     points = None if class_mean_points is None else np.asarray(class_mean_points, dtype=np.float64)
     segmenter_options.setdefault('block_size', backend.metadata.block_size)
     segmenter_options.setdefault('stride', backend.metadata.stride)
-    segmenter_options.setdefault('bandwidth', backend.metadata.cluster_bandwidth)
+    default_bandwidth = float(segmenter_options.pop('bandwidth', backend.metadata.cluster_bandwidth))
+    bandwidths = sorted({float(b) for b in (bandwidths or (default_bandwidth,))})
+    if min(bandwidths) <= 0:
+        raise ValueError(f'bandwidths must be > 0, got {bandwidths}')
     points_floor = int(segmenter_options.pop('min_instance_points', DEFAULT_MIN_INSTANCE_POINTS))
-    segmenter = SceneSegmenter(backend, size_filter='off', min_instance_points=1, **segmenter_options)
+    cached = backend if isinstance(backend, CachingBackend) or len(bandwidths) == 1 else CachingBackend(backend)
+    segmenters = {b: SceneSegmenter(cached, size_filter='off', min_instance_points=1, bandwidth=b,
+                                    **segmenter_options) for b in bandwidths}
     segment = segment or (lambda s, cloud: s.segment(cloud.xyz, cloud.rgb, origin=cloud.origin))
     rows = [('area', j, floor, f) for j in joins for floor in floors for f in area_fractions]
     rows += [('points', 0.0, points_floor, f) for f in point_fractions]
-    evaluators = {row: InstanceEvaluator(len(backend.class_names)) for row in rows}
+    evaluators = {(b, row): InstanceEvaluator(len(backend.class_names)) for b in bandwidths for row in rows}
     names = []
     for cloud in tqdm(list(clouds), desc=f'tuning the size filter ({sensor_kind})', unit='cloud',
                       disable=not progress):
-        result = segment(segmenter, cloud)
-        labels = np.where(result.labels < 0, 0, result.labels)
-        with _cpu_threads(torch.device('cpu'), POSTPROCESS_CPU_THREADS):
-            for join in joins:
-                joined = result.instances
-                if join > 0:
-                    joined = join_fragments(torch.from_numpy(np.ascontiguousarray(cloud.xyz)),
-                                            torch.from_numpy(result.instances.astype(np.int64)),
-                                            torch.from_numpy(labels.astype(np.int64)), join, len(areas)).numpy()
-                table = instance_table(cloud.xyz, joined, labels, len(areas), voxel)
-                for row in (r for r in rows if r[1] == join):
-                    index = table['inverse'][table['inverse'] >= 0]
-                    instances = np.full(len(labels), -1, dtype=np.int64)
-                    instances[table['inverse'] >= 0] = np.where(_size_rule(table, row, areas, points)[index],
-                                                                table['ids'][index], -1)
-                    evaluators[row].add(labels, instances, cloud.sem, cloud.ins, room_id=cloud.name)
+        for bandwidth, segmenter in segmenters.items():
+            result = segment(segmenter, cloud)
+            labels = np.where(result.labels < 0, 0, result.labels)
+            with _cpu_threads(torch.device('cpu'), POSTPROCESS_CPU_THREADS):
+                for join in joins:
+                    joined = result.instances
+                    if join > 0:
+                        joined = join_fragments(torch.from_numpy(np.ascontiguousarray(cloud.xyz)),
+                                                torch.from_numpy(result.instances.astype(np.int64)),
+                                                torch.from_numpy(labels.astype(np.int64)), join, len(areas)).numpy()
+                    table = instance_table(cloud.xyz, joined, labels, len(areas), voxel)
+                    for row in (r for r in rows if r[1] == join):
+                        index = table['inverse'][table['inverse'] >= 0]
+                        instances = np.full(len(labels), -1, dtype=np.int64)
+                        instances[table['inverse'] >= 0] = np.where(_size_rule(table, row, areas, points)[index],
+                                                                    table['ids'][index], -1)
+                        evaluators[bandwidth, row].add(labels, instances, cloud.sem, cloud.ins, room_id=cloud.name)
+        if cached is not backend:
+            cached.clear()
         names.append(cloud.name)
     if not names:
         raise ValueError(f'no {sensor_kind} clouds to tune the size filter on')
     grid = []
-    for (kind, join, floor, fraction), evaluator in evaluators.items():
+    for (bandwidth, (kind, join, floor, fraction)), evaluator in evaluators.items():
         scores = evaluator.compute()
         grid.append({'filter': kind, 'fragment_join': join, 'min_instance_points': float(floor), 'fraction': fraction,
-                     'bandwidth': float(segmenter.bandwidth), 'F1': f1(scores['mPrec'], scores['mRec']),
+                     'bandwidth': bandwidth, 'F1': f1(scores['mPrec'], scores['mRec']),
                      **{k: float(scores[k]) for k in ('mPrec', 'mRec', 'mCov', 'mWCov', 'mFrag', 'mSplit')}})
     best = choose_size_filter([g for g in grid if g['filter'] == 'area'])
-    log.info('tuned the area size filter for %s on %d cloud(s): fraction %g, fragment join %g m, point floor %d '
-             '(F1 %.3f)', sensor_kind, len(names), best['fraction'], best['fragment_join'],
-             best['min_instance_points'], best['F1'])
+    log.info('tuned the area size filter for %s on %d cloud(s): bandwidth %g, fraction %g, fragment join %g m, '
+             'point floor %d (F1 %.3f)', sensor_kind, len(names), best['bandwidth'], best['fraction'],
+             best['fragment_join'], best['min_instance_points'], best['F1'])
     return SizeFilterTuning(sensor_kind, best['fraction'], best['fragment_join'], int(best['min_instance_points']),
-                            grid, names)
+                            grid, names, bandwidth=best['bandwidth'] if len(bandwidths) > 1 else None)
 
 
 def choose_size_filter(rows: list[dict]) -> dict:

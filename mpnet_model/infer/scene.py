@@ -240,7 +240,8 @@ class SceneSegmenter:
                     min_instance_fraction: float | None = None, size_filter: str | None = None,
                     sensor_kind: str | None = None, **segmenter_options) -> SceneSegmenter:
         """Build backend + segmenter in one call (the factory used by the node, bag tool and demo). Block geometry,
-        bandwidth and per-class size filter default to the model's metadata; explicit options win.
+        bandwidth (the one tuned for `sensor_kind` when the model has it) and per-class size filter default to the
+        model's metadata; explicit options win.
         `min_instance_fraction` replaces the model's tuned fraction of its class mean instance sizes (0 = no per-class
         filter, e.g. for crops and single sensor frames, whose instances are smaller than whole rooms').
         `size_filter` ('auto' / None, 'area', 'points', 'off') and `sensor_kind` ('lidar', 'rgbd', 'static': whose
@@ -249,13 +250,13 @@ class SceneSegmenter:
         metadata = runtime.metadata
         segmenter_options.setdefault('block_size', metadata.block_size)
         segmenter_options.setdefault('stride', metadata.stride)
-        segmenter_options.setdefault('bandwidth', metadata.cluster_bandwidth)
         if min_instance_fraction is not None:
             if min_instance_fraction < 0:
                 raise ValueError(f'min_instance_fraction={min_instance_fraction!r}: must be >= 0 (0 = no filter)')
             metadata = replace(metadata, min_instance_fraction=float(min_instance_fraction))
         for key, value in instance_options(metadata, size_filter, sensor_kind, min_instance_fraction).items():
-            segmenter_options.setdefault(key, value)
+            segmenter_options.setdefault(key, value)                # incl. the bandwidth tuned for sensor_kind
+        segmenter_options.setdefault('bandwidth', metadata.cluster_bandwidth)
         return cls(runtime, **segmenter_options)
 
     def colours(self, num_points: int, rgb: np.ndarray | None, intensity: np.ndarray | None,

@@ -61,7 +61,8 @@ class ModelMetadata:
     occupied area per class (class_mean_instance_area [m^2] at instance_area_voxel) and the fraction of it tuned per
     sensor kind (min_instance_area_fraction, e.g. {"lidar": 0.1, "rgbd": 0.25}), with the fragment join distance and
     the point floor tuned with it (fragment_join, instance_min_points, by sensor kind); models without them (made
-    before issue 23) get the point-count filter, no join and the segmenter's floor.
+    before issue 23) get the point-count filter, no join and the segmenter's floor. The mean-shift bandwidth may be
+    tuned per sensor kind too (cluster_bandwidth_by_kind); a kind without one uses cluster_bandwidth.
     """
 
     class_names: tuple[str, ...]
@@ -81,6 +82,8 @@ class ModelMetadata:
     min_instance_area_fraction: dict[str, float] = field(default_factory=dict)   # by sensor kind; {} = not tuned
     fragment_join: dict[str, float] = field(default_factory=dict)                # [m] by sensor kind; {} = off
     instance_min_points: dict[str, int] = field(default_factory=dict)            # point floor by sensor kind
+    # Mean-shift bandwidth by sensor kind, tuned with its size filter; a kind not in it uses cluster_bandwidth.
+    cluster_bandwidth_by_kind: dict[str, float] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
     # The graph takes blocks of fewer points too (point axis dynamic; sparse blocks run at `point_buckets()`).
     dynamic_points: bool = False
@@ -123,6 +126,11 @@ class ModelMetadata:
         value = self.min_instance_area_fraction.get(sensor_kind)
         return None if value is None else float(value)
 
+    def bandwidth_for(self, sensor_kind: str | None) -> float:
+        """The mean-shift bandwidth tuned for `sensor_kind`, else `cluster_bandwidth`."""
+        return float(self.cluster_bandwidth_by_kind.get(sensor_kind, self.cluster_bandwidth)) if sensor_kind \
+            else float(self.cluster_bandwidth)
+
     def class_min_area(self, fraction: float | None) -> np.ndarray | None:
         """Per-class minimum occupied area [m^2] at `fraction` of the class means; None without statistics or for
         fraction None / <= 0."""
@@ -164,6 +172,8 @@ class ModelMetadata:
                                       json.loads(props.get('fragment_join', '{}')).items()},
                        instance_min_points={str(k): int(v) for k, v in
                                             json.loads(props.get('instance_min_points', '{}')).items()},
+                       cluster_bandwidth_by_kind={str(k): float(v) for k, v in
+                                                  json.loads(props.get('cluster_bandwidth_by_kind', '{}')).items()},
                        extra={k: v for k, v in props.items() if k not in {f for f in cls.__dataclass_fields__}})
         except KeyError as error:
             raise BackendError(f'{source}: model metadata lacks key {error}; re-export with mpnet-export') from error

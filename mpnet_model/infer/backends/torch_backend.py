@@ -25,7 +25,8 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, s
     """ModelMetadata of a loaded checkpoint. Block geometry: the explicit argument, else the checkpoint's `extra`
     (the training geometry), else 1 m / 0.5 m. Post-processing values (`cluster_bandwidth`, `min_instance_fraction`,
     `class_mean_instance_points`; the metric filter's `class_mean_instance_area`, `instance_area_voxel`,
-    `min_instance_area_fraction`, `fragment_join`, `instance_min_points`) from `extra` when it records them."""
+    `min_instance_area_fraction`, `fragment_join`, `instance_min_points`, `cluster_bandwidth_by_kind`) from `extra`
+    when it records them."""
     extra = meta.get('extra') or {}
     block_size = float(extra.get('block_size', 1.0)) if block_size is None else float(block_size)
     stride = float(extra.get('stride', 0.5)) if stride is None else float(stride)
@@ -45,6 +46,8 @@ def metadata_from_checkpoint(cfg, meta: dict, block_size: float | None = None, s
                          fragment_join={str(k): float(v) for k, v in (extra.get('fragment_join') or {}).items()},
                          instance_min_points={str(k): int(v) for k, v in
                                               (extra.get('instance_min_points') or {}).items()},
+                         cluster_bandwidth_by_kind={str(k): float(v) for k, v in
+                                                    (extra.get('cluster_bandwidth_by_kind') or {}).items()},
                          input_encoding=cfg.input_encoding)
 
 
