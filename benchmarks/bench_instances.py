@@ -43,8 +43,9 @@ MIN_ASPECT = 1.5
 YAW_TOLERANCE_DEG = 10.0
 
 
-def tune(model: Path, out: Path, kinds=('lidar', 'rgbd')) -> Path:
-    """Tune a copy of `model` for `kinds` (mpnet-eval --tune; static: --tune-size-filter) -> its path."""
+def tune(model: Path, out: Path, kinds=('lidar', 'rgbd'), kind_bandwidths: str | None = None) -> Path:
+    """Tune a copy of `model` for `kinds` (mpnet-eval --tune; static: --tune-size-filter; `kind_bandwidths`
+    'B1,B2,...': the kinds' own bandwidths are chosen too) -> its path."""
     from mpnet_model.eval.evaluate import main as eval_main
 
     tuned = out / 'tuned.pt'
@@ -52,8 +53,9 @@ def tune(model: Path, out: Path, kinds=('lidar', 'rgbd')) -> Path:
     shutil.copyfile(model, tuned)
     for kind, config in ((k, CONFIGS[k]) for k in kinds):
         flag = '--tune-size-filter' if kind == 'static' else '--tune'
+        extra = ['--kind-bandwidths', kind_bandwidths] if kind_bandwidths else []
         if eval_main(['--checkpoint', str(tuned), '--config', config, flag, '--split', 'val', '--backend', 'torch',
-                      '--out', str(out / f'tune_{kind}')]) != 0:
+                      '--out', str(out / f'tune_{kind}'), *extra]) != 0:
             raise SystemExit(f'tuning failed for {kind}')
     return tuned
 
@@ -249,10 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--backend', default='torch')
     parser.add_argument('--kinds', default='lidar,rgbd,static')
     parser.add_argument('--limit', type=int, default=None, help='at most this many test clouds per kind (a quick look)')
+    parser.add_argument('--kind-bandwidths', default=None, metavar='B1,B2,...',
+                        help='--tune: choose each kind\'s own mean-shift bandwidth among these too')
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     kinds = ('lidar', 'rgbd', 'static') if args.tune_static else ('lidar', 'rgbd')
-    model = tune(args.model, args.out, kinds) if args.tune else args.model
+    model = tune(args.model, args.out, kinds, args.kind_bandwidths) if args.tune else args.model
     results = {kind: run_kind(str(model), kind, args.backend, args.limit, args.out)
                for kind in args.kinds.split(',') if kind}
     text = markdown(results, str(model))

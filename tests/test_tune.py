@@ -268,7 +268,7 @@ def test_mpnet_eval_tune_on_frames_stores_the_kind_and_old_models_keep_working(c
                      '--out', str(tmp_path / 'old')])
     assert old == 0 and 'class_mean_instance_area' not in read_checkpoint(model)['extra']
     assert eval_main(['--checkpoint', str(model), '--config', str(config), '--tune', '--split', 'val',
-                      '--backend', 'torch', '--out', str(tmp_path / 'tuned')]) == 0
+                      '--kind-bandwidths', '0.4,0.8', '--backend', 'torch', '--out', str(tmp_path / 'tuned')]) == 0
     extra = read_checkpoint(model)['extra']
     assert set(extra['min_instance_area_fraction']) == set(extra['fragment_join']) == {'lidar'}
     assert len(extra['class_mean_instance_area']) == 13 and extra['instance_area_voxel'] == 0.1
@@ -277,4 +277,5 @@ def test_mpnet_eval_tune_on_frames_stores_the_kind_and_old_models_keep_working(c
     tuned_fraction = extra['min_instance_area_fraction']['lidar']
     assert segmenter.size_filter.kind == ('area' if tuned_fraction > 0 else 'off')
     assert segmenter.min_instance_points == extra['instance_min_points']['lidar']
-    assert segmenter.bandwidth == extra['cluster_bandwidth_by_kind']['lidar']       # tuned with the lidar filter
+    assert extra['cluster_bandwidth_by_kind']['lidar'] in (0.4, 0.8)                # tuned with the lidar filter
+    assert segmenter.bandwidth == extra['cluster_bandwidth_by_kind']['lidar']

@@ -15,8 +15,8 @@ The size filter (issue 23, `mpnet_model.infer.instances`): `--size-filter auto` 
 filter when the model records the class mean areas and a fraction for the data's sensor kind (simulated frames:
 lidar or rgbd, from their sequence.json; rooms: static; `--sensor-kind` overrides), else the point filter;
 `points` / `area` / `off` force one. `--tune` on a frames config (config/eval_sim_lidar.yaml, eval_sim_rgbd.yaml)
-tunes the area fraction of that sensor kind on its validation frames, with the mean-shift bandwidth of that kind
-(`--kind-bandwidths`); on a rooms config it also tunes the `static`
+tunes the area fraction of that sensor kind on its validation frames (with `--kind-bandwidths B1,B2,...` also the
+kind's own mean-shift bandwidth); on a rooms config it also tunes the `static`
 kind after the bandwidth and point fraction (`--tune-size-filter`: only the size filter and fragment join of the
 kind). The class mean areas come from the model's training data (the checkpoint's own train_config, or
 `--stats-config`) and are stored once.
@@ -216,7 +216,7 @@ def training_instance_areas(extra: dict, stats_config: str | None, voxel: float,
 def tune_size_filter_checkpoint(args, val_clouds, sensor_kind: str, extra: dict, segment=None, data=None) -> dict:
     """Tune the area fraction of `sensor_kind` on `val_clouds` (Rooms) and store it (with the class mean areas) in
     the checkpoint; the grid goes to --out/size_filter_<kind>.md. Returns the new extra entries."""
-    from mpnet_model.eval.tune import AREA_SIZES_KEY, AREA_VOXEL_KEY, DEFAULT_KIND_BANDWIDTHS, tune_size_filter
+    from mpnet_model.eval.tune import AREA_SIZES_KEY, AREA_VOXEL_KEY, tune_size_filter
     from mpnet_model.infer.backends.base import make_backend
     from mpnet_model.infer.instances import DEFAULT_AREA_VOXEL
     from mpnet_model.model.checkpoint import update_checkpoint_extra
@@ -229,8 +229,9 @@ def tune_size_filter_checkpoint(args, val_clouds, sensor_kind: str, extra: dict,
     if areas is None:
         areas = training_instance_areas(extra, args.stats_config, voxel, len(backend.class_names), data)
     bandwidth = float(extra.get('cluster_bandwidth', backend.metadata.cluster_bandwidth))
-    # Sensor frames try their own bandwidths (static rooms keep the one tuned on them with the point fraction).
-    bandwidths = args.kind_bandwidths or (DEFAULT_KIND_BANDWIDTHS if sensor_kind != 'static' else None)
+    # --kind-bandwidths: the kind's own bandwidth is chosen too (opt-in: on the shipped model's few validation
+    # frames the choice did not carry over to the test frames, benchmarks/results/instances_kind_bandwidth.md).
+    bandwidths = args.kind_bandwidths
     layout = {'layout': args.layout} if args.layout else {}
     result = tune_size_filter(backend, val_clouds, sensor_kind, areas, extra.get('class_mean_instance_points'),
                               voxel=voxel, segment=segment, bandwidth=bandwidth, bandwidths=bandwidths,
@@ -295,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--bandwidths', type=_float_list, default=None, metavar='B1,B2,...',
                         help='bandwidths tried by --tune (default 0.3,0.4,0.5,0.6,0.8,1.0,1.2,1.5)')
     parser.add_argument('--kind-bandwidths', type=_float_list, default=None, metavar='B1,B2,...',
-                        help='bandwidths tried with the size filter of a sensor kind (default for lidar / rgbd frames '
-                             '0.2,0.3,0.4,0.5,0.6,0.8, stored per kind; static rooms: the bandwidth --tune chose)')
+                        help='also choose the mean-shift bandwidth of the sensor kind among these, with its size '
+                             'filter, and store it per kind (default: keep the model\'s bandwidth; e.g. '
+                             '0.2,0.3,0.4,0.5,0.6,0.8)')
     parser.add_argument('--fractions', type=_float_list, default=None, metavar='F1,F2,...',
                         help='size fractions tried by --tune (default 0,0.1,0.25,0.5,0.75,1)')
     parser.add_argument('--size-filter', choices=('auto', 'area', 'points', 'off'), default='auto',

@@ -12,8 +12,8 @@ bandwidth and fraction) and is stored in the checkpoint's `extra` as `cluster_ba
 extra['class_mean_instance_points']).
 
 The metric size filter (issue 23, `mpnet_model.infer.instances`) is tuned per sensor kind by `tune_size_filter`:
-for each mean-shift bandwidth tried (`bandwidths`; `mpnet-eval --tune` tries DEFAULT_KIND_BANDWIDTHS: single
-sensor frames hold instances smaller and sparser than whole rooms, whose bandwidth the static tuning chose), each
+for each mean-shift bandwidth tried (`bandwidths`, default the model's; `mpnet-eval --tune --kind-bandwidths`,
+e.g. DEFAULT_KIND_BANDWIDTHS: single sensor frames hold instances smaller and sparser than whole rooms), each
 validation cloud of that kind is segmented once with no per-class filter and no size floor (the network once per
 cloud), then for every fragment-join distance the touching same-class pieces are joined, every point floor
 (`min_instance_points`) applied, and every fraction of the area filter (and, for comparison, of the point filter
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BANDWIDTHS = (0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5)
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_AREA_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
-DEFAULT_KIND_BANDWIDTHS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)   # tried per sensor kind with its size filter
+DEFAULT_KIND_BANDWIDTHS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)   # a grid for --kind-bandwidths (opt-in)
 DEFAULT_JOINS = (0.0, 0.2, 0.3)              # fragment join distances [m] (0 = off)
 DEFAULT_FLOORS = (10, 25, 50)                # point floors (min_instance_points) tried with the area filter
 RECALL_TIE_F1 = 0.01                         # size filter: settings within this F1 of the best count as tied
