@@ -154,7 +154,8 @@ def segmenters(model: str, kind: str, backend: str):
     metadata = cached.metadata
     common = {'block_size': metadata.block_size, 'stride': metadata.stride, 'bandwidth': metadata.cluster_bandwidth}
     today = SceneSegmenter(cached, **common, **instance_options(metadata, 'points', None))
-    metric = SceneSegmenter(cached, **{**common, **instance_options(metadata, 'auto', kind)})   # the kind's bandwidth
+    metric = SceneSegmenter(cached, **{**common, 'bandwidth': metadata.bandwidth_for(kind)},
+                            **instance_options(metadata, 'auto', kind))
     return cached, today, metric
 
 

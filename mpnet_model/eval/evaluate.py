@@ -229,14 +229,12 @@ def tune_size_filter_checkpoint(args, val_clouds, sensor_kind: str, extra: dict,
     if areas is None:
         areas = training_instance_areas(extra, args.stats_config, voxel, len(backend.class_names), data)
     bandwidth = float(extra.get('cluster_bandwidth', backend.metadata.cluster_bandwidth))
-    # --kind-bandwidths: the kind's own bandwidth is chosen too (opt-in: on the shipped model's few validation
-    # frames the choice did not carry over to the test frames, benchmarks/results/instances_kind_bandwidth.md).
-    bandwidths = args.kind_bandwidths
     layout = {'layout': args.layout} if args.layout else {}
+    # --kind-bandwidths chooses the kind's own bandwidth too (opt-in: on the shipped model's few validation frames
+    # the choice did not carry over to the test frames, benchmarks/results/instances_kind_bandwidth.md).
     result = tune_size_filter(backend, val_clouds, sensor_kind, areas, extra.get('class_mean_instance_points'),
-                              voxel=voxel, segment=segment, bandwidth=bandwidth, bandwidths=bandwidths,
-                              seed=args.seed,
-                              sampler=args.sampler, sparse_points=args.sparse_points, **layout)
+                              voxel=voxel, segment=segment, bandwidth=bandwidth, bandwidths=args.kind_bandwidths,
+                              seed=args.seed, sampler=args.sampler, sparse_points=args.sparse_points, **layout)
     updates = result.to_extra(extra, areas, voxel)
     update_checkpoint_extra(args.checkpoint, updates)
     out = Path(args.out)

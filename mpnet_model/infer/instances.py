@@ -226,8 +226,7 @@ def instance_options(metadata, size_filter: str | None = None, sensor_kind: str 
     * 'points': ASIS's point counts (`fraction`, else the model's `min_instance_fraction`);
     * 'off': `min_instance_points` only.
     A fraction of 0 switches the per-class filter off. Returns {size_filter, class_min_points, class_min_area,
-    area_voxel, fragment_join[, min_instance_points][, bandwidth]}: the bandwidth when the model records one tuned
-    for `sensor_kind` (`ModelMetadata.cluster_bandwidth_by_kind`)."""
+    area_voxel, fragment_join[, min_instance_points]} (the kind's bandwidth: `ModelMetadata.bandwidth_for`)."""
     choice = 'auto' if size_filter is None else size_filter
     if choice not in ('auto', *SIZE_FILTERS):
         raise ValueError(f"size_filter={size_filter!r}: choose 'auto' or one of {SIZE_FILTERS}")
@@ -257,8 +256,6 @@ def instance_options(metadata, size_filter: str | None = None, sensor_kind: str 
         options['size_filter'] = 'off' if choice != 'points' else 'points'
     if sensor_kind in metadata.instance_min_points:
         options['min_instance_points'] = int(metadata.instance_min_points[sensor_kind])
-    if sensor_kind in getattr(metadata, 'cluster_bandwidth_by_kind', {}):
-        options['bandwidth'] = float(metadata.cluster_bandwidth_by_kind[sensor_kind])
     return options
 
 

@@ -255,8 +255,8 @@ class SceneSegmenter:
                 raise ValueError(f'min_instance_fraction={min_instance_fraction!r}: must be >= 0 (0 = no filter)')
             metadata = replace(metadata, min_instance_fraction=float(min_instance_fraction))
         for key, value in instance_options(metadata, size_filter, sensor_kind, min_instance_fraction).items():
-            segmenter_options.setdefault(key, value)                # incl. the bandwidth tuned for sensor_kind
-        segmenter_options.setdefault('bandwidth', metadata.cluster_bandwidth)
+            segmenter_options.setdefault(key, value)
+        segmenter_options.setdefault('bandwidth', metadata.bandwidth_for(sensor_kind))
         return cls(runtime, **segmenter_options)
 
     def colours(self, num_points: int, rgb: np.ndarray | None, intensity: np.ndarray | None,
