@@ -14,6 +14,7 @@ from mpnet_model.data.transforms import (
     floor_error,
     parse_augment,
     partial_view,
+    raised_ground,
     stray_points,
     tall_walls,
 )
@@ -58,6 +59,34 @@ def test_partial_view_keeps_one_side_of_a_vertical_plane():
         assert svm.score(block.xyz[:, :2] - 2.5, dropped) > 0.99
 
 
+def test_raised_ground_lifts_one_side_of_a_line_and_keeps_labels():
+    block = _block(wall_share=0.0)
+    block.sem[:] = FLOOR                                                # a block of ground, a ceiling strip on top
+    block.sem[-40:] = CEILING
+    block.xyz[block.sem == FLOOR, 2] = 0.0
+    steps = []
+    for seed in range(40):
+        out = raised_ground(block, np.random.default_rng(seed), 1.0, FLOOR, CEILING)
+        np.testing.assert_array_equal(out.sem, block.sem)
+        np.testing.assert_array_equal(out.xyz[:, :2], block.xyz[:, :2])
+        moved = np.abs(out.xyz[:, 2] - block.xyz[:, 2]) > 1e-9
+        assert not moved[block.sem == CEILING].any()
+        share = moved.sum() / (block.sem != CEILING).sum()
+        assert 0.15 <= share <= 0.85
+        step = np.unique(np.round(out.xyz[moved, 2] - block.xyz[moved, 2], 9))
+        assert step.size == 1 and 0.05 <= abs(step[0]) <= 0.2            # one step, 5-20 cm
+        steps.append(step[0])
+        from sklearn.svm import LinearSVC  # the lifted side: one side of a line
+        ground = block.sem != CEILING
+        svm = LinearSVC(C=1e4, max_iter=20000).fit(block.xyz[ground, :2] - 2.5, moved[ground])
+        assert svm.score(block.xyz[ground, :2] - 2.5, moved[ground]) > 0.99
+    assert 0.5 <= np.mean(np.array(steps) > 0) < 1.0                    # mostly up, sometimes down
+    assert raised_ground(block, np.random.default_rng(0), 0.0, FLOOR, CEILING) is block
+    no_floor = _block()
+    no_floor.sem[no_floor.sem == FLOOR] = WALL
+    assert raised_ground(no_floor, np.random.default_rng(0), 1.0, FLOOR, CEILING) is no_floor
+
+
 def test_stray_points_and_floor_error():
     block = _block()
     out = stray_points(block, np.random.default_rng(2), 1.0)
@@ -70,8 +99,8 @@ def test_stray_points_and_floor_error():
 
 
 def test_parse_and_order():
-    assert list(parse_augment('floor_error=0.1, stray_points=0.3,tall_walls=0.2')) == \
-        ['tall_walls', 'stray_points', 'floor_error']                    # applied in the registry's order
+    assert list(parse_augment('floor_error=0.1, stray_points=0.3,tall_walls=0.2,raised_ground=0.2')) == \
+        ['tall_walls', 'raised_ground', 'stray_points', 'floor_error']        # applied in the registry's order
     for bad, why in (('rain=0.2', 'name one of'), ('stray_points', 'name=value'), ('stray_points=x', 'not a number'),
                      ('partial_view=1.5', 'probability')):
         with pytest.raises(ConfigError, match=why):
