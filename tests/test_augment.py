@@ -60,6 +60,8 @@ def test_partial_view_keeps_one_side_of_a_vertical_plane():
 
 
 def test_raised_ground_lifts_one_side_of_a_line_and_keeps_labels():
+    from sklearn.svm import LinearSVC
+
     block = _block(wall_share=0.0)
     block.sem[:] = FLOOR                                                # a block of ground, a ceiling strip on top
     block.sem[-40:] = CEILING
@@ -76,8 +78,7 @@ def test_raised_ground_lifts_one_side_of_a_line_and_keeps_labels():
         step = np.unique(np.round(out.xyz[moved, 2] - block.xyz[moved, 2], 9))
         assert step.size == 1 and 0.05 <= abs(step[0]) <= 0.2            # one step, 5-20 cm
         steps.append(step[0])
-        from sklearn.svm import LinearSVC  # the lifted side: one side of a line
-        ground = block.sem != CEILING
+        ground = block.sem != CEILING                                   # the lifted side: one side of a line
         svm = LinearSVC(C=1e4, max_iter=20000).fit(block.xyz[ground, :2] - 2.5, moved[ground])
         assert svm.score(block.xyz[ground, :2] - 2.5, moved[ground]) > 0.99
     assert 0.5 <= np.mean(np.array(steps) > 0) < 1.0                    # mostly up, sometimes down

@@ -74,12 +74,17 @@ def tall_walls(sample: BlockSample, rng: np.random.Generator, probability: float
                    index=np.concatenate([body.index, np.full(added, -1, np.int64)]))
 
 
+def _along_random_line(sample: BlockSample, rng: np.random.Generator) -> np.ndarray:
+    """(M,) each point's offset from the block centre along a random horizontal direction."""
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    return (sample.xyz[:, :2] - sample.centre) @ np.array([np.cos(angle), np.sin(angle)])
+
+
 def raised_ground(sample: BlockSample, rng: np.random.Generator, probability: float, floor: int, ceiling: int
                   ) -> BlockSample:
     if len(sample.xyz) < 20 or rng.random() >= probability or not np.any(sample.sem == floor):
         return sample
-    angle = rng.uniform(0.0, 2.0 * np.pi)
-    along = (sample.xyz[:, :2] - sample.centre) @ np.array([np.cos(angle), np.sin(angle)])
+    along = _along_random_line(sample, rng)
     side = (along >= np.quantile(along, rng.uniform(0.2, 0.8))) & (sample.sem != ceiling)
     step = rng.uniform(0.05, 0.2) * (1.0 if rng.random() < 0.75 else -1.0)
     xyz = sample.xyz.copy()
@@ -90,8 +95,7 @@ def raised_ground(sample: BlockSample, rng: np.random.Generator, probability: fl
 def partial_view(sample: BlockSample, rng: np.random.Generator, probability: float) -> BlockSample:
     if len(sample.xyz) < 20 or rng.random() >= probability:
         return sample
-    angle = rng.uniform(0.0, 2.0 * np.pi)
-    along = (sample.xyz[:, :2] - sample.centre) @ np.array([np.cos(angle), np.sin(angle)])
+    along = _along_random_line(sample, rng)
     keep = along >= np.quantile(along, 1.0 - rng.uniform(0.3, 0.9))
     return sample.subset(keep) if keep.sum() >= 10 else sample
 
