@@ -22,9 +22,10 @@ DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.i
 
 @pytest.fixture(scope='module')
 def crop():
-    """A 6 m x 6 m patch of the first Ouster scan next to the sensor (~10k points, ~40 tiles): test-sized."""
+    """A 6 m x 6 m patch of the first Ouster scan beside the sensor (~6k points: ground, a building's base and what
+    stands by it; the shipped model finds several instances there, where a patch of bare ground is one): test-sized."""
     xyz, intensity = ouster_cloud()
-    keep = (np.abs(xyz[:, 0] - 3.0) < 3.0) & (np.abs(xyz[:, 1]) < 3.0)
+    keep = (np.abs(xyz[:, 0] - 3.0) < 3.0) & (np.abs(xyz[:, 1] + 3.0) < 3.0)
     return xyz[keep], intensity[keep]
 
 

@@ -83,7 +83,7 @@ def test_range_crops_keep_the_classes_within_8_m_and_the_ground_is_floor(crop_ro
     for scan, rows in enumerate(crop_rows[0]):
         for row in rows:
             assert row['agreement'] >= 0.95, (scan, row)
-            # issue 22's bound; the shipped model gives 0.93 at 8 m and 0.98-0.99 beyond (benchmarks/results/invariance.md)
+            # issue 22's bound; the shipped model: 0.93 at 8 m, 0.98-0.99 beyond (benchmarks/results/invariance.md)
             assert row['ground_floor'] >= 0.90, (scan, row)
 
 

@@ -138,11 +138,13 @@ def _autocast_forward(model: MPNet, blocks: np.ndarray, dtype) -> tuple:
 
 
 @needs_data
-@pytest.mark.parametrize('dtype, bound', [(torch.float16, EMBED_BOUND), (torch.bfloat16, BF16_EMBED_BOUND)])
-def test_trained_small_model_under_cpu_autocast_agrees_with_fp32(dtype, bound):
+@pytest.mark.parametrize('dtype, bound, minimum', [(torch.float16, EMBED_BOUND, MIN_AGREEMENT),
+                                                   (torch.bfloat16, BF16_EMBED_BOUND, BF16_MIN_AGREEMENT)])
+def test_trained_small_model_under_cpu_autocast_agrees_with_fp32(dtype, bound, minimum):
     model = load_checkpoint(DEFAULT_CHECKPOINT)[0].eval()      # the shipped (trained) small-config model
     finite, agreement, embed_error = _autocast_forward(model, real_blocks(model.cfg.num_points, count=2), dtype)
-    assert finite and agreement >= MIN_AGREEMENT and embed_error <= bound, (agreement, embed_error)
+    # bf16 keeps 8 mantissa bits: its own agreement bound, as in the backend test below (stage 4: 99.0 %)
+    assert finite and agreement >= minimum and embed_error <= bound, (agreement, embed_error)
 
 
 @needs_data

@@ -141,6 +141,8 @@ def test_mpnet_eval_tune_stores_and_uses_the_values(checkpoint, tmp_path, capsys
     extra = read_checkpoint(model)['extra']
     assert extra[BANDWIDTH_KEY] in (0.5, 0.9) and extra[FRACTION_KEY] in (0.0, 0.5)
     assert extra['postprocess_tuning']['split'] == 'val' and len(extra['postprocess_tuning']['grid']) == 4
+    # rooms keep the point filter: --tune leaves the static kind's area filter alone (--tune-size-filter sets it)
+    assert 'static' not in (extra.get('min_instance_area_fraction') or {})
     assert (tmp_path / 'tuned' / 'tuning.md').is_file()
     tuned = json.loads((tmp_path / 'tuned' / 'summary.json').read_text())
     # A later evaluation without options uses the stored values: the same scores.

@@ -16,10 +16,10 @@ filter when the model records the class mean areas and a fraction for the data's
 lidar or rgbd, from their sequence.json; rooms: static; `--sensor-kind` overrides), else the point filter;
 `points` / `area` / `off` force one. `--tune` on a frames config (config/eval_sim_lidar.yaml, eval_sim_rgbd.yaml)
 tunes the area fraction of that sensor kind on its validation frames (with `--kind-bandwidths B1,B2,...` also the
-kind's own mean-shift bandwidth); on a rooms config it also tunes the `static`
-kind after the bandwidth and point fraction (`--tune-size-filter`: only the size filter and fragment join of the
-kind). The class mean areas come from the model's training data (the checkpoint's own train_config, or
-`--stats-config`) and are stored once.
+kind's own mean-shift bandwidth). On a rooms config `--tune` chooses the bandwidth and point fraction only: whole
+static rooms keep the point filter (docs/instances.md); `--tune-size-filter` tunes the `static` kind's area filter
+and fragment join when asked (on a frames config: the same as `--tune`). The class mean areas come from the
+model's training data (the checkpoint's own train_config, or `--stats-config`) and are stored once.
 
     mpnet-eval --checkpoint M.pt --config config/eval_sim_lidar.yaml --tune --out out/tune_lidar
 """
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune:
             extra = {**extra, **tune_checkpoint(args, split, extra, d.cache_dir)}
             args.bandwidth = args.bandwidth if args.bandwidth is not None else extra.get('cluster_bandwidth')
-        if args.tune or args.tune_size_filter:
+        if args.tune_size_filter:             # the static kind only when asked (module docstring)
             if not split.val:
                 raise FileNotFoundError('--tune needs validation rooms: the config\'s split has none '
                                         '(data.val_fraction)')
