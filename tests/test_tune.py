@@ -152,6 +152,11 @@ def test_mpnet_eval_tune_stores_and_uses_the_values(checkpoint, tmp_path, capsys
     assert again['mPrec'] == pytest.approx(tuned['mPrec'], nan_ok=True)
     assert again['mFrag'] == pytest.approx(tuned['mFrag'], nan_ok=True)
     assert 'tuned bandwidth' in capsys.readouterr().out
+    # asked for, the static kind's area filter and join are tuned and stored
+    assert eval_main(['--checkpoint', str(model), '--config', str(config), '--split', 'val', '--tune-size-filter',
+                      '--out', str(tmp_path / 'static')]) == 0
+    extra = read_checkpoint(model)['extra']
+    assert 'static' in extra['min_instance_area_fraction'] and 'static' in extra['fragment_join']
 
 
 def test_tuned_values_reach_the_segmenter_through_export_and_every_backend(checkpoint, room, tmp_path):

@@ -324,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             args.bandwidth = args.bandwidth if args.bandwidth is not None else extra.get('cluster_bandwidth')
         if args.tune_size_filter:             # the static kind only when asked (module docstring)
             if not split.val:
-                raise FileNotFoundError('--tune needs validation rooms: the config\'s split has none '
-                                        '(data.val_fraction)')
+                raise FileNotFoundError('--tune-size-filter needs validation rooms: the config\'s split has '
+                                        'none (data.val_fraction)')
             extra = {**extra, **tune_size_filter_checkpoint(args, (split.loader(r) for r in split.val),
                                                             args.sensor_kind or 'static', extra, data=d)}
         shares, sizes = extra.get('class_shares'), extra.get('class_mean_instance_points')
